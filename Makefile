@@ -1,0 +1,41 @@
+# Everything runs from a fresh clone: the first target that needs Python builds .venv.
+#
+# The torch story: torch and torchvision come from PyPI as one matched pair (the CUDA
+# builds, which also run on CPU-only machines). The local CPU-only torch wheel is not
+# used because no torchvision build imports against it.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+OFFLINE := $(VENV)/bin/offline
+STAMP := $(VENV)/.installed-offline
+RUNS := runs
+ATTACKS := badnets blend trojan sig wanet none
+
+.PHONY: venv test demo results clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --constraint constraints.txt -e '.[offline,test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: venv
+	$(PY) -m pytest -q
+
+# The offline story on the bundled default: poison digits with BadNets, build the
+# firewall's models, calibrate at 1% FPR, evaluate, print the table, write the plots.
+demo: venv
+	OFFLINE=$(OFFLINE) scripts/run_case.sh digits badnets resnet $(RUNS)
+	@echo "plots: $(RUNS)/digits-badnets-resnet/plots"
+
+# Regenerates docs/RESULTS.md: every attack on digits and on shapes (about an hour on 2 cores).
+results: venv
+	for d in digits shapes; do for a in $(ATTACKS); do \
+	  OFFLINE=$(OFFLINE) scripts/run_case.sh $$d $$a resnet $(RUNS) || exit 1; done; done
+	$(PY) -m offline.results_table $(RUNS) > docs/RESULTS.md
+
+clean:
+	rm -rf $(VENV) $(RUNS)

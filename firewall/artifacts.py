@@ -1,0 +1,144 @@
+"""The artifacts directory: manifest, ONNX models, STRIP bank, thresholds.
+
+The sidecar trusts nothing it has not checked: every file listed in the manifest is
+verified against its sha256 before a session is created, so a swapped or corrupted
+model stops the firewall at start instead of silently changing what it rejects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from firewall.errors import ArtifactError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+THRESHOLDS = "thresholds.json"
+STRIP_BANK = "strip_bank.npy"
+MODEL_FILES = {
+    "original": "original.onnx",
+    "expert": "expert.onnx",
+    "auxiliary": "auxiliary.onnx",
+    "exposed": "exposed.onnx",
+}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel mean/std that map pixels in [0, 1] to the model's input space.
+
+    Rules that act on pixels (STRIP superimposition, SCALE-UP amplification) need it;
+    identity (mean 0, std 1) means the model takes pixels directly.
+    """
+
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def _shaped(self, values: tuple[float, ...], ndim: int) -> np.ndarray:
+        array = np.asarray(values, dtype=np.float32)
+        return array.reshape((1, -1) + (1,) * (ndim - 2)) if ndim > 2 else array
+
+    def to_pixels(self, x: np.ndarray) -> np.ndarray:
+        return x * self._shaped(self.std, x.ndim) + self._shaped(self.mean, x.ndim)
+
+    def from_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return (pixels - self._shaped(self.mean, pixels.ndim)) / self._shaped(self.std, pixels.ndim)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    input_name: str
+    input_shape: tuple[int, ...]
+    input_datatype: str
+    output_name: str
+    num_classes: int
+    normalization: Normalization
+    files: dict[str, str]
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Manifest":
+        try:
+            if data["schema_version"] != SCHEMA_VERSION:
+                raise ArtifactError(
+                    f"manifest schema_version {data['schema_version']} is not {SCHEMA_VERSION}: "
+                    "rebuild the artifacts with this version's `offline build`"
+                )
+            norm = data["input"].get("normalization", {})
+            return cls(
+                name=str(data["name"]),
+                input_name=str(data["input"]["name"]),
+                input_shape=tuple(int(d) for d in data["input"]["shape"]),
+                input_datatype=str(data["input"]["datatype"]),
+                output_name=str(data["output"]["name"]),
+                num_classes=int(data["num_classes"]),
+                normalization=Normalization(
+                    mean=tuple(norm.get("mean", (0.0,))), std=tuple(norm.get("std", (1.0,)))
+                ),
+                files={name: str(entry["sha256"]) for name, entry in data["files"].items()},
+                raw=data,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"manifest.json is missing or has a malformed key ({exc!r})") from exc
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """A verified artifacts directory."""
+
+    root: Path
+    manifest: Manifest
+    manifest_sha256: str
+
+    def path(self, filename: str) -> Path:
+        return self.root / filename
+
+    def model_path(self, role: str) -> Path:
+        return self.root / MODEL_FILES[role]
+
+    def strip_bank(self) -> np.ndarray:
+        # allow_pickle=False: the bank is data, never code.
+        return np.load(self.path(STRIP_BANK), allow_pickle=False)
+
+
+def load_artifacts(root: str | Path) -> Artifacts:
+    """Read the manifest and check the sha256 of every file it lists."""
+    root = Path(root)
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{manifest_path} not found: run `offline build` to create {root}")
+    try:
+        data = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{manifest_path} is not valid JSON ({exc}): rebuild the artifacts") from exc
+    manifest = Manifest.from_json(data)
+    required = set(MODEL_FILES.values()) | {STRIP_BANK}
+    missing_entries = required - set(manifest.files)
+    if missing_entries:
+        raise ArtifactError(f"manifest.json lists no sha256 for {sorted(missing_entries)}: rebuild the artifacts")
+    for filename, expected in manifest.files.items():
+        path = root / filename
+        if not path.is_file():
+            raise ArtifactError(f"{path} is missing: rebuild the artifacts with `offline build`")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ArtifactError(
+                f"{path} has sha256 {actual[:16]}… but the manifest says {expected[:16]}…: "
+                "the file was modified after `offline build`; refusing to use it"
+            )
+    return Artifacts(root=root, manifest=manifest, manifest_sha256=sha256_file(manifest_path))

@@ -1,0 +1,15 @@
+"""Suspicion rules. Each maps a batch of inputs to one score per input, higher = more
+suspicious; a rule rejects when its score exceeds the threshold learnt on clean data."""
+
+from firewall.rules.badexpert import BadExpertRule
+from firewall.rules.base import Batch, Rule
+from firewall.rules.scaleup import ScaleUpRule
+from firewall.rules.strip import ExposedEntropyRule, ExposedStripRule, StripOriginalRule
+
+RULES: dict[str, type[Rule]] = {
+    rule.name: rule
+    for rule in (BadExpertRule, ExposedStripRule, StripOriginalRule, ScaleUpRule, ExposedEntropyRule)
+}
+
+__all__ = ["RULES", "Batch", "Rule", "BadExpertRule", "ExposedStripRule", "StripOriginalRule",
+           "ScaleUpRule", "ExposedEntropyRule"]

@@ -1,0 +1,66 @@
+"""What every rule shares: one batch, its model outputs computed at most once."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+
+from firewall.artifacts import Normalization
+from firewall.models import ModelSet
+
+
+class Batch:
+    """A batch of inputs and the model outputs that rules ask for, each run once.
+
+    Several rules need M's prediction and the same model's probabilities; computing
+    them lazily here keeps a rule's cost to what it adds.
+    """
+
+    def __init__(self, x: np.ndarray, models: ModelSet, bank: np.ndarray, normalization: Normalization):
+        self.x = x
+        self.models = models
+        self.bank = bank
+        self.normalization = normalization
+
+    @cached_property
+    def original(self) -> np.ndarray:
+        return self.models.probs("original", self.x)
+
+    @cached_property
+    def yhat(self) -> np.ndarray:
+        return self.original.argmax(axis=1)
+
+    @cached_property
+    def expert(self) -> np.ndarray:
+        return self.models.probs("expert", self.x)
+
+    @cached_property
+    def auxiliary(self) -> np.ndarray:
+        return self.models.probs("auxiliary", self.x)
+
+    @cached_property
+    def superimposed(self) -> np.ndarray:
+        """Every input added to every bank sample in pixel space, clipped like an image.
+
+        Shape [N * S, ...] with the S copies of input i contiguous.
+        """
+        norm = self.normalization
+        pixels = norm.to_pixels(self.x)[:, None]
+        bank = norm.to_pixels(self.bank)[None]
+        mixed = np.clip(pixels + bank, 0.0, 1.0).reshape((-1,) + self.x.shape[1:])
+        return norm.from_pixels(mixed).astype(np.float32)
+
+    def superimposed_probs(self, role: str) -> np.ndarray:
+        """[N, S, K] probabilities of `role` on the superimposed copies."""
+        probs = self.models.probs(role, self.superimposed)
+        return probs.reshape(len(self.x), len(self.bank), -1)
+
+
+class Rule:
+    """A suspicion score: higher means more likely a backdoor input."""
+
+    name: str = ""
+
+    def score(self, batch: Batch) -> np.ndarray:
+        raise NotImplementedError

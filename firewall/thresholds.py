@@ -1,0 +1,80 @@
+"""Thresholds learnt from clean data only: the (1 - target FPR) quantile of clean scores."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from firewall.errors import ArtifactError, UserError
+
+
+@dataclass(frozen=True)
+class RuleThreshold:
+    threshold: float
+    fpr: float
+    n: int
+
+
+def fit_threshold(clean_scores: np.ndarray, target_fpr: float) -> RuleThreshold:
+    """The smallest threshold that rejects at most floor(n * target_fpr) clean inputs.
+
+    A rule rejects when score > threshold, so ties at the threshold are accepted and the
+    achieved FPR on the calibration set never exceeds the target.
+    """
+    if not 0.0 < target_fpr < 1.0:
+        raise UserError(f"target FPR must lie in (0, 1), got {target_fpr}")
+    scores = np.sort(np.asarray(clean_scores, dtype=np.float64))
+    n = len(scores)
+    needed = math.ceil(1.0 / target_fpr)
+    if n < needed:
+        raise UserError(
+            f"{n} clean samples cannot calibrate a {target_fpr:g} false-positive rate: "
+            f"give at least {needed} clean samples or raise --target-fpr"
+        )
+    allowed = math.floor(n * target_fpr)
+    threshold = float(scores[n - 1 - allowed])
+    achieved = float((scores > threshold).mean())
+    return RuleThreshold(threshold=threshold, fpr=achieved, n=n)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    target_fpr: float
+    rules: dict[str, RuleThreshold]
+
+    @classmethod
+    def fit(cls, clean_scores: dict[str, np.ndarray], target_fpr: float) -> "Thresholds":
+        return cls(target_fpr, {name: fit_threshold(s, target_fpr) for name, s in clean_scores.items()})
+
+    def rejects(self, rule: str, scores: np.ndarray) -> np.ndarray:
+        return np.asarray(scores) > self.rules[rule].threshold
+
+    def to_json(self) -> dict:
+        return {"target_fpr": self.target_fpr, "rules": {k: asdict(v) for k, v in self.rules.items()}}
+
+    def save(self, path: Path) -> None:
+        """Write atomically so a reader never sees half a file."""
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".thresholds-", suffix=".json")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(self.to_json(), handle, indent=2)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Thresholds":
+        path = Path(path)
+        if not path.is_file():
+            raise ArtifactError(f"{path} not found: run `offline calibrate` first")
+        try:
+            data = json.loads(path.read_text())
+            rules = {k: RuleThreshold(float(v["threshold"]), float(v["fpr"]), int(v["n"]))
+                     for k, v in data["rules"].items()}
+            return cls(float(data["target_fpr"]), rules)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"{path} is malformed ({exc!r}): run `offline calibrate` again") from exc

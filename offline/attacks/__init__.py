@@ -1,0 +1,12 @@
+"""Backdoor attacks for red-teaming: each poisons a training set and triggers test inputs."""
+
+from offline.attacks.base import Attack
+from offline.attacks.patch import BadNets, Trojan
+from offline.attacks.blend import Blend
+from offline.attacks.sig import Sig
+from offline.attacks.wanet import WaNet
+from offline.attacks.none import NoAttack
+
+ATTACKS: dict[str, type[Attack]] = {a.name: a for a in (BadNets, Blend, Trojan, Sig, WaNet, NoAttack)}
+
+__all__ = ["ATTACKS", "Attack"]

@@ -1,0 +1,31 @@
+"""`offline calibrate`: thresholds from clean data only, written to thresholds.json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from firewall.artifacts import THRESHOLDS, load_artifacts
+from firewall.scoring import BASELINE_RULES, SERVING_RULES, ScoringEngine
+from firewall.thresholds import Thresholds
+from offline.data.tensorsets import load_tensor_set
+
+ALL_RULES = SERVING_RULES + BASELINE_RULES
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    artifacts: Path
+    clean_data: Path
+    target_fpr: float = 0.01
+
+
+def run_calibrate(config: CalibrateConfig) -> Thresholds:
+    artifacts = load_artifacts(config.artifacts)
+    manifest = artifacts.manifest
+    clean = load_tensor_set(config.clean_data, num_classes=manifest.num_classes, input_shape=manifest.input_shape)
+    engine = ScoringEngine(artifacts, rules=ALL_RULES)
+    _, scores = engine.score(clean.x)
+    thresholds = Thresholds.fit(scores, config.target_fpr)
+    thresholds.save(artifacts.path(THRESHOLDS))
+    return thresholds

@@ -1,0 +1,119 @@
+"""`offline poison|build|calibrate|evaluate`: flags in, one typed config per command out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from firewall.errors import UserError
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(","))
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from offline.attacks import ATTACKS
+    from offline.data.splits import DATASETS
+    from offline.models import ARCHITECTURES
+
+    parser = argparse.ArgumentParser(prog="offline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("poison", help="train a (possibly) backdoored model and write its data splits")
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--attack", required=True, choices=sorted(ATTACKS))
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--arch", default="resnet", choices=sorted(ARCHITECTURES))
+    p.add_argument("--width", type=int, default=16, help="channels of the first stage")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="default: 30 for digits, 40 for shapes")
+    p.add_argument("--clean-size", type=int, default=300, help="size of the defender's clean set")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+    b = sub.add_parser("build", help="build expert, auxiliary and exposed models and export the artifacts")
+    b.add_argument("--model", required=True, help="model.pt2, or torchvision:<arch> with --weights")
+    b.add_argument("--clean-data", required=True, type=Path)
+    b.add_argument("--out", required=True, type=Path)
+    b.add_argument("--name", default="classifier", help="the model name the upstream serves")
+    b.add_argument("--auxiliary", default="finetune", choices=["finetune"])
+    b.add_argument("--weights", type=Path, help="safetensors weights for torchvision:<arch>")
+    b.add_argument("--input-shape", type=_ints, help="C,H,W for torchvision:<arch> (default 3,224,224)")
+    b.add_argument("--input-mean", type=_floats, default=(0.0,), help="per-channel mean the inputs are normalised with")
+    b.add_argument("--input-std", type=_floats, default=(1.0,), help="per-channel std the inputs are normalised with")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+    c = sub.add_parser("calibrate", help="learn thresholds from clean data")
+    c.add_argument("--artifacts", required=True, type=Path)
+    c.add_argument("--clean-data", required=True, type=Path)
+    c.add_argument("--target-fpr", type=float, default=0.01)
+
+    e = sub.add_parser("evaluate", help="measure detection on clean and triggered data")
+    e.add_argument("--artifacts", required=True, type=Path)
+    e.add_argument("--clean-data", required=True, type=Path)
+    e.add_argument("--backdoor-data", type=Path)
+    e.add_argument("--json", dest="json_out", type=Path)
+    e.add_argument("--plots", type=Path)
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.command == "poison":
+        from offline.poison import PoisonConfig, run_poison
+
+        report = run_poison(PoisonConfig(dataset=args.dataset, attack=args.attack, out=args.out, arch=args.arch,
+                                         width=args.width, seed=args.seed, epochs=args.epochs,
+                                         clean_size=args.clean_size, force=args.force))
+        asr = report["attack_success_rate"]
+        print(f"{args.out}: clean accuracy {report['clean_accuracy']:.2%}, "
+              f"attack success rate {'n/a' if asr is None else f'{asr:.2%}'}")
+    elif args.command == "build":
+        from offline.build.pipeline import BuildConfig, run_build
+
+        manifest = run_build(BuildConfig(model=args.model, clean_data=args.clean_data, out=args.out, name=args.name,
+                                         auxiliary=args.auxiliary, weights=args.weights, input_shape=args.input_shape,
+                                         input_mean=args.input_mean, input_std=args.input_std, seed=args.seed,
+                                         force=args.force))
+        for role, info in manifest["models"].items():
+            extra = f", {info['steps']} steps, stopped by {info['stopped_by']}" if "steps" in info else ""
+            print(f"{role:<10} held-out clean accuracy {info['heldout_clean_accuracy']:.2%}{extra}")
+        print(f"wrote {args.out}")
+    elif args.command == "calibrate":
+        from offline.calibrate import CalibrateConfig, run_calibrate
+
+        thresholds = run_calibrate(CalibrateConfig(args.artifacts, args.clean_data, args.target_fpr))
+        for rule, t in thresholds.rules.items():
+            print(f"{rule:<22} threshold {t.threshold:+.6g}  FPR on {t.n} clean: {t.fpr:.2%}")
+    elif args.command == "evaluate":
+        from offline.evaluate import EvaluateConfig, format_table, run_evaluate
+
+        report = run_evaluate(EvaluateConfig(args.artifacts, args.clean_data, args.backdoor_data,
+                                             args.json_out, args.plots))
+        print(format_table(report))
+        if args.json_out is None and args.plots is None:
+            return
+        print(json.dumps({"json": str(args.json_out) if args.json_out else None,
+                          "plots": str(args.plots) if args.plots else None}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    try:
+        run(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data sets: the bundled generators and the `.npz` tensor-set format."""

@@ -1,0 +1,102 @@
+"""`offline evaluate`: how well each rule separates clean from backdoor inputs.
+
+The backdoor set counts only inputs on which M predicts the attack's target (the
+attack succeeded), as the papers do: a triggered input M classifies correctly
+anyway is no threat to reject.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from firewall.artifacts import THRESHOLDS, load_artifacts
+from firewall.errors import UserError
+from firewall.rules import BadExpertRule
+from firewall.scoring import ScoringEngine
+from firewall.thresholds import Thresholds
+from offline.calibrate import ALL_RULES
+from offline.data.tensorsets import load_tensor_set
+from offline.metrics import auroc, rate_above, tpr_at_fpr
+
+REPORTED_FPRS = (0.01, 0.05)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    artifacts: Path
+    clean_data: Path
+    backdoor_data: Path | None = None
+    json_out: Path | None = None
+    plots: Path | None = None
+
+
+def _confidences(engine: ScoringEngine, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rule = BadExpertRule()
+    pairs = [rule.confidences(batch) for batch in engine.batches(x)]
+    return np.concatenate([b for b, _ in pairs]), np.concatenate([a for _, a in pairs])
+
+
+def run_evaluate(config: EvaluateConfig) -> dict:
+    artifacts = load_artifacts(config.artifacts)
+    thresholds = Thresholds.load(artifacts.path(THRESHOLDS))
+    manifest = artifacts.manifest
+    check = {"num_classes": manifest.num_classes, "input_shape": manifest.input_shape}
+    clean = load_tensor_set(config.clean_data, **check)
+    engine = ScoringEngine(artifacts, rules=ALL_RULES)
+    missing = [r for r in engine.rule_names if r not in thresholds.rules]
+    if missing:
+        raise UserError(f"thresholds.json has no threshold for {missing}: run `offline calibrate` again")
+    clean_pred, clean_scores = engine.score(clean.x)
+    report: dict = {"n_clean": len(clean), "clean_accuracy": float((clean_pred == clean.y).mean()), "rules": {}}
+
+    backdoor_scores = None
+    if config.backdoor_data is not None:
+        triggered = load_tensor_set(config.backdoor_data, require_target=True, **check)
+        pred, scores = engine.score(triggered.x)
+        hit = pred == triggered.target
+        report["n_backdoor"] = int(hit.sum())
+        report["n_triggered"] = len(triggered)
+        report["attack_success_rate"] = float(hit.mean())
+        backdoor_scores = {rule: s[hit] for rule, s in scores.items()}
+
+    for rule in engine.rule_names:
+        threshold = thresholds.rules[rule].threshold
+        entry = {"threshold_fpr": rate_above(clean_scores[rule], threshold)}
+        if backdoor_scores is not None and len(backdoor_scores[rule]):
+            c, b = clean_scores[rule], backdoor_scores[rule]
+            entry = {"auroc": auroc(c, b), "tpr_at_fpr": {str(f): tpr_at_fpr(c, b, f) for f in REPORTED_FPRS},
+                     "threshold_fpr": entry["threshold_fpr"], "threshold_tpr": rate_above(b, threshold)}
+        report["rules"][rule] = entry
+
+    if config.json_out is not None:
+        Path(config.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(config.json_out).write_text(json.dumps(report, indent=2))
+    if config.plots is not None:
+        from offline.plots import write_plots
+
+        joint = None
+        if backdoor_scores is not None and report["n_backdoor"]:
+            hit_x = triggered.x[hit]
+            joint = (_confidences(engine, clean.x), _confidences(engine, hit_x))
+        write_plots(Path(config.plots), clean_scores, backdoor_scores, thresholds, joint)
+    return report
+
+
+def format_table(report: dict) -> str:
+    lines = [f"clean inputs: {report['n_clean']} (M accuracy {report['clean_accuracy']:.2%})"]
+    if "n_backdoor" in report:
+        lines.append(f"backdoor inputs: {report['n_backdoor']} of {report['n_triggered']} triggered "
+                     f"(attack success rate {report['attack_success_rate']:.2%})")
+    lines.append(f"{'rule':<22}{'AUROC':>8}{'TPR@1%':>9}{'TPR@5%':>9}{'FPR@thr':>9}{'TPR@thr':>9}")
+    fmt = lambda v: f"{v:>9.3f}" if v is not None else f"{'-':>9}"
+    for rule, entry in report["rules"].items():
+        tpr = entry.get("tpr_at_fpr", {})
+        auc = entry.get("auroc")
+        lines.append(f"{rule:<22}{(f'{auc:>8.4f}' if auc is not None else f'{chr(45):>8}')}"
+                     f"{fmt(tpr.get('0.01'))}{fmt(tpr.get('0.05'))}{fmt(entry['threshold_fpr'])}"
+                     f"{fmt(entry.get('threshold_tpr'))}")
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""PNG plots for `offline evaluate --plots`: ROC curves and BaDExpert's joint-confidence plane."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from firewall.rules.badexpert import triangle_statistic  # noqa: E402
+from firewall.thresholds import Thresholds  # noqa: E402
+from offline.metrics import auroc  # noqa: E402
+
+
+def _roc_axes(ax, clean: np.ndarray, backdoor: np.ndarray, label: str) -> None:
+    labels = np.r_[np.zeros(len(clean)), np.ones(len(backdoor))]
+    fpr, tpr, _ = roc_curve(labels, np.r_[clean, backdoor])
+    ax.plot(fpr, tpr, label=f"{label} (AUROC {auroc(clean, backdoor):.3f})")
+
+
+def _finish_roc(ax, title: str) -> None:
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    ax.set(xscale="symlog", xlim=(0, 1), ylim=(0, 1.02), xlabel="false-positive rate (clean rejected)",
+           ylabel="true-positive rate (backdoor rejected)", title=title)
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.axvline(0.01, color="grey", lw=0.8, ls="--")
+    ax.legend(loc="lower right", fontsize=8)
+
+
+def write_plots(out: Path, clean: dict[str, np.ndarray], backdoor: dict[str, np.ndarray] | None,
+                thresholds: Thresholds, joint: tuple | None) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if backdoor is not None and all(len(v) for v in backdoor.values()):
+        fig, ax = plt.subplots(figsize=(6, 5))
+        for rule in clean:
+            _roc_axes(ax, clean[rule], backdoor[rule], rule)
+        _finish_roc(ax, "ROC, all rules")
+        fig.savefig(out / "roc.png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append(out / "roc.png")
+        for rule in clean:
+            fig, ax = plt.subplots(figsize=(5, 4.5))
+            _roc_axes(ax, clean[rule], backdoor[rule], rule)
+            _finish_roc(ax, f"ROC, {rule}")
+            fig.savefig(out / f"roc_{rule}.png", dpi=110, bbox_inches="tight")
+            plt.close(fig)
+            written.append(out / f"roc_{rule}.png")
+    if joint is not None:
+        (b_clean, a_clean), (b_bd, a_bd) = joint
+        fig, ax = plt.subplots(figsize=(5.5, 5))
+        grid = np.linspace(0, 1, 201)
+        bb, aa = np.meshgrid(grid, grid)
+        level = -thresholds.rules["badexpert"].threshold  # reject where -t > threshold, i.e. t < level
+        ax.contourf(bb, aa, triangle_statistic(bb, aa) < level, levels=[0.5, 1], colors=["#f4cccc"], alpha=0.6)
+        ax.scatter(b_clean, a_clean, s=6, alpha=0.5, label=f"clean ({len(b_clean)})", color="#1f77b4")
+        ax.scatter(b_bd, a_bd, s=6, alpha=0.5, label=f"backdoor ({len(b_bd)})", color="#d62728")
+        ax.set(xlabel="expert confidence b = softmax(B(x))[ŷ]", ylabel="auxiliary confidence a = softmax(M'(x))[ŷ]",
+               xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title="BaDExpert joint-confidence plane (shaded: rejected)")
+        ax.legend(loc="upper right", fontsize=8)
+        fig.savefig(out / "joint_confidence.png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append(out / "joint_confidence.png")
+    return written

@@ -1,0 +1,83 @@
+"""poison -> build -> calibrate -> evaluate on a tiny model, through the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from firewall.artifacts import MODEL_FILES, load_artifacts
+from offline.cli import main as offline
+
+
+def test_poison_writes_the_files_design_lists(tiny_case: Path):
+    for name in ("model.pt2", "clean.npz", "calib.npz", "test_clean.npz", "test_triggered.npz", "attack.json"):
+        assert (tiny_case / name).is_file(), name
+    report = json.loads((tiny_case / "attack.json").read_text())
+    assert 0.0 <= report["clean_accuracy"] <= 1.0 and 0.0 <= report["attack_success_rate"] <= 1.0
+    triggered = np.load(tiny_case / "test_triggered.npz")
+    assert set(triggered.files) == {"x", "y", "target"} and (triggered["target"] == 0).all()
+
+
+def test_build_writes_a_verified_manifest_with_the_contract_keys(tiny_artifacts: Path):
+    manifest = json.loads((tiny_artifacts / "manifest.json").read_text())
+    assert manifest["name"] == "classifier"
+    assert manifest["input"]["name"] == "input" and manifest["input"]["shape"] == [1, 16, 16]
+    assert manifest["input"]["datatype"] == "FP32" and manifest["output"]["name"] == "logits"
+    assert manifest["num_classes"] == 10
+    for role in ("expert", "auxiliary", "exposed"):
+        info = manifest["models"][role]
+        assert info["steps"] >= 1 and info["stopped_by"] in {"criterion", "budget"}
+        assert 0.0 <= info["heldout_clean_accuracy"] <= 1.0
+    assert all(diff <= 1e-4 for diff in manifest["onnx_max_abs_diff"].values())
+    load_artifacts(tiny_artifacts)  # every sha256 matches
+
+
+def test_expert_unlearning_stops_on_its_clean_criterion(tiny_artifacts: Path):
+    expert = json.loads((tiny_artifacts / "manifest.json").read_text())["models"]["expert"]
+    assert expert["stopped_by"] == "criterion"
+    assert expert["heldout_clean_accuracy"] <= 0.05
+
+
+def test_onnx_models_take_any_batch_size(tiny_artifacts: Path):
+    for filename in MODEL_FILES.values():
+        session = ort.InferenceSession(str(tiny_artifacts / filename), providers=["CPUExecutionProvider"])
+        for batch in (1, 7):
+            out = session.run(None, {"input": np.zeros((batch, 1, 16, 16), np.float32)})[0]
+            assert out.shape == (batch, 10)
+
+
+def test_calibration_meets_the_target_on_the_calibration_set(tiny_artifacts: Path):
+    thresholds = json.loads((tiny_artifacts / "thresholds.json").read_text())
+    assert thresholds["target_fpr"] == 0.01
+    for rule in ("badexpert", "strip", "strip_original", "scaleup", "firewall"):
+        entry = thresholds["rules"][rule]
+        assert entry["fpr"] <= 0.01 and entry["n"] > 100
+
+
+def test_evaluate_writes_the_json_contract_and_plots(tiny_case: Path, tiny_artifacts: Path, tmp_path: Path):
+    out = tmp_path / "eval.json"
+    assert offline(["evaluate", "--artifacts", str(tiny_artifacts), "--clean-data", str(tiny_case / "test_clean.npz"),
+                    "--backdoor-data", str(tiny_case / "test_triggered.npz"), "--json", str(out),
+                    "--plots", str(tmp_path / "plots")]) == 0
+    report = json.loads(out.read_text())
+    assert report["n_clean"] > 0 and report["n_backdoor"] > 0
+    for rule in ("badexpert", "strip", "strip_original", "scaleup", "firewall"):
+        entry = report["rules"][rule]
+        assert 0.0 <= entry["auroc"] <= 1.0
+        assert set(entry["tpr_at_fpr"]) == {"0.01", "0.05"}
+        assert 0.0 <= entry["threshold_fpr"] <= 1.0 and 0.0 <= entry["threshold_tpr"] <= 1.0
+    for png in ("roc.png", "roc_badexpert.png", "joint_confidence.png"):
+        assert (tmp_path / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_without_backdoor_data_reports_only_false_positives(tiny_case: Path, tiny_artifacts: Path,
+                                                                     tmp_path: Path):
+    out = tmp_path / "eval.json"
+    assert offline(["evaluate", "--artifacts", str(tiny_artifacts), "--clean-data", str(tiny_case / "test_clean.npz"),
+                    "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert "n_backdoor" not in report
+    assert all(set(entry) == {"threshold_fpr"} for entry in report["rules"].values())
