@@ -1,0 +1,5 @@
+import sys
+
+from firewall.cli import main
+
+sys.exit(main())

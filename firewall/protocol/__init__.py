@@ -1,0 +1,1 @@
+"""Generated Open Inference Protocol v2 stubs (`make protos` regenerates them)."""
