@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-offline
 RUNS := runs
 ATTACKS := badnets blend trojan sig wanet none
 
-.PHONY: venv test demo results clean
+.PHONY: venv test demo results protos clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,17 +25,23 @@ venv: $(STAMP)
 test: venv
 	$(PY) -m pytest -q
 
-# The offline story on the bundled default: poison digits with BadNets, build the
-# firewall's models, calibrate at 1% FPR, evaluate, print the table, write the plots.
+# The whole story on the bundled default: poison digits with BadNets, build the
+# firewall's models, calibrate at 1% FPR, evaluate (table and plots), then serve the
+# model with MLServer behind the firewall and send clean and triggered requests.
 demo: venv
 	OFFLINE=$(OFFLINE) scripts/run_case.sh digits badnets resnet $(RUNS)
 	@echo "plots: $(RUNS)/digits-badnets-resnet/plots"
+	$(PY) -m offline.demo $(RUNS)/digits-badnets-resnet
 
 # Regenerates docs/RESULTS.md: every attack on digits and on shapes (about an hour on 2 cores).
 results: venv
 	for d in digits shapes; do for a in $(ATTACKS); do \
 	  OFFLINE=$(OFFLINE) scripts/run_case.sh $$d $$a resnet $(RUNS) || exit 1; done; done
 	$(PY) -m offline.results_table $(RUNS) > docs/RESULTS.md
+
+# Regenerates firewall/protocol/ from protos/ (a test fails when they drift apart).
+protos: venv
+	PYTHON=$(PY) scripts/gen_protos.sh
 
 clean:
 	rm -rf $(VENV) $(RUNS)

@@ -1,0 +1,260 @@
+"""The live stack: tritonclient -> firewall sidecar -> real MLServer, and the real /metrics.
+
+This process never imports the firewall's own protobuf stubs: tritonclient registers
+the same `inference.*` message names, and the firewall runs in its own process anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from tritonclient.grpc import service_pb2
+
+from firewall.artifacts import THRESHOLDS, load_artifacts
+from firewall.scoring import FIREWALL, SERVING_RULES, ScoringEngine
+from firewall.thresholds import Thresholds
+from offline.live_stack import free_port, metric, read_metrics, start_firewall, start_mlserver
+
+MODEL = "classifier"
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="module")
+def mlserver(tiny_artifacts, logs):
+    process, port, metrics_port = start_mlserver(tiny_artifacts, logs)
+    yield port, metrics_port
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def firewall(tiny_artifacts, mlserver, logs):
+    process, port, metrics_port = start_firewall(tiny_artifacts, mlserver[0], logs)
+    yield port, metrics_port
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_case, tiny_artifacts):
+    """Clean inputs the calibrated firewall accepts and triggered ones it rejects, offline."""
+    engine = ScoringEngine(load_artifacts(tiny_artifacts), rules=SERVING_RULES)
+    thresholds = Thresholds.load(tiny_artifacts / THRESHOLDS)
+    clean = np.load(tiny_case / "test_clean.npz")["x"][:200]
+    triggered = np.load(tiny_case / "test_triggered.npz")["x"][:200]
+    verdict = lambda x: thresholds.rejects(FIREWALL, engine.score(x)[1][FIREWALL])
+    accepted, rejected = clean[~verdict(clean)], triggered[verdict(triggered)]
+    assert len(accepted) >= 20 and len(rejected) >= 10, "the tiny model should detect some triggered inputs"
+    return accepted[:20], rejected[:10]
+
+
+def infer(port: int, x: np.ndarray, name: str = "input", datatype: str = "FP32") -> np.ndarray:
+    client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    tensor = triton.InferInput(name, list(x.shape), datatype)
+    tensor.set_data_from_numpy(x)
+    return client.infer(MODEL, [tensor], outputs=[triton.InferRequestedOutput("logits")]).as_numpy("logits")
+
+
+def status_of(port: int, x: np.ndarray, **kwargs) -> str | None:
+    try:
+        infer(port, x, **kwargs)
+        return None
+    except triton.InferenceServerException as exc:
+        return exc.status()
+
+
+def upstream_infers(mlserver) -> float:
+    return metric(read_metrics(mlserver[1]), "grpc_server_started_total", grpc_method="ModelInfer")
+
+
+def test_clean_inputs_pass_with_the_upstreams_exact_output(firewall, mlserver, inputs):
+    clean, _ = inputs
+    for row in range(5):
+        x = clean[row : row + 1]
+        assert np.array_equal(infer(firewall[0], x), infer(mlserver[0], x))
+    assert np.array_equal(infer(firewall[0], clean[:8]), infer(mlserver[0], clean[:8]))
+
+
+def test_triggered_inputs_are_denied_with_verdict_metadata_and_no_score(firewall, mlserver, inputs):
+    _, triggered = inputs
+    before = upstream_infers(mlserver)
+    request = service_pb2.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name="input", datatype="FP32", shape=list(triggered[:1].shape))
+    request.raw_input_contents.append(triggered[:1].tobytes())
+    with grpc.insecure_channel(f"127.0.0.1:{firewall[0]}") as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                   request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+                                   response_deserializer=service_pb2.ModelInferResponse.FromString)
+        with pytest.raises(grpc.RpcError) as caught:
+            call(request, timeout=10)
+    error = caught.value
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "firewall rejected" in error.details() or "rejected by the backdoor firewall" in error.details()
+    trailing = dict(error.trailing_metadata())
+    assert trailing["firewall-verdict"] == "reject" and len(trailing["firewall-request-id"]) == 32
+    assert "score" not in error.details().lower()
+    assert all(status_of(firewall[0], triggered[i : i + 1]) == "StatusCode.PERMISSION_DENIED"
+               for i in range(len(triggered)))
+    assert upstream_infers(mlserver) == before
+
+
+def test_a_batch_is_rejected_when_any_input_is_and_the_message_names_it(firewall, inputs):
+    clean, triggered = inputs
+    batch = np.concatenate([clean[:3], triggered[:1], clean[3:5]])
+    with pytest.raises(triton.InferenceServerException) as caught:
+        infer(firewall[0], batch)
+    assert caught.value.status() == "StatusCode.PERMISSION_DENIED"
+    assert "input 3 of a batch of 6" in caught.value.message()
+
+
+def test_counters_move_by_exactly_what_was_sent(firewall, inputs):
+    clean, triggered = inputs
+    before = read_metrics(firewall[1])
+    for row in clean[:7]:
+        infer(firewall[0], row[None])
+    for row in triggered[:4]:
+        status_of(firewall[0], row[None])
+    after = read_metrics(firewall[1])
+    delta = lambda name, **labels: metric(after, name, **labels) - metric(before, name, **labels)
+    assert delta("firewall_requests_total", model=MODEL, verdict="accept") == 7
+    assert delta("firewall_requests_total", model=MODEL, verdict="reject") == 4
+    assert delta("firewall_rejections_total", model=MODEL, rule="firewall") == 4
+    assert delta("firewall_score_count", model=MODEL, rule="badexpert") == 11
+    assert delta("firewall_upstream_duration_seconds_count", model=MODEL) == 7
+    assert metric(after, "firewall_artifacts_info", model=MODEL) == 1
+    assert 'le="0.0001"' in "".join(k for k in after if k.startswith("firewall_scoring_duration_seconds_bucket"))
+
+
+BAD = {
+    "wrong shape": dict(x=np.zeros((1, 1, 8, 8), np.float32)),
+    "wrong dtype": dict(x=np.zeros((1, 1, 16, 16), np.float64), datatype="FP64"),
+    "wrong name": dict(x=np.zeros((1, 1, 16, 16), np.float32), name="pixels"),
+    "NaN": dict(x=np.full((1, 1, 16, 16), np.nan, np.float32)),
+    "Inf": dict(x=np.full((1, 1, 16, 16), np.inf, np.float32)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_malformed_inputs_are_invalid_and_never_reach_the_upstream(firewall, mlserver, case):
+    before = upstream_infers(mlserver)
+    assert status_of(firewall[0], **BAD[case]) == "StatusCode.INVALID_ARGUMENT"
+    assert upstream_infers(mlserver) == before
+
+
+def _raw_call(port: int, request: service_pb2.ModelInferRequest) -> grpc.StatusCode:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                   request_serializer=service_pb2.ModelInferRequest.SerializeToString)
+        try:
+            call(request, timeout=10)
+            return grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            return exc.code()
+
+
+def test_byte_count_mismatch_and_shared_memory_are_invalid(firewall, mlserver):
+    before = upstream_infers(mlserver)
+    short = service_pb2.ModelInferRequest(model_name=MODEL)
+    short.inputs.add(name="input", datatype="FP32", shape=[1, 1, 16, 16])
+    short.raw_input_contents.append(b"\0" * 100)
+    assert _raw_call(firewall[0], short) == grpc.StatusCode.INVALID_ARGUMENT
+    shm = service_pb2.ModelInferRequest(model_name=MODEL)
+    tensor = shm.inputs.add(name="input", datatype="FP32", shape=[1, 1, 16, 16])
+    tensor.parameters["shared_memory_region"].string_param = "region0"
+    tensor.parameters["shared_memory_byte_size"].int64_param = 1024
+    assert _raw_call(firewall[0], shm) == grpc.StatusCode.INVALID_ARGUMENT
+    assert upstream_infers(mlserver) == before
+
+
+def test_typed_fp32_contents_are_scored_like_raw_bytes(firewall, mlserver, inputs):
+    clean, triggered = inputs
+    for x, expected in ((clean[:1], grpc.StatusCode.OK), (triggered[:1], grpc.StatusCode.PERMISSION_DENIED)):
+        request = service_pb2.ModelInferRequest(model_name=MODEL)
+        tensor = request.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+        tensor.contents.fp32_contents.extend(x.ravel().tolist())
+        assert _raw_call(firewall[0], request) == expected
+
+
+def test_metadata_calls_and_health_pass(firewall):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    client = triton.InferenceServerClient(f"127.0.0.1:{firewall[0]}")
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)
+    assert client.get_model_metadata(MODEL).inputs[0].name == "input"
+    with grpc.insecure_channel(f"127.0.0.1:{firewall[0]}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_monitor_mode_forwards_everything_but_counts(tiny_artifacts, mlserver, logs, inputs):
+    _, triggered = inputs
+    process, port, metrics_port = start_firewall(tiny_artifacts, mlserver[0], logs, "--mode", "monitor")
+    try:
+        for row in triggered[:3]:
+            assert np.array_equal(infer(port, row[None]), infer(mlserver[0], row[None]))
+        values = read_metrics(metrics_port)
+        assert metric(values, "firewall_requests_total", model=MODEL, verdict="reject") == 3
+        assert metric(values, "firewall_rejections_total", model=MODEL, rule="firewall") == 3
+        audit = [json.loads(line) for line in (logs / f"audit-{port}.jsonl").read_text().splitlines()]
+        assert len(audit) == 3 and all(entry["mode"] == "monitor" for entry in audit)
+    finally:
+        process.stop()
+
+
+def test_upstream_down_is_unavailable_and_the_firewall_recovers(tiny_artifacts, logs, inputs):
+    clean, _ = inputs
+    upstream, upstream_port, _ = start_mlserver(tiny_artifacts, logs)
+    process, port, _ = start_firewall(tiny_artifacts, upstream_port, logs)
+    try:
+        assert status_of(port, clean[:1]) is None
+        upstream.stop()
+        assert status_of(port, clean[:1]) == "StatusCode.UNAVAILABLE"
+        upstream, _, _ = start_mlserver(tiny_artifacts, logs, grpc_port=upstream_port)
+        deadline = time.monotonic() + 30
+        while status_of(port, clean[:1]) is not None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert status_of(port, clean[:1]) is None
+    finally:
+        process.stop()
+        upstream.stop()
+
+
+def test_sigterm_drains_in_flight_requests(tiny_artifacts, mlserver, logs, inputs):
+    clean, _ = inputs
+    process, port, _ = start_firewall(tiny_artifacts, mlserver[0], logs)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(status_of(port, clean[:16]))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.05)
+    code = process.stop(signal.SIGTERM)
+    for thread in threads:
+        thread.join()
+    assert code == 0
+    assert results.count(None) + results.count("StatusCode.UNAVAILABLE") == 8
+    assert "StatusCode.CANCELLED" not in results and "StatusCode.INTERNAL" not in results
+
+
+def test_a_tampered_model_stops_the_firewall_at_start(tiny_artifacts, tmp_path):
+    art = shutil.copytree(tiny_artifacts, tmp_path / "art")
+    with open(art / "auxiliary.onnx", "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\xff")
+    result = subprocess.run([sys.executable, "-m", "firewall", "serve", "--artifacts", str(art), "--upstream",
+                             "127.0.0.1:1", "--listen", f"127.0.0.1:{free_port()}", "--metrics-port",
+                             str(free_port())], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "auxiliary.onnx" in result.stderr and "modified" in result.stderr
