@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from firewall.config import MODES, ON_ERROR, ServeConfig
-from firewall.errors import UserError
+from firewall.errors import run_reporting_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,15 +39,7 @@ def main(argv: list[str] | None = None) -> int:
                          threads=args.threads)
     from firewall.server import serve
 
-    try:
-        asyncio.run(serve(config))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting_errors(lambda: asyncio.run(serve(config)), OSError)
 
 
 if __name__ == "__main__":

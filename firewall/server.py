@@ -16,8 +16,7 @@ import uuid
 import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from firewall.artifacts import THRESHOLDS, load_artifacts
 from firewall.audit import AuditLog
@@ -55,7 +54,7 @@ class Firewall:
         self.metrics = FirewallMetrics()
         self.metrics.artifacts_info.labels(self.model, artifacts.manifest_sha256).set(1)
         self.audit = AuditLog(config.audit_log)
-        self.health = HealthServicer()
+        self.health = health.aio.HealthServicer()
         self.batcher: MicroBatcher | None = None
         self.channel: grpc.aio.Channel | None = None
         self.server: grpc.aio.Server | None = None

@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from firewall.errors import UserError
+from firewall.errors import run_reporting_errors
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -107,12 +107,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)
-    try:
-        run(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting_errors(lambda: run(args))
 
 
 if __name__ == "__main__":

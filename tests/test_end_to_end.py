@@ -258,3 +258,28 @@ def test_a_tampered_model_stops_the_firewall_at_start(tiny_artifacts, tmp_path):
                              str(free_port())], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "auxiliary.onnx" in result.stderr and "modified" in result.stderr
+
+
+def _artifacts_that_fail_to_score(tiny_artifacts: Path, out: Path) -> Path:
+    """A consistent (re-hashed) artifacts set whose STRIP bank cannot be superimposed."""
+    from firewall.artifacts import sha256_file
+
+    art = shutil.copytree(tiny_artifacts, out)
+    np.save(art / "strip_bank.npy", np.zeros((4, 1, 8, 8), np.float32))
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["files"]["strip_bank.npy"]["sha256"] = sha256_file(art / "strip_bank.npy")
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    return art
+
+
+@pytest.mark.parametrize("on_error, expected", [("reject", "StatusCode.PERMISSION_DENIED"), ("allow", None)])
+def test_a_scoring_failure_fails_closed_unless_allowed(tiny_artifacts, mlserver, logs, inputs, tmp_path,
+                                                       on_error, expected):
+    clean, _ = inputs
+    art = _artifacts_that_fail_to_score(tiny_artifacts, tmp_path / "art")
+    process, port, metrics_port = start_firewall(art, mlserver[0], logs, "--on-error", on_error)
+    try:
+        assert status_of(port, clean[:1]) == expected
+        assert metric(read_metrics(metrics_port), "firewall_requests_total", model=MODEL, verdict="error") == 1
+    finally:
+        process.stop()

@@ -82,3 +82,31 @@ def test_unexpected_archive_entries_are_refused(tmp_path):
         zout.writestr(f"{prefix}/data/aotinductor/model.so", b"\x7fELF")
     with pytest.raises(UserError, match="unexpected entry"):
         load_pt2(crafted)
+
+
+def test_torchvision_architecture_with_safetensors_weights(tmp_path):
+    import torchvision
+    from safetensors.torch import save_file
+
+    from offline.model_io import input_shape_of, load_model
+
+    reference = torchvision.models.get_model("resnet18", weights=None, num_classes=7).eval()
+    save_file(reference.state_dict(), str(tmp_path / "w.safetensors"))
+    program = load_model("torchvision:resnet18", tmp_path / "w.safetensors", (3, 32, 32))
+    assert input_shape_of(program) == (3, 32, 32)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(program.module()(x), reference(x), atol=1e-5)
+
+
+def test_torchvision_weights_that_do_not_fit_are_a_clear_error(tmp_path):
+    from safetensors.torch import save_file
+
+    from offline.model_io import load_model
+
+    save_file({"fc.weight": torch.zeros(5, 3)}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(UserError, match="does not accept"):
+        load_model("torchvision:resnet18", tmp_path / "w.safetensors", (3, 32, 32))
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(UserError, match="safetensors"):
+        load_model("torchvision:resnet18", tmp_path / "junk.safetensors", (3, 32, 32))

@@ -9,6 +9,8 @@ import numpy as np
 from firewall.artifacts import Normalization
 from firewall.models import ModelSet
 
+SUPERIMPOSED_ROWS = 1024
+
 
 class Batch:
     """A batch of inputs and the model outputs that rules ask for, each run once.
@@ -22,6 +24,7 @@ class Batch:
         self.models = models
         self.bank = bank
         self.normalization = normalization
+        self._superimposed: dict[str, np.ndarray] = {}
 
     @cached_property
     def original(self) -> np.ndarray:
@@ -39,22 +42,28 @@ class Batch:
     def auxiliary(self) -> np.ndarray:
         return self.models.probs("auxiliary", self.x)
 
-    @cached_property
-    def superimposed(self) -> np.ndarray:
-        """Every input added to every bank sample in pixel space, clipped like an image.
+    def superimposed(self, rows: slice) -> np.ndarray:
+        """Inputs `rows` each added to every bank sample in pixel space, clipped like an image.
 
-        Shape [N * S, ...] with the S copies of input i contiguous.
+        Shape [n * S, ...] with the S copies of an input contiguous.
         """
         norm = self.normalization
-        pixels = norm.to_pixels(self.x)[:, None]
+        pixels = norm.to_pixels(self.x[rows])[:, None]
         bank = norm.to_pixels(self.bank)[None]
         mixed = np.clip(pixels + bank, 0.0, 1.0).reshape((-1,) + self.x.shape[1:])
         return norm.from_pixels(mixed).astype(np.float32)
 
     def superimposed_probs(self, role: str) -> np.ndarray:
-        """[N, S, K] probabilities of `role` on the superimposed copies."""
-        probs = self.models.probs(role, self.superimposed)
-        return probs.reshape(len(self.x), len(self.bank), -1)
+        """[N, S, K] probabilities of `role` on the superimposed copies, computed once per role.
+
+        Inputs are superimposed a few at a time so that memory stays bounded by
+        SUPERIMPOSED_ROWS copies whatever the batch and image size.
+        """
+        if role not in self._superimposed:
+            step = max(1, SUPERIMPOSED_ROWS // len(self.bank))
+            parts = [self.models.probs(role, self.superimposed(slice(i, i + step))) for i in range(0, len(self.x), step)]
+            self._superimposed[role] = np.concatenate(parts).reshape(len(self.x), len(self.bank), -1)
+        return self._superimposed[role]
 
 
 class Rule:

@@ -1,0 +1,116 @@
+"""`offline build`: M and a clean set in, a verified artifacts directory out."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import firewall
+from firewall.artifacts import MANIFEST, MODEL_FILES, SCHEMA_VERSION, STRIP_BANK, sha256_file
+from firewall.errors import UserError
+from offline.atomic import atomic_directory
+from offline.build.onnx_export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx
+from offline.build.stages import auxiliary_model, backdoor_expert, exposed_model
+from offline.data.tensorsets import TensorSet, load_tensor_set
+from offline.model_io import input_shape_of, load_model
+from offline.training import accuracy
+
+MIN_CLEAN = 50
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    model: str
+    clean_data: Path
+    out: Path
+    name: str = "classifier"
+    auxiliary: str = "finetune"
+    weights: Path | None = None
+    input_shape: tuple[int, ...] | None = None
+    input_mean: tuple[float, ...] = (0.0,)
+    input_std: tuple[float, ...] = (1.0,)
+    holdout_fraction: float = 0.2
+    strip_bank_size: int = 64
+    expert_lr: float = 1e-4
+    expert_target_accuracy: float = 0.05
+    seed: int = 0
+    force: bool = False
+
+
+def split_holdout(clean: TensorSet, fraction: float, rng: np.random.Generator) -> tuple[TensorSet, TensorSet]:
+    """Stratified split so that every class is represented in the held-out criterion."""
+    held = []
+    for label in np.unique(clean.y):
+        rows = rng.permutation(np.flatnonzero(clean.y == label))
+        held.extend(rows[: max(1, int(round(fraction * len(rows))))])
+    mask = np.zeros(len(clean), bool)
+    mask[held] = True
+    return clean.subset(np.flatnonzero(~mask)), clean.subset(np.flatnonzero(mask))
+
+
+def run_build(config: BuildConfig) -> dict:
+    if config.auxiliary != "finetune":
+        raise UserError(f"--auxiliary {config.auxiliary} is not available; use finetune")
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    program = load_model(config.model, config.weights, config.input_shape)
+    input_shape = input_shape_of(program)
+    model = program.module()
+    clean_probe = load_tensor_set(config.clean_data, input_shape=input_shape)
+    with torch.no_grad():
+        num_classes = int(model(torch.from_numpy(clean_probe.x[:2])).shape[1])
+    clean = load_tensor_set(config.clean_data, num_classes=num_classes, input_shape=input_shape)
+    if len(clean) < MIN_CLEAN:
+        raise UserError(f"{config.clean_data} has {len(clean)} samples; the build needs at least {MIN_CLEAN} "
+                        "clean labelled samples (a few hundred is better)")
+    train, heldout = split_holdout(clean, config.holdout_fraction, rng)
+
+    original_acc = accuracy(model, heldout.x, heldout.y)
+    if original_acc < 2.0 / num_classes:
+        print(f"warning: the model is only {original_acc:.1%} accurate on the held-out clean data; "
+              "check that the clean set is normalised as the model expects", file=sys.stderr)
+    common = {"num_classes": num_classes, "seed": config.seed}
+    expert, expert_report = backdoor_expert(model, train, heldout, lr=config.expert_lr,
+                                            target_accuracy=config.expert_target_accuracy, **common)
+    exposed, exposed_report = exposed_model(model, train, heldout, **common)
+    auxiliary, auxiliary_report = auxiliary_model(model, train, heldout, **common)
+    models = {"original": model, "expert": expert, "auxiliary": auxiliary, "exposed": exposed}
+
+    with atomic_directory(config.out, config.force) as scratch:
+        example = torch.from_numpy(clean.x[:2])
+        onnx_check = {}
+        for role, module in models.items():
+            path = scratch / MODEL_FILES[role]
+            export_onnx(module, example, path)
+            onnx_check[role] = check_export(module, path, heldout.x[:64])
+        bank_rows = rng.choice(len(clean), size=min(config.strip_bank_size, len(clean)), replace=False)
+        np.save(scratch / STRIP_BANK, clean.x[bank_rows].astype(np.float32), allow_pickle=False)
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "name": config.name,
+            "created_by": f"backdoor-firewall {firewall.__version__}",
+            "input": {"name": INPUT_NAME, "shape": list(input_shape), "datatype": "FP32",
+                      "normalization": {"mean": list(config.input_mean), "std": list(config.input_std)}},
+            "output": {"name": OUTPUT_NAME, "shape": [num_classes], "datatype": "FP32"},
+            "num_classes": num_classes,
+            "files": {f: {"sha256": sha256_file(scratch / f)} for f in [*MODEL_FILES.values(), STRIP_BANK]},
+            "source_model": {"spec": config.model,
+                             "sha256": sha256_file(Path(config.model)) if Path(config.model).is_file() else None},
+            "build": {"clean_data": str(config.clean_data), "clean_samples": len(clean),
+                      "heldout_samples": len(heldout), "auxiliary_method": config.auxiliary,
+                      "strip_bank_size": len(bank_rows), "seed": config.seed},
+            "models": {
+                "original": {"heldout_clean_accuracy": original_acc},
+                "expert": expert_report.to_json(),
+                "auxiliary": auxiliary_report.to_json(),
+                "exposed": exposed_report.to_json(),
+            },
+            "onnx_max_abs_diff": onnx_check,
+        }
+        (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
