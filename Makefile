@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-offline
 RUNS := runs
 ATTACKS := badnets blend trojan sig wanet none
 
-.PHONY: venv test demo results protos clean
+.PHONY: venv test demo results bench-serving protos clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ results: venv
 	for d in digits shapes; do for a in $(ATTACKS); do \
 	  OFFLINE=$(OFFLINE) scripts/run_case.sh $$d $$a resnet $(RUNS) || exit 1; done; done
 	$(PY) -m offline.results_table $(RUNS) > docs/RESULTS.md
+
+# Regenerates docs/PERFORMANCE.md: bare MLServer against MLServer behind the firewall,
+# the same tritonclient load at concurrency 1, 8 and 32 (a few minutes).
+bench-serving: venv
+	test -f $(RUNS)/digits-badnets-resnet/artifacts/thresholds.json || \
+	  OFFLINE=$(OFFLINE) scripts/run_case.sh digits badnets resnet $(RUNS)
+	$(PY) -m offline.bench_serving $(RUNS)/digits-badnets-resnet --markdown docs/PERFORMANCE.md
 
 # Regenerates firewall/protocol/ from protos/ (a test fails when they drift apart).
 protos: venv
