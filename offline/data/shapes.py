@@ -1,9 +1,11 @@
 """`shapes`: a generated RGB 32x32 ten-class data set.
 
 Each image is one shape (the class) drawn with a random colour, size, position, small
-rotation and fill texture over a textured, noisy background with a distractor blob.
+rotation and fill texture (flat, stripes, checks, gradient) over a flat or gradient
+background with a distractor blob and pixel noise.
 Pentagon, hexagon and circle blur into each other at small sizes and under noise, so
-a small CNN lands in the 90s rather than at 100%: room for an attack to hide.
+a small CNN lands in the 90s rather than at 100% (measured: 93.3% for a width-8
+ResNet after 20 epochs): room for an attack to hide.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import numpy as np
 
 CLASSES = ("circle", "ring", "triangle", "square", "pentagon", "hexagon", "plus", "cross", "star", "crescent")
 _RENDER = 64  # rendered at 2x and averaged down for anti-aliased edges
+RADIUS = (0.22, 0.36)  # of the image side
+NOISE_MAX = 0.08
+BACKGROUND_KINDS = (0, 3)  # flat or gradient; the shapes' fills keep every texture
 
 
 def _polygon(rho: np.ndarray, phi: np.ndarray, sides: int, radius: float) -> np.ndarray:
@@ -48,9 +53,9 @@ def _mask(label: int, u: np.ndarray, v: np.ndarray, radius: float, rng: np.rando
     return (rho <= radius) & (np.hypot(u - offset, v) > radius * 0.85)
 
 
-def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    """A [H, W] modulation in [0, 1]: flat, stripes, checks or a gradient."""
-    kind = rng.integers(4)
+def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, kinds: tuple[int, ...] = (0, 1, 2, 3)) -> np.ndarray:
+    """A [H, W] modulation in [0, 1]: 0 flat, 1 stripes, 2 checks, 3 a gradient."""
+    kind = kinds[rng.integers(len(kinds))]
     if kind == 0:
         return np.ones_like(xx)
     if kind == 1:
@@ -67,13 +72,13 @@ def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.nda
 def _render_one(label: int, rng: np.random.Generator) -> np.ndarray:
     yy, xx = np.mgrid[0:_RENDER, 0:_RENDER].astype(np.float64)
     bg_a, bg_b = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
-    background = _texture(rng, yy, xx)[..., None]
+    background = _texture(rng, yy, xx, BACKGROUND_KINDS)[..., None]
     image = bg_a * (1 - background) + bg_b * background
     # A distractor blob so that "the only object" is never a shortcut.
     cy, cx, r = rng.uniform(0, _RENDER, 2).tolist() + [rng.uniform(3, 8)]
     blob = np.hypot(yy - cy, xx - cx) <= r
     image[blob] = rng.uniform(0, 1, 3)
-    radius = rng.uniform(0.18, 0.34) * _RENDER
+    radius = rng.uniform(*RADIUS) * _RENDER
     cy, cx = rng.uniform(radius, _RENDER - radius, 2)
     angle = rng.uniform(-0.3, 0.3)
     u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
@@ -85,7 +90,7 @@ def _render_one(label: int, rng: np.random.Generator) -> np.ndarray:
     fill = 0.75 + 0.25 * _texture(rng, yy, xx)[..., None]
     image = np.where(mask[..., None], colour * fill, image)
     image = image.reshape(32, 2, 32, 2, 3).mean(axis=(1, 3))
-    image = image + rng.normal(0, rng.uniform(0.03, 0.12), image.shape)
+    image = image + rng.normal(0, rng.uniform(0.02, NOISE_MAX), image.shape)
     return np.clip(image, 0, 1).transpose(2, 0, 1).astype(np.float32)
 
 
