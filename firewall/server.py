@@ -22,7 +22,6 @@ from firewall.artifacts import THRESHOLDS, load_artifacts
 from firewall.audit import AuditLog
 from firewall.batcher import MicroBatcher
 from firewall.config import ServeConfig
-from firewall.errors import ArtifactError
 from firewall.metrics import FirewallMetrics
 from firewall.protocol import grpc_predict_v2_pb2 as pb
 from firewall.scoring import FIREWALL, SERVING_RULES, ScoringEngine
@@ -47,9 +46,7 @@ class Firewall:
         self.manifest = artifacts.manifest
         self.thresholds = Thresholds.load(artifacts.path(THRESHOLDS))
         self.engine = ScoringEngine(artifacts, rules=SERVING_RULES, threads=config.threads)
-        missing = [r for r in self.engine.rule_names if r not in self.thresholds.rules]
-        if missing:
-            raise ArtifactError(f"thresholds.json has no threshold for {missing}: run `offline calibrate` again")
+        self.thresholds.require(self.engine.rule_names)
         self.model = self.manifest.name
         self.metrics = FirewallMetrics()
         self.metrics.artifacts_info.labels(self.model, artifacts.manifest_sha256).set(1)

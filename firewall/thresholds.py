@@ -52,6 +52,12 @@ class Thresholds:
     def fit(cls, clean_scores: dict[str, np.ndarray], target_fpr: float) -> "Thresholds":
         return cls(target_fpr, {name: fit_threshold(s, target_fpr) for name, s in clean_scores.items()})
 
+    def require(self, rules: list[str]) -> None:
+        """Refuse to score with rules that were never calibrated."""
+        missing = [r for r in rules if r not in self.rules]
+        if missing:
+            raise ArtifactError(f"thresholds.json has no threshold for {missing}: run `offline calibrate` again")
+
     def rejects(self, rule: str, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.rules[rule].threshold
 

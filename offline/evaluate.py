@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from firewall.artifacts import THRESHOLDS, load_artifacts
-from firewall.errors import UserError
 from firewall.rules import BadExpertRule
 from firewall.scoring import ScoringEngine
 from firewall.thresholds import Thresholds
@@ -47,9 +46,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     check = {"num_classes": manifest.num_classes, "input_shape": manifest.input_shape}
     clean = load_tensor_set(config.clean_data, **check)
     engine = ScoringEngine(artifacts, rules=ALL_RULES)
-    missing = [r for r in engine.rule_names if r not in thresholds.rules]
-    if missing:
-        raise UserError(f"thresholds.json has no threshold for {missing}: run `offline calibrate` again")
+    thresholds.require(engine.rule_names)
     clean_pred, clean_scores = engine.score(clean.x)
     report: dict = {"n_clean": len(clean), "clean_accuracy": float((clean_pred == clean.y).mean()), "rules": {}}
 

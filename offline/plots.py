@@ -24,9 +24,9 @@ def _roc_axes(ax, clean: np.ndarray, backdoor: np.ndarray, label: str) -> None:
 
 def _finish_roc(ax, title: str) -> None:
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
-    ax.set(xscale="symlog", xlim=(0, 1), ylim=(0, 1.02), xlabel="false-positive rate (clean rejected)",
-           ylabel="true-positive rate (backdoor rejected)", title=title)
     ax.set_xscale("symlog", linthresh=0.01)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false-positive rate (clean rejected)",
+           ylabel="true-positive rate (backdoor rejected)", title=title)
     ax.axvline(0.01, color="grey", lw=0.8, ls="--")
     ax.legend(loc="lower right", fontsize=8)
 

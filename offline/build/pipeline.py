@@ -16,7 +16,7 @@ from firewall.errors import UserError
 from offline.atomic import atomic_directory
 from offline.build.onnx_export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx
 from offline.build.stages import auxiliary_model, backdoor_expert, exposed_model
-from offline.data.tensorsets import TensorSet, load_tensor_set
+from offline.data.tensorsets import TensorSet, check_labels, load_tensor_set
 from offline.model_io import input_shape_of, load_model
 from offline.training import accuracy
 
@@ -61,10 +61,10 @@ def run_build(config: BuildConfig) -> dict:
     program = load_model(config.model, config.weights, config.input_shape)
     input_shape = input_shape_of(program)
     model = program.module()
-    clean_probe = load_tensor_set(config.clean_data, input_shape=input_shape)
+    clean = load_tensor_set(config.clean_data, input_shape=input_shape)
     with torch.no_grad():
-        num_classes = int(model(torch.from_numpy(clean_probe.x[:2])).shape[1])
-    clean = load_tensor_set(config.clean_data, num_classes=num_classes, input_shape=input_shape)
+        num_classes = int(model(torch.from_numpy(clean.x[:2])).shape[1])
+    check_labels(clean, num_classes, config.clean_data)
     if len(clean) < MIN_CLEAN:
         raise UserError(f"{config.clean_data} has {len(clean)} samples; the build needs at least {MIN_CLEAN} "
                         "clean labelled samples (a few hundred is better)")

@@ -67,13 +67,19 @@ def load_tensor_set(
         raise UserError(f"{path}: inputs have shape {tuple(x.shape[1:])} but the model takes "
                         f"{tuple(input_shape)} (without the batch dimension)")
     target = arrays.get("target")
-    if num_classes is not None:
-        for name, labels in (("y", y), ("target", target)):
-            if labels is not None and (labels.min() < 0 or labels.max() >= num_classes):
-                raise UserError(f"{path}: labels in '{name}' span {labels.min()}..{labels.max()} "
-                                f"but the model has {num_classes} classes (0..{num_classes - 1})")
-    return TensorSet(
+    tensors = TensorSet(
         x.astype(np.float32, copy=False),
         y.astype(np.int64, copy=False),
         None if target is None else target.astype(np.int64, copy=False),
     )
+    if num_classes is not None:
+        check_labels(tensors, num_classes, path)
+    return tensors
+
+
+def check_labels(tensors: TensorSet, num_classes: int, path: str | Path) -> None:
+    """Every label (and attack target) must name one of the model's classes."""
+    for name, labels in (("y", tensors.y), ("target", tensors.target)):
+        if labels is not None and (labels.min() < 0 or labels.max() >= num_classes):
+            raise UserError(f"{path}: labels in '{name}' span {labels.min()}..{labels.max()} "
+                            f"but the model has {num_classes} classes (0..{num_classes - 1})")
