@@ -17,7 +17,7 @@ import numpy as np
 
 from firewall.errors import ArtifactError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 THRESHOLDS = "thresholds.json"
 STRIP_BANK = "strip_bank.npy"
@@ -27,6 +27,17 @@ MODEL_FILES = {
     "auxiliary": "auxiliary.onnx",
     "exposed": "exposed.onnx",
 }
+# The BaDExpert rule as one graph each (offline/build/fused_export.py): with M's
+# prediction inside, and without M for when the prediction comes from the upstream.
+FUSED_FILES = {
+    "fused": "fused.onnx",
+    "fused_without_original": "fused_without_original.onnx",
+}
+PREDICTION_OUTPUT = "prediction"
+BY_CLASS_OUTPUT = "badexpert_by_class"
+# The same four models as torch.export programs, for the eager-PyTorch engine benchmark.
+# Listed and hashed like every file; the sidecar never opens them.
+TORCH_FILES = {role: f"torch/{role}.pt2" for role in MODEL_FILES}
 
 
 def sha256_file(path: Path) -> str:
@@ -109,7 +120,7 @@ class Artifacts:
         return self.root / filename
 
     def model_path(self, role: str) -> Path:
-        return self.root / MODEL_FILES[role]
+        return self.root / {**MODEL_FILES, **FUSED_FILES}[role]
 
     def strip_bank(self) -> np.ndarray:
         # allow_pickle=False: the bank is data, never code.
@@ -127,7 +138,7 @@ def load_artifacts(root: str | Path) -> Artifacts:
     except (OSError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{manifest_path} is not valid JSON ({exc}): rebuild the artifacts") from exc
     manifest = Manifest.from_json(data)
-    required = set(MODEL_FILES.values()) | {STRIP_BANK}
+    required = set(MODEL_FILES.values()) | set(FUSED_FILES.values()) | {STRIP_BANK}
     missing_entries = required - set(manifest.files)
     if missing_entries:
         raise ArtifactError(f"manifest.json lists no sha256 for {sorted(missing_entries)}: rebuild the artifacts")

@@ -1,11 +1,13 @@
-"""onnxruntime sessions for the four models of an artifacts directory."""
+"""onnxruntime sessions for the models of an artifacts directory, tuned for serving."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
-from firewall.artifacts import MODEL_FILES, Artifacts
+from firewall.artifacts import FUSED_FILES, MODEL_FILES, Artifacts
 from firewall.probabilities import softmax
 
 
@@ -15,25 +17,52 @@ def default_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-class ModelSet:
-    """The original model M, backdoor expert B, auxiliary M' and exposed model E."""
+@dataclass(frozen=True)
+class SessionTuning:
+    """How onnxruntime may use the machine.
 
-    def __init__(self, artifacts: Artifacts, providers: list[str] | None = None, threads: int = 0):
+    The sidecar shares its CPUs with the model server it protects. onnxruntime's
+    default is to size its thread pool to every core and to let idle threads spin,
+    which on a shared machine takes cycles from the upstream exactly when both are
+    busy; `spinning=False` makes idle threads sleep instead.
+    """
+
+    threads: int = 0  # intra-op threads; 0 lets onnxruntime choose
+    spinning: bool = True
+
+    def session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        return options
+
+
+class ModelSet:
+    """M, B, M' and E as separate sessions, and the fused BaDExpert graphs."""
+
+    def __init__(self, artifacts: Artifacts, providers: list[str] | None = None,
+                 tuning: SessionTuning = SessionTuning()):
+        options = tuning.session_options()
         providers = providers or default_providers()
         self.input_name = artifacts.manifest.input_name
         self.sessions = {
             role: ort.InferenceSession(str(artifacts.model_path(role)), options, providers=providers)
-            for role in MODEL_FILES
+            for role in [*MODEL_FILES, *FUSED_FILES]
         }
+        self.output_names = {role: [o.name for o in s.get_outputs()] for role, s in self.sessions.items()}
 
     @property
     def providers(self) -> list[str]:
         """What actually runs: onnxruntime silently falls back to the CPU."""
         return self.sessions["original"].get_providers()
+
+    def run(self, role: str, x: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = self.sessions[role].run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})
+        return dict(zip(self.output_names[role], outputs))
 
     def logits(self, role: str, x: np.ndarray) -> np.ndarray:
         return self.sessions[role].run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]

@@ -1,7 +1,10 @@
 """The scoring engine: one artifacts directory, the rules asked for, inputs in chunks.
 
 `offline calibrate`, `offline evaluate` and the sidecar all score through this class,
-so the numbers measured offline are the numbers served.
+so the numbers measured offline are the numbers served. The sidecar scores in two
+stages (the cheap BaDExpert graph for everyone, the costly rules for the cascade's
+band); offline, every rule scores every input and `Fusion.fuse` reads the later rules
+only where the sidecar would have computed them.
 """
 
 from __future__ import annotations
@@ -10,17 +13,17 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from firewall.artifacts import BY_CLASS_OUTPUT as BY_CLASS
+from firewall.artifacts import PREDICTION_OUTPUT as PREDICTION
 from firewall.artifacts import Artifacts
 from firewall.errors import UserError
-from firewall.models import ModelSet
+from firewall.models import ModelSet, SessionTuning
+from firewall.probabilities import prob_of
 from firewall.rules import RULES, Batch
 
 FIREWALL = "firewall"
 SERVING_RULES = ("badexpert", "strip")
 BASELINE_RULES = ("strip_original", "scaleup", "strip_exposed_entropy")
-# The verdict the sidecar applies. For now it is the BaDExpert rule alone; the
-# calibrated fusion of several rules replaces it once it is measured to do better.
-VERDICT_RULE = "badexpert"
 
 
 class ScoringEngine:
@@ -30,40 +33,52 @@ class ScoringEngine:
         rules: Sequence[str] = SERVING_RULES,
         providers: list[str] | None = None,
         chunk_size: int = 128,
-        threads: int = 0,
+        tuning: SessionTuning = SessionTuning(),
     ):
         unknown = [r for r in rules if r not in RULES]
         if unknown:
             raise UserError(f"unknown rule(s) {unknown}; known rules: {sorted(RULES)}")
-        if VERDICT_RULE not in rules:
-            rules = (VERDICT_RULE, *rules)
         self.manifest = artifacts.manifest
-        self.models = ModelSet(artifacts, providers=providers, threads=threads)
+        self.models = ModelSet(artifacts, providers=providers, tuning=tuning)
         self.bank = artifacts.strip_bank().astype(np.float32)
         self.rules = {name: RULES[name]() for name in rules}
         self.chunk_size = chunk_size
 
     @property
     def rule_names(self) -> list[str]:
-        return [*self.rules, FIREWALL]
+        return list(self.rules)
 
-    def batches(self, x: np.ndarray) -> Iterator[Batch]:
+    def batches(self, x: np.ndarray, yhat: np.ndarray | None = None) -> Iterator[Batch]:
         for start in range(0, len(x), self.chunk_size):
-            chunk = np.ascontiguousarray(x[start : start + self.chunk_size], dtype=np.float32)
-            yield Batch(chunk, self.models, self.bank, self.manifest.normalization)
+            rows = slice(start, start + self.chunk_size)
+            chunk = np.ascontiguousarray(x[rows], dtype=np.float32)
+            yield Batch(chunk, self.models, self.bank, self.manifest.normalization,
+                        None if yhat is None else yhat[rows])
 
-    def score_batch(self, batch: Batch) -> dict[str, np.ndarray]:
-        scores = {name: rule.score(batch).astype(np.float64) for name, rule in self.rules.items()}
-        scores[FIREWALL] = scores[VERDICT_RULE]
-        return scores
-
-    def score(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(M's predictions, {rule: scores}) for every input of x."""
-        predictions, per_rule = [], {name: [] for name in self.rule_names}
-        for batch in self.batches(x):
-            for name, values in self.score_batch(batch).items():
-                per_rule[name].append(values)
+    def score(self, x: np.ndarray, yhat: np.ndarray | None = None,
+              rules: Sequence[str] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(predictions, {rule: scores}) for every input of x, for `rules` (default: all of
+        this engine's). With `yhat` given, M is not run for the prediction."""
+        names = list(rules or self.rules)
+        predictions, per_rule = [], {name: [] for name in names}
+        for batch in self.batches(x, yhat):
+            for name in names:
+                per_rule[name].append(self.rules[name].score(batch).astype(np.float64))
             predictions.append(batch.yhat)
         if not predictions:
-            return np.zeros(0, np.int64), {name: np.zeros(0) for name in self.rule_names}
+            return np.zeros(0, np.int64), {name: np.zeros(0) for name in names}
         return np.concatenate(predictions), {n: np.concatenate(v) for n, v in per_rule.items()}
+
+    def first_stage(self, x: np.ndarray, predict: bool = True) -> dict[str, np.ndarray]:
+        """The sidecar's cheap stage: the BaDExpert score of every class, and M's prediction
+        unless the upstream will supply it. One fused-graph run, whatever the batch size."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if predict:
+            outputs = self.models.run("fused", x)
+            return {PREDICTION: outputs[PREDICTION].astype(np.int64), BY_CLASS: outputs[BY_CLASS]}
+        return {BY_CLASS: self.models.run("fused_without_original", x)[BY_CLASS]}
+
+
+def pick_class(by_class: np.ndarray, yhat: np.ndarray) -> np.ndarray:
+    """The score of the predicted class from a first stage's [N, K] scores."""
+    return prob_of(by_class, yhat).astype(np.float64)

@@ -1,7 +1,8 @@
 """The sidecar: an Open Inference Protocol v2 gRPC proxy that scores before it forwards.
 
 ModelInfer is decoded, validated, scored by the micro-batcher and then rejected or
-forwarded. Requests travel to the upstream as the client's own bytes and responses
+forwarded; with `--forwarding parallel` it is forwarded while it is scored and the
+answer is held back until the verdict. Requests travel to the upstream as the client's own bytes and responses
 come back as the upstream's own bytes: nothing the firewall does can alter an
 accepted answer. The other five RPCs pass straight through.
 """
@@ -12,21 +13,28 @@ import asyncio
 import hashlib
 import time
 import uuid
+from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from firewall.artifacts import THRESHOLDS, load_artifacts
+from firewall.artifacts import BY_CLASS_OUTPUT, PREDICTION_OUTPUT, THRESHOLDS, load_artifacts
 from firewall.audit import AuditLog
 from firewall.batcher import MicroBatcher
 from firewall.config import ServeConfig
+from firewall.errors import ArtifactError
+from firewall.fusion import Fusion
 from firewall.metrics import FirewallMetrics
+from firewall.models import SessionTuning
 from firewall.protocol import grpc_predict_v2_pb2 as pb
-from firewall.scoring import FIREWALL, SERVING_RULES, ScoringEngine
+from firewall.rules import RULES
+from firewall.scoring import FIREWALL, ScoringEngine, pick_class
 from firewall.tensors import InvalidInput, decode_input
 from firewall.thresholds import Thresholds
+from firewall.upstream_prediction import prediction_from_response
 
 SERVICE = "inference.GRPCInferenceService"
 PASSTHROUGH = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata")
@@ -39,37 +47,77 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
+def _serving_fusion(thresholds: Thresholds) -> Fusion:
+    """The calibrated fusion, checked to start with the rule the cheap stage computes."""
+    fusion = thresholds.fusion
+    if fusion is None or fusion.first != "badexpert" or any(rule not in RULES for rule in fusion.later):
+        raise ArtifactError("thresholds.json holds no fusion this firewall can serve (it must start with the "
+                            "badexpert rule): run `offline calibrate` again")
+    return fusion
+
+
 class Firewall:
     def __init__(self, config: ServeConfig):
         self.config = config
         artifacts = load_artifacts(config.artifacts)
         self.manifest = artifacts.manifest
         self.thresholds = Thresholds.load(artifacts.path(THRESHOLDS))
-        self.engine = ScoringEngine(artifacts, rules=SERVING_RULES, threads=config.threads)
-        self.thresholds.require(self.engine.rule_names)
+        self.fusion = _serving_fusion(self.thresholds)
+        tuning = SessionTuning(threads=config.threads, spinning=config.spinning)
+        self.engine = ScoringEngine(artifacts, rules=self.fusion.rules, tuning=tuning)
+        self.thresholds.require([*self.fusion.rules, FIREWALL])
         self.model = self.manifest.name
         self.metrics = FirewallMetrics()
         self.metrics.artifacts_info.labels(self.model, artifacts.manifest_sha256).set(1)
         self.audit = AuditLog(config.audit_log)
         self.health = health.aio.HealthServicer()
         self.batcher: MicroBatcher | None = None
+        self.later_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cascade")
         self.channel: grpc.aio.Channel | None = None
         self.server: grpc.aio.Server | None = None
 
     # -- scoring -----------------------------------------------------------------
-    def _score(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        return self.engine.score(x)[1]
+    def _first_stage(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return self.engine.first_stage(x, predict=self.config.prediction_from_upstream is None)
 
     def _on_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.labels(self.model).observe(size)
         self.metrics.scoring_duration.labels(self.model).observe(seconds)
 
+    async def _scores(self, x: np.ndarray, upstream: asyncio.Task | None) -> dict[str, np.ndarray]:
+        """Every rule's score and the fused verdict score for the inputs of one request.
+
+        The cheap stage runs batched with other requests; with the prediction taken from
+        the upstream it overlaps the upstream call, and the predicted class is picked
+        once the answer is in. The costly rules run only for the cascade's band.
+        """
+        first = await self.batcher.score(x)
+        if self.config.prediction_from_upstream:
+            yhat = prediction_from_response(await upstream, self.config.prediction_from_upstream, len(x),
+                                            self.manifest.num_classes)
+        else:
+            yhat = first[PREDICTION_OUTPUT]
+        scores = {self.fusion.first: pick_class(first[BY_CLASS_OUTPUT], yhat)}
+        band = self.fusion.needs_later(scores[self.fusion.first])
+        for rule in self.fusion.later:
+            scores[rule] = np.full(len(x), np.nan)
+        if band.any():
+            started = time.perf_counter()
+            _, later = await asyncio.get_running_loop().run_in_executor(
+                self.later_executor, self.engine.score, x[band], yhat[band], self.fusion.later)
+            self.metrics.scoring_duration.labels(self.model).observe(time.perf_counter() - started)
+            for rule, values in later.items():
+                scores[rule][band] = values
+        scores[FIREWALL] = self.fusion.fuse(scores)
+        return scores
+
     def _record(self, scores: dict[str, np.ndarray]) -> None:
         for rule, values in scores.items():
+            computed = values[~np.isnan(values)]  # the cascade skips costly rules outside its band
             histogram = self.metrics.score.labels(self.model, rule)
-            for value in values:
+            for value in computed:
                 histogram.observe(float(value))
-            over = int(self.thresholds.rejects(rule, values).sum())
+            over = int(self.thresholds.rejects(rule, computed).sum())
             if over:
                 self.metrics.rejections.labels(self.model, rule).inc(over)
 
@@ -78,18 +126,29 @@ class Firewall:
         remaining = context.time_remaining()
         return self.config.upstream_timeout_s if remaining is None else min(remaining, self.config.upstream_timeout_s)
 
-    async def _forward(self, method: str, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def _call(self, method: str, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """The upstream's answer as bytes; its failures are counted and raised as AioRpcError."""
         metadata = tuple((k, v) for k, v in context.invocation_metadata() or () if not k.startswith(_HOP_BY_HOP))
-        call = self.channel.unary_unary(f"/{SERVICE}/{method}")
+        started = time.perf_counter()
         try:
-            return await call(raw, timeout=self._timeout(context), metadata=metadata)
+            return await self.channel.unary_unary(f"/{SERVICE}/{method}")(
+                raw, timeout=self._timeout(context), metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             self.metrics.upstream_errors.labels(self.model, exc.code().name).inc()
+            raise
+        finally:
+            if method == "ModelInfer":
+                self.metrics.upstream_duration.labels(self.model).observe(time.perf_counter() - started)
+
+    async def _relay(self, answer: Awaitable[bytes], context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            return await answer
+        except grpc.aio.AioRpcError as exc:
             await context.abort(exc.code(), f"upstream: {exc.details()}")
 
     def _passthrough(self, method: str):
         async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            return await self._forward(method, raw, context)
+            return await self._relay(self._call(method, raw, context), context)
 
         return handler
 
@@ -109,37 +168,51 @@ class Firewall:
         except (InvalidInput, DecodeError) as exc:
             await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid", request_id, str(exc))
 
-        verdict = "accept"
+        # Parallel forwarding: the upstream computes while we score; its answer is held
+        # back until the verdict and dropped if the input is rejected.
+        upstream = (asyncio.create_task(self._call("ModelInfer", raw, context))
+                    if self.config.forwarding == "parallel" else None)
         try:
-            scores = await self.batcher.score(x)
+            verdict = await self._verdict(request_id, request, x, raw, upstream, context)
+        except BaseException:
+            if upstream is not None:
+                upstream.cancel()
+            raise
+        response = await self._relay(upstream if upstream is not None else self._call("ModelInfer", raw, context),
+                                     context)
+        self.metrics.requests.labels(self.model, verdict).inc()
+        return response
+
+    async def _verdict(self, request_id: str, request: pb.ModelInferRequest, x: np.ndarray, raw: bytes,
+                       upstream: asyncio.Task | None, context: grpc.aio.ServicerContext) -> str:
+        """accept, reject (monitor mode only: enforce aborts the call) or error (--on-error allow)."""
+        try:
+            scores = await self._scores(x, upstream)
+        except grpc.aio.AioRpcError as exc:  # the upstream failed before it gave its prediction
+            await context.abort(exc.code(), f"upstream: {exc.details()}")
         except Exception as exc:  # fail closed unless told otherwise
             self.audit.write(request_id=request_id, model=self.model, verdict="error", error=repr(exc),
                              input_sha256=hashlib.sha256(raw).hexdigest())
             if self.config.on_error == "reject":
                 await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "error", request_id,
                                    "rejected by the backdoor firewall: the input could not be scored")
-            verdict = "error"
-        else:
-            self._record(scores)
-            rejected = np.flatnonzero(self.thresholds.rejects(FIREWALL, scores[FIREWALL]))
-            if rejected.size:
-                verdict = "reject"
-                self.audit.write(
-                    request_id=request_id, client_request_id=request.id, model=self.model, mode=self.config.mode,
-                    verdict="reject", rejected_inputs=rejected.tolist(),
-                    scores={rule: [float(v) for v in values] for rule, values in scores.items()},
-                    thresholds={rule: self.thresholds.rules[rule].threshold for rule in scores},
-                    input_sha256=hashlib.sha256(request.raw_input_contents[0] if request.raw_input_contents
-                                                else x.tobytes()).hexdigest())
-                if self.config.mode == "enforce":
-                    which = ", ".join(map(str, rejected.tolist()))
-                    await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "reject", request_id,
-                                       f"rejected by the backdoor firewall (input {which} of a batch of {len(x)})")
-        started = time.perf_counter()
-        response = await self._forward("ModelInfer", raw, context)
-        self.metrics.upstream_duration.labels(self.model).observe(time.perf_counter() - started)
-        self.metrics.requests.labels(self.model, verdict).inc()
-        return response
+            return "error"
+        self._record(scores)
+        rejected = np.flatnonzero(self.thresholds.rejects(FIREWALL, scores[FIREWALL]))
+        if not rejected.size:
+            return "accept"
+        self.audit.write(
+            request_id=request_id, client_request_id=request.id, model=self.model, mode=self.config.mode,
+            verdict="reject", rejected_inputs=rejected.tolist(),
+            scores={rule: [None if np.isnan(v) else float(v) for v in values] for rule, values in scores.items()},
+            thresholds={rule: self.thresholds.rules[rule].threshold for rule in scores},
+            input_sha256=hashlib.sha256(request.raw_input_contents[0] if request.raw_input_contents
+                                        else x.tobytes()).hexdigest())
+        if self.config.mode == "enforce":
+            which = ", ".join(map(str, rejected.tolist()))
+            await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "reject", request_id,
+                               f"rejected by the backdoor firewall (input {which} of a batch of {len(x)})")
+        return "reject"
 
     # -- lifecycle ---------------------------------------------------------------
     def _handlers(self) -> grpc.GenericRpcHandler:
@@ -152,7 +225,7 @@ class Firewall:
     async def start(self) -> int:
         """Start serving; returns the bound port."""
         self.channel = grpc.aio.insecure_channel(self.config.upstream, options=_CHANNEL_OPTIONS)
-        self.batcher = MicroBatcher(self._score, self.config.max_batch_size, self.config.max_wait_us, self._on_batch)
+        self.batcher = MicroBatcher(self._first_stage, self.config.max_batch_size, self.config.max_wait_us, self._on_batch)
         self.batcher.start()
         self.server = grpc.aio.server(options=_CHANNEL_OPTIONS)
         self.server.add_generic_rpc_handlers([self._handlers()])
@@ -171,6 +244,7 @@ class Firewall:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.drain_seconds)
         await self.batcher.stop()
+        self.later_executor.shutdown(wait=True)
         await self.channel.close()
         self.audit.close()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from firewall.errors import ArtifactError, UserError
+from firewall.fusion import Fusion
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,21 @@ def fit_threshold(clean_scores: np.ndarray, target_fpr: float) -> RuleThreshold:
 
 @dataclass(frozen=True)
 class Thresholds:
+    """Per-rule thresholds, and the fusion whose fused score the `firewall` threshold is for."""
+
     target_fpr: float
     rules: dict[str, RuleThreshold]
+    fusion: Fusion | None = None
 
     @classmethod
-    def fit(cls, clean_scores: dict[str, np.ndarray], target_fpr: float) -> "Thresholds":
-        return cls(target_fpr, {name: fit_threshold(s, target_fpr) for name, s in clean_scores.items()})
+    def fit(cls, clean_scores: dict[str, np.ndarray], target_fpr: float, fusion: Fusion | None = None,
+            fused_name: str = "firewall") -> "Thresholds":
+        """Each rule at the target on its own; with a fusion, also the fused score at the
+        target, so the verdict's combined false-positive rate is the one calibrated."""
+        rules = {name: fit_threshold(s, target_fpr) for name, s in clean_scores.items()}
+        if fusion is not None:
+            rules[fused_name] = fit_threshold(fusion.fuse(clean_scores), target_fpr)
+        return cls(target_fpr, rules, fusion)
 
     def require(self, rules: list[str]) -> None:
         """Refuse to score with rules that were never calibrated."""
@@ -58,11 +68,21 @@ class Thresholds:
         if missing:
             raise ArtifactError(f"thresholds.json has no threshold for {missing}: run `offline calibrate` again")
 
+    def fused(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        """The firewall's verdict score from the per-rule scores."""
+        if self.fusion is None:
+            raise ArtifactError("thresholds.json holds no fusion for the firewall's verdict: "
+                                "run `offline calibrate` again")
+        return self.fusion.fuse(scores)
+
     def rejects(self, rule: str, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.rules[rule].threshold
 
     def to_json(self) -> dict:
-        return {"target_fpr": self.target_fpr, "rules": {k: asdict(v) for k, v in self.rules.items()}}
+        data = {"target_fpr": self.target_fpr, "rules": {k: asdict(v) for k, v in self.rules.items()}}
+        if self.fusion is not None:
+            data["fusion"] = self.fusion.to_json()
+        return data
 
     def save(self, path: Path) -> None:
         """Write atomically so a reader never sees half a file."""
@@ -81,6 +101,7 @@ class Thresholds:
             data = json.loads(path.read_text())
             rules = {k: RuleThreshold(float(v["threshold"]), float(v["fpr"]), int(v["n"]))
                      for k, v in data["rules"].items()}
-            return cls(float(data["target_fpr"]), rules)
+            fusion = Fusion.from_json(data["fusion"]) if "fusion" in data else None
+            return cls(float(data["target_fpr"]), rules, fusion)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{path} is malformed ({exc!r}): run `offline calibrate` again") from exc

@@ -1,4 +1,8 @@
-"""`offline calibrate`: thresholds from clean data only, written to thresholds.json."""
+"""`offline calibrate`: thresholds from clean data only, written to thresholds.json.
+
+Every rule gets its own threshold (for the reports), and the firewall's verdict, the
+fusion of the serving rules, gets one fitted on the fused clean scores.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from firewall.artifacts import THRESHOLDS, load_artifacts
+from firewall.fusion import DEFAULT_CASCADE_BAND, Fusion
 from firewall.scoring import BASELINE_RULES, SERVING_RULES, ScoringEngine
 from firewall.thresholds import Thresholds
 from offline.data.tensorsets import load_tensor_set
@@ -18,6 +23,7 @@ class CalibrateConfig:
     artifacts: Path
     clean_data: Path
     target_fpr: float = 0.01
+    cascade_band: float = DEFAULT_CASCADE_BAND
 
 
 def run_calibrate(config: CalibrateConfig) -> Thresholds:
@@ -26,6 +32,7 @@ def run_calibrate(config: CalibrateConfig) -> Thresholds:
     clean = load_tensor_set(config.clean_data, num_classes=manifest.num_classes, input_shape=manifest.input_shape)
     engine = ScoringEngine(artifacts, rules=ALL_RULES)
     _, scores = engine.score(clean.x)
-    thresholds = Thresholds.fit(scores, config.target_fpr)
+    fusion = Fusion.fit(scores, SERVING_RULES, config.target_fpr, config.cascade_band)
+    thresholds = Thresholds.fit(scores, config.target_fpr, fusion)
     thresholds.save(artifacts.path(THRESHOLDS))
     return thresholds

@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 from firewall.errors import run_reporting_errors
+from firewall.fusion import DEFAULT_CASCADE_BAND
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--artifacts", required=True, type=Path)
     c.add_argument("--clean-data", required=True, type=Path)
     c.add_argument("--target-fpr", type=float, default=0.01)
+    c.add_argument("--cascade-band", type=float, default=DEFAULT_CASCADE_BAND,
+                   help="share of clean inputs for which the firewall also runs exposed STRIP "
+                        "(0: BaDExpert alone, 1: both rules on every input)")
 
     e = sub.add_parser("evaluate", help="measure detection on clean and triggered data")
     e.add_argument("--artifacts", required=True, type=Path)
@@ -89,7 +93,8 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "calibrate":
         from offline.calibrate import CalibrateConfig, run_calibrate
 
-        thresholds = run_calibrate(CalibrateConfig(args.artifacts, args.clean_data, args.target_fpr))
+        thresholds = run_calibrate(CalibrateConfig(args.artifacts, args.clean_data, args.target_fpr,
+                                                   args.cascade_band))
         for rule, t in thresholds.rules.items():
             print(f"{rule:<22} threshold {t.threshold:+.6g}  FPR on {t.n} clean: {t.fpr:.2%}")
     elif args.command == "evaluate":

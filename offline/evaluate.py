@@ -15,7 +15,7 @@ import numpy as np
 
 from firewall.artifacts import THRESHOLDS, load_artifacts
 from firewall.rules import BadExpertRule
-from firewall.scoring import ScoringEngine
+from firewall.scoring import FIREWALL, ScoringEngine
 from firewall.thresholds import Thresholds
 from offline.calibrate import ALL_RULES
 from offline.data.tensorsets import load_tensor_set
@@ -46,21 +46,33 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     check = {"num_classes": manifest.num_classes, "input_shape": manifest.input_shape}
     clean = load_tensor_set(config.clean_data, **check)
     engine = ScoringEngine(artifacts, rules=ALL_RULES)
-    thresholds.require(engine.rule_names)
-    clean_pred, clean_scores = engine.score(clean.x)
-    report: dict = {"n_clean": len(clean), "clean_accuracy": float((clean_pred == clean.y).mean()), "rules": {}}
+    rule_names = [*engine.rule_names, FIREWALL]
+    thresholds.require(rule_names)
+
+    def score(x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        predictions, scores = engine.score(x)
+        scores[FIREWALL] = thresholds.fused(scores)
+        return predictions, scores
+
+    clean_pred, clean_scores = score(clean.x)
+    fusion = thresholds.fusion
+    report: dict = {"n_clean": len(clean), "clean_accuracy": float((clean_pred == clean.y).mean()),
+                    "cascade": {"rules": list(fusion.rules), "band_fraction": fusion.band_fraction,
+                                "clean_share_scored_by_later_rules":
+                                    float(fusion.needs_later(clean_scores[fusion.first]).mean())},
+                    "rules": {}}
 
     backdoor_scores = None
     if config.backdoor_data is not None:
         triggered = load_tensor_set(config.backdoor_data, require_target=True, **check)
-        pred, scores = engine.score(triggered.x)
+        pred, scores = score(triggered.x)
         hit = pred == triggered.target
         report["n_backdoor"] = int(hit.sum())
         report["n_triggered"] = len(triggered)
         report["attack_success_rate"] = float(hit.mean())
         backdoor_scores = {rule: s[hit] for rule, s in scores.items()}
 
-    for rule in engine.rule_names:
+    for rule in rule_names:
         threshold = thresholds.rules[rule].threshold
         entry = {"threshold_fpr": rate_above(clean_scores[rule], threshold)}
         if backdoor_scores is not None and len(backdoor_scores[rule]):

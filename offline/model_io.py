@@ -85,9 +85,15 @@ def input_shape_of(program: torch.export.ExportedProgram) -> tuple[int, ...]:
 
 
 def export_program(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
-    """torch.export with a dynamic batch dimension, in eval mode."""
+    """torch.export with a dynamic batch dimension, in eval mode.
+
+    An already exported graph (torch.fx.GraphModule) has its mode baked into its
+    operators and refuses `.eval()`; it is re-exported as it is.
+    """
     batch = torch.export.Dim("batch", min=1)
-    return torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
+    if not isinstance(model, torch.fx.GraphModule):
+        model = model.eval()
+    return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
 
 
 def save_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> None:

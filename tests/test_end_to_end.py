@@ -55,7 +55,7 @@ def inputs(tiny_case, tiny_artifacts):
     thresholds = Thresholds.load(tiny_artifacts / THRESHOLDS)
     clean = np.load(tiny_case / "test_clean.npz")["x"][:200]
     triggered = np.load(tiny_case / "test_triggered.npz")["x"][:200]
-    verdict = lambda x: thresholds.rejects(FIREWALL, engine.score(x)[1][FIREWALL])
+    verdict = lambda x: thresholds.rejects(FIREWALL, thresholds.fused(engine.score(x)[1]))
     accepted, rejected = clean[~verdict(clean)], triggered[verdict(triggered)]
     assert len(accepted) >= 20 and len(rejected) >= 10, "the tiny model should detect some triggered inputs"
     return accepted[:20], rejected[:10]
@@ -261,7 +261,8 @@ def test_a_tampered_model_stops_the_firewall_at_start(tiny_artifacts, tmp_path):
 
 
 def _artifacts_that_fail_to_score(tiny_artifacts: Path, out: Path) -> Path:
-    """A consistent (re-hashed) artifacts set whose STRIP bank cannot be superimposed."""
+    """A consistent (re-hashed) artifacts set whose STRIP bank cannot be superimposed, with
+    the cascade's band opened to every input so that exposed STRIP always runs."""
     from firewall.artifacts import sha256_file
 
     art = shutil.copytree(tiny_artifacts, out)
@@ -269,6 +270,9 @@ def _artifacts_that_fail_to_score(tiny_artifacts: Path, out: Path) -> Path:
     manifest = json.loads((art / "manifest.json").read_text())
     manifest["files"]["strip_bank.npy"]["sha256"] = sha256_file(art / "strip_bank.npy")
     (art / "manifest.json").write_text(json.dumps(manifest))
+    thresholds = json.loads((art / "thresholds.json").read_text())
+    thresholds["fusion"]["band_low"] = "-inf"
+    (art / "thresholds.json").write_text(json.dumps(thresholds))
     return art
 
 

@@ -24,13 +24,11 @@ def triangle_statistic(b: np.ndarray, a: np.ndarray, gamma: float = 0.5) -> np.n
 class BadExpertRule(Rule):
     name = "badexpert"
 
-    def __init__(self, gamma: float = 0.5):
-        self.gamma = gamma
-
     def confidences(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """(b, a): the expert's and the auxiliary's probability of M's prediction."""
         return prob_of(batch.expert, batch.yhat), prob_of(batch.auxiliary, batch.yhat)
 
     def score(self, batch: Batch) -> np.ndarray:
-        b, a = self.confidences(batch)
-        return -triangle_statistic(b, a, self.gamma)
+        """Served from the fused graph, which computes -triangle_statistic for every class
+        in the same session run as the classifiers (checked against this module at build)."""
+        return prob_of(batch.badexpert_by_class, batch.yhat)

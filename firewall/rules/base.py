@@ -6,7 +6,7 @@ from functools import cached_property
 
 import numpy as np
 
-from firewall.artifacts import Normalization
+from firewall.artifacts import BY_CLASS_OUTPUT, PREDICTION_OUTPUT, Normalization
 from firewall.models import ModelSet
 
 SUPERIMPOSED_ROWS = 1024
@@ -16,23 +16,39 @@ class Batch:
     """A batch of inputs and the model outputs that rules ask for, each run once.
 
     Several rules need M's prediction and the same model's probabilities; computing
-    them lazily here keeps a rule's cost to what it adds.
+    them lazily here keeps a rule's cost to what it adds. `yhat` may be given (the
+    upstream's own prediction, or one computed earlier in a cascade), and then M is not
+    run for it.
     """
 
-    def __init__(self, x: np.ndarray, models: ModelSet, bank: np.ndarray, normalization: Normalization):
+    def __init__(self, x: np.ndarray, models: ModelSet, bank: np.ndarray, normalization: Normalization,
+                 yhat: np.ndarray | None = None):
         self.x = x
+        self._given_yhat = yhat
         self.models = models
         self.bank = bank
         self.normalization = normalization
         self._superimposed: dict[str, np.ndarray] = {}
 
     @cached_property
-    def original(self) -> np.ndarray:
-        return self.models.probs("original", self.x)
+    def _fused(self) -> tuple[np.ndarray, np.ndarray]:
+        """(yhat, BaDExpert score of every class) from one run of a fused graph."""
+        if self._given_yhat is not None:
+            return self._given_yhat, self.models.run("fused_without_original", self.x)[BY_CLASS_OUTPUT]
+        outputs = self.models.run("fused", self.x)
+        return outputs[PREDICTION_OUTPUT].astype(np.int64), outputs[BY_CLASS_OUTPUT]
 
     @cached_property
     def yhat(self) -> np.ndarray:
-        return self.original.argmax(axis=1)
+        return self._given_yhat if self._given_yhat is not None else self._fused[0]
+
+    @cached_property
+    def badexpert_by_class(self) -> np.ndarray:
+        return self._fused[1]
+
+    @cached_property
+    def original(self) -> np.ndarray:
+        return self.models.probs("original", self.x)
 
     @cached_property
     def expert(self) -> np.ndarray:

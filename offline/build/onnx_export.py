@@ -18,12 +18,13 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 MAX_ABS_DIFF = 1e-4
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path,
+                output_names: list[str] | tuple[str, ...] = (OUTPUT_NAME,)) -> None:
     batch = torch.export.Dim("batch", min=1)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, (example,), dynamic_shapes=({0: batch},), input_names=[INPUT_NAME],
-                                    output_names=[OUTPUT_NAME], dynamo=True, verbose=False)
+                                    output_names=list(output_names), dynamo=True, verbose=False)
     program.save(str(path))
 
 

@@ -11,13 +11,14 @@ import numpy as np
 import torch
 
 import firewall
-from firewall.artifacts import MANIFEST, MODEL_FILES, SCHEMA_VERSION, STRIP_BANK, sha256_file
+from firewall.artifacts import FUSED_FILES, MANIFEST, MODEL_FILES, SCHEMA_VERSION, STRIP_BANK, TORCH_FILES, sha256_file
 from firewall.errors import UserError
 from offline.atomic import atomic_directory
+from offline.build.fused_export import export_fused
 from offline.build.onnx_export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx
 from offline.build.stages import auxiliary_model, backdoor_expert, exposed_model
 from offline.data.tensorsets import TensorSet, check_labels, load_tensor_set
-from offline.model_io import input_shape_of, load_model
+from offline.model_io import input_shape_of, load_model, save_pt2
 from offline.training import accuracy
 
 MIN_CLEAN = 50
@@ -88,6 +89,9 @@ def run_build(config: BuildConfig) -> dict:
             path = scratch / MODEL_FILES[role]
             export_onnx(module, example, path)
             onnx_check[role] = check_export(module, path, heldout.x[:64])
+            (scratch / TORCH_FILES[role]).parent.mkdir(exist_ok=True)
+            save_pt2(module, example, scratch / TORCH_FILES[role])
+        onnx_check.update(export_fused(models, example, scratch, heldout.x[:64]))
         bank_rows = rng.choice(len(clean), size=min(config.strip_bank_size, len(clean)), replace=False)
         np.save(scratch / STRIP_BANK, clean.x[bank_rows].astype(np.float32), allow_pickle=False)
         manifest = {
@@ -98,7 +102,8 @@ def run_build(config: BuildConfig) -> dict:
                       "normalization": {"mean": list(config.input_mean), "std": list(config.input_std)}},
             "output": {"name": OUTPUT_NAME, "shape": [num_classes], "datatype": "FP32"},
             "num_classes": num_classes,
-            "files": {f: {"sha256": sha256_file(scratch / f)} for f in [*MODEL_FILES.values(), STRIP_BANK]},
+            "files": {f: {"sha256": sha256_file(scratch / f)}
+                      for f in [*MODEL_FILES.values(), *FUSED_FILES.values(), *TORCH_FILES.values(), STRIP_BANK]},
             "source_model": {"spec": config.model,
                              "sha256": sha256_file(Path(config.model)) if Path(config.model).is_file() else None},
             "build": {"clean_data": str(config.clean_data), "clean_samples": len(clean),
