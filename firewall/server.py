@@ -93,7 +93,8 @@ class Firewall:
         """
         first = await self.batcher.score(x)
         if self.config.prediction_from_upstream:
-            yhat = prediction_from_response(await upstream, self.config.prediction_from_upstream, len(x),
+            answer = pb.ModelInferResponse.FromString(await upstream)
+            yhat = prediction_from_response(answer, self.config.prediction_from_upstream, len(x),
                                             self.manifest.num_classes)
         else:
             yhat = first[PREDICTION_OUTPUT]

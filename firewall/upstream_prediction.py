@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from firewall.protocol import grpc_predict_v2_pb2 as pb
+from google.protobuf.message import Message
 
 _TYPES = {  # datatype: (little-endian numpy dtype, typed-contents field)
     "FP32": ("<f4", "fp32_contents"), "FP64": ("<f8", "fp64_contents"), "FP16": ("<f2", None),
@@ -23,8 +23,7 @@ class UnreadablePrediction(ValueError):
     """The upstream's response does not carry a prediction the firewall can read."""
 
 
-def prediction_from_response(raw: bytes, output: str, batch: int, num_classes: int) -> np.ndarray:
-    response = pb.ModelInferResponse.FromString(raw)
+def prediction_from_response(response: Message, output: str, batch: int, num_classes: int) -> np.ndarray:
     names = [o.name for o in response.outputs]
     if output not in names:
         raise UnreadablePrediction(f"the upstream's response has no output '{output}' (it has {names})")

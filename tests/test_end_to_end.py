@@ -287,3 +287,46 @@ def test_a_scoring_failure_fails_closed_unless_allowed(tiny_artifacts, mlserver,
         assert metric(read_metrics(metrics_port), "firewall_requests_total", model=MODEL, verdict="error") == 1
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="module")
+def parallel_firewall(tiny_artifacts, mlserver, logs):
+    process, port, metrics_port = start_firewall(tiny_artifacts, mlserver[0], logs, "--forwarding", "parallel",
+                                                 "--prediction-from-upstream", "logits")
+    yield port, metrics_port
+    process.stop()
+
+
+def test_parallel_forwarding_with_the_upstreams_prediction_gives_the_same_verdicts(parallel_firewall, mlserver,
+                                                                                   inputs):
+    clean, triggered = inputs
+    for row in range(len(clean)):
+        x = clean[row : row + 1]
+        assert np.array_equal(infer(parallel_firewall[0], x), infer(mlserver[0], x))
+    assert all(status_of(parallel_firewall[0], triggered[i : i + 1]) == "StatusCode.PERMISSION_DENIED"
+               for i in range(len(triggered)))
+
+
+def test_parallel_forwarding_lets_the_upstream_see_rejected_inputs(parallel_firewall, mlserver, inputs):
+    """The documented price of parallel mode: the answer is withheld, the computation is not."""
+    _, triggered = inputs
+    before = upstream_infers(mlserver)
+    assert status_of(parallel_firewall[0], triggered[:1]) == "StatusCode.PERMISSION_DENIED"
+    assert upstream_infers(mlserver) == before + 1
+
+
+def test_a_missing_prediction_output_fails_closed(tiny_artifacts, mlserver, logs, inputs):
+    clean, _ = inputs
+    process, port, _ = start_firewall(tiny_artifacts, mlserver[0], logs, "--forwarding", "parallel",
+                                      "--prediction-from-upstream", "probabilities")
+    try:
+        assert status_of(port, clean[:1]) == "StatusCode.PERMISSION_DENIED"
+    finally:
+        process.stop()
+
+
+def test_prediction_from_upstream_refuses_sequential_forwarding(tiny_artifacts):
+    result = subprocess.run([sys.executable, "-m", "firewall", "serve", "--artifacts", str(tiny_artifacts),
+                             "--upstream", "127.0.0.1:1", "--prediction-from-upstream", "logits"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--forwarding parallel" in result.stderr

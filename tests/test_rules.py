@@ -30,3 +30,24 @@ def test_softmax_is_stable_and_entropy_bounded():
     probs = softmax(np.array([[1000.0, 0.0, -1000.0], [0.0, 0.0, 0.0]]))
     assert np.allclose(probs.sum(axis=1), 1.0) and np.isfinite(probs).all()
     assert np.isclose(entropy(probs[1:])[0], np.log(3))
+
+
+def test_the_fused_graph_scores_like_the_rule_on_the_separate_models(tiny_case, tiny_artifacts):
+    """The sidecar serves BaDExpert from one fused graph; it must be the published rule."""
+    from firewall.artifacts import load_artifacts
+    from firewall.probabilities import prob_of
+    from firewall.scoring import ScoringEngine
+
+    engine = ScoringEngine(load_artifacts(tiny_artifacts), rules=("badexpert",))
+    x = np.concatenate([np.load(tiny_case / "test_clean.npz")["x"][:100],
+                        np.load(tiny_case / "test_triggered.npz")["x"][:100]])
+    yhat, scores = engine.score(x)
+    models = engine.models
+    assert np.array_equal(yhat, models.logits("original", x).argmax(axis=1))
+    b, a = prob_of(models.probs("expert", x), yhat), prob_of(models.probs("auxiliary", x), yhat)
+    expected = -triangle_statistic(b, a)
+    assert np.allclose(scores["badexpert"], expected, rtol=1e-4, atol=1e-5)
+    shifted = (yhat + 1) % 10  # a prediction given from outside runs the graph without M
+    given = engine.score(x, yhat=shifted)[1]["badexpert"]
+    b, a = prob_of(models.probs("expert", x), shifted), prob_of(models.probs("auxiliary", x), shifted)
+    assert np.allclose(given, -triangle_statistic(b, a), rtol=1e-4, atol=1e-5)
