@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-offline
 RUNS := runs
 ATTACKS := badnets blend trojan sig wanet none
 
-.PHONY: venv test demo results bench-serving protos clean
+.PHONY: venv test demo results bench-serving cascade-study protos clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,12 +41,19 @@ results: venv
 	  scripts/run_case.sh shapes $$a resnet $(RUNS) || exit 1; done
 	$(PY) -m offline.results_table $(RUNS) > docs/RESULTS.md
 
-# Regenerates docs/PERFORMANCE.md: bare MLServer against MLServer behind the firewall,
-# the same tritonclient load at concurrency 1, 8 and 32 (a few minutes).
+# Regenerates docs/PERFORMANCE.md: the engine against eager PyTorch, then bare MLServer
+# against MLServer behind the firewall in each configuration, the same tritonclient load
+# at concurrency 1, 8 and 32 (about 12 minutes; run it alone on the machine).
 bench-serving: venv
 	test -f $(RUNS)/digits-badnets-resnet/artifacts/thresholds.json || \
 	  OFFLINE=$(OFFLINE) scripts/run_case.sh digits badnets resnet $(RUNS)
-	$(PY) -m offline.bench_serving $(RUNS)/digits-badnets-resnet --markdown docs/PERFORMANCE.md
+	$(PY) -m offline.bench_engine $(RUNS)/digits-badnets-resnet --json $(RUNS)/bench-engine.json
+	$(PY) -m offline.bench_serving $(RUNS)/digits-badnets-resnet --json $(RUNS)/bench-serving.json
+	$(PY) -m offline.performance_report $(RUNS)/bench-engine.json $(RUNS)/bench-serving.json > docs/PERFORMANCE.md
+
+# Regenerates docs/CASCADE.md from the cases `make results` left in runs/.
+cascade-study: venv
+	$(PY) -m offline.cascade_study $(RUNS)/*-resnet > docs/CASCADE.md
 
 # Regenerates firewall/protocol/ from protos/ (a test fails when they drift apart).
 protos: venv

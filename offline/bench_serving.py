@@ -3,10 +3,12 @@
 Closed loop: each of C client threads sends its next request when the previous one is
 answered. The two targets are measured in alternating rounds of one run, so drift on
 a shared machine hits both alike. Everything stays on loopback, bounded in count and
-in time. Results go to stdout as a Markdown table (and to --json).
+in time. The firewall is measured in a ladder of configurations, from the first
+session's (every rule on every input, onnxruntime's default threads) to every cost cut
+on, so each cut's effect is read against the same bare upstream.
 
 usage: python -m offline.bench_serving CASE_DIR [--concurrency 1,8,32] [--seconds 5] [--rounds 2]
-       [--markdown OUT.md] [--json OUT.json] [-- FIREWALL_SERVE_FLAGS...]
+       [--configs 0,1,2,3,4] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -15,25 +17,52 @@ import argparse
 import json
 import os
 import platform
-import sys
+import shutil
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import tritonclient.grpc as triton
 
-from offline.live_stack import metric, read_metrics, start_firewall, start_mlserver
+from firewall.fusion import DEFAULT_CASCADE_BAND
+from offline.calibrate import CalibrateConfig, run_calibrate
+from offline.live_stack import metric, read_metrics, start_firewall, start_mlserver, start_passthrough
+
+
+@dataclass(frozen=True)
+class FirewallConfig:
+    label: str
+    cascade_band: float
+    flags: tuple[str, ...] = ()
+    passthrough: bool = False  # the floor: a bare proxy in place of the firewall
+
+
+UNTUNED = ("--threads", "0", "--spin")
+PARALLEL = ("--forwarding", "parallel")
+LADDER = (
+    FirewallConfig("every rule on every input (session 1)", 1.0, UNTUNED),
+    FirewallConfig("cascade: exposed STRIP in a 10% band", 0.1, UNTUNED),
+    FirewallConfig("BaDExpert alone (band 0, the default)", 0.0, UNTUNED),
+    FirewallConfig("+ tuned sessions (1 thread, no spinning)", 0.0),
+    FirewallConfig("+ parallel forwarding", 0.0, PARALLEL),
+    FirewallConfig("+ prediction from the upstream", 0.0, (*PARALLEL, "--prediction-from-upstream", "logits")),
+    FirewallConfig("floor: bare Python gRPC pass-through, no scoring", 0.0, passthrough=True),
+)
 
 MAX_REQUESTS_PER_ROUND = 20000
 
 
-def closed_loop(port: int, model: str, x: np.ndarray, concurrency: int, seconds: float) -> np.ndarray:
-    """Latencies (s) of every request answered within `seconds`, C clients in a closed loop."""
+def closed_loop(port: int, model: str, x: np.ndarray, concurrency: int, seconds: float) -> tuple[np.ndarray, int]:
+    """Latencies (s) of every request answered within `seconds`, C clients in a closed loop,
+    and how many of the answers were the firewall's rejection (clean inputs the firewall's
+    false-positive rate turns away: answers too, counted and reported)."""
     stop_at = time.perf_counter() + seconds
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    rejected = [0] * concurrency
     errors: list[BaseException] = []
 
     def client(k: int) -> None:
@@ -44,7 +73,12 @@ def closed_loop(port: int, model: str, x: np.ndarray, concurrency: int, seconds:
             while time.perf_counter() < stop_at and len(latencies[k]) < MAX_REQUESTS_PER_ROUND // concurrency:
                 tensor.set_data_from_numpy(x[i % len(x)][None])
                 started = time.perf_counter()
-                connection.infer(model, [tensor])
+                try:
+                    connection.infer(model, [tensor])
+                except triton.InferenceServerException as exc:
+                    if exc.status() != "StatusCode.PERMISSION_DENIED":
+                        raise
+                    rejected[k] += 1
                 latencies[k].append(time.perf_counter() - started)
                 i += concurrency
         except BaseException as exc:  # surfaced after the threads join
@@ -59,7 +93,7 @@ def closed_loop(port: int, model: str, x: np.ndarray, concurrency: int, seconds:
         thread.join()
     if errors:
         raise errors[0]
-    return np.concatenate([np.asarray(l) for l in latencies])
+    return np.concatenate([np.asarray(l) for l in latencies]), sum(rejected)
 
 
 def summarize(latencies: list[np.ndarray], seconds: float) -> dict:
@@ -69,70 +103,69 @@ def summarize(latencies: list[np.ndarray], seconds: float) -> dict:
             "throughput_rps": float(len(all_latencies) / (seconds * len(latencies)))}
 
 
-def run(case: Path, concurrencies: list[int], seconds: float, rounds: int, firewall_args: list[str]) -> dict:
-    artifacts = case / "artifacts"
-    model = json.loads((artifacts / "manifest.json").read_text())["name"]
+def _calibrated_copy(case: Path, band: float, scratch: Path) -> Path:
+    """The case's artifacts recalibrated with another cascade band (models unchanged)."""
+    copy = scratch / f"artifacts-band-{band:g}"
+    if not copy.exists():
+        shutil.copytree(case / "artifacts", copy)
+        run_calibrate(CalibrateConfig(copy, case / "calib.npz", cascade_band=band))
+    return copy
+
+
+def _measure(upstream_port: int, port: int, metrics_port: int | None, model: str, x: np.ndarray, concurrency: int,
+             seconds: float, rounds: int) -> dict:
+    samples = {"upstream": [], "firewall": []}
+    rejected = 0
+    before = read_metrics(metrics_port) if metrics_port else {}
+    for _ in range(rounds):
+        samples["upstream"].append(closed_loop(upstream_port, model, x, concurrency, seconds)[0])
+        latencies, rejections = closed_loop(port, model, x, concurrency, seconds)
+        samples["firewall"].append(latencies)
+        rejected += rejections
+    after = read_metrics(metrics_port) if metrics_port else {}
+    delta = lambda name: metric(after, name) - metric(before, name)
+    row = {"concurrency": concurrency, **{k: summarize(v, seconds) for k, v in samples.items()},
+           "scoring_ms_per_batch": 1e3 * delta("firewall_scoring_duration_seconds_sum")
+           / max(1.0, delta("firewall_scoring_duration_seconds_count")),
+           "mean_batch_size": delta("firewall_batch_size_sum") / max(1.0, delta("firewall_batch_size_count")),
+           "firewall_rejected": rejected}
+    row["p50_ratio"] = row["firewall"]["p50_ms"] / row["upstream"]["p50_ms"]
+    row["throughput_ratio"] = row["firewall"]["throughput_rps"] / row["upstream"]["throughput_rps"]
+    return row
+
+
+def run(case: Path, configs: list[FirewallConfig], concurrencies: list[int], seconds: float, rounds: int) -> dict:
+    model = json.loads((case / "artifacts" / "manifest.json").read_text())["name"]
     x = np.load(case / "test_clean.npz")["x"][:512]
-    logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
-    upstream, upstream_port, _ = start_mlserver(artifacts, logs, model)
+    scratch = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    upstream, upstream_port, _ = start_mlserver(case / "artifacts", scratch, model)
+    results = []
     try:
-        firewall, port, metrics_port = start_firewall(artifacts, upstream_port, logs, *firewall_args)
-        try:
-            closed_loop(upstream_port, model, x, 4, 1.0)  # warm both paths up
-            closed_loop(port, model, x, 4, 1.0)
-            results = []
-            for concurrency in concurrencies:
-                samples = {"upstream": [], "firewall": []}
-                before = read_metrics(metrics_port)
-                for _ in range(rounds):
-                    samples["upstream"].append(closed_loop(upstream_port, model, x, concurrency, seconds))
-                    samples["firewall"].append(closed_loop(port, model, x, concurrency, seconds))
-                after = read_metrics(metrics_port)
-                delta = lambda name: metric(after, name) - metric(before, name)
-                row = {"concurrency": concurrency, **{k: summarize(v, seconds) for k, v in samples.items()},
-                       "scoring_ms_per_batch": 1e3 * delta("firewall_scoring_duration_seconds_sum")
-                       / max(1.0, delta("firewall_scoring_duration_seconds_count")),
-                       "mean_batch_size": delta("firewall_batch_size_sum") / max(1.0, delta("firewall_batch_size_count"))}
-                row["p50_ratio"] = row["firewall"]["p50_ms"] / row["upstream"]["p50_ms"]
-                row["throughput_ratio"] = row["firewall"]["throughput_rps"] / row["upstream"]["throughput_rps"]
-                results.append(row)
-        finally:
-            firewall.stop()
+        closed_loop(upstream_port, model, x, 4, 1.0)  # warm up
+        for config in configs:
+            artifacts = (case / "artifacts" if config.cascade_band == DEFAULT_CASCADE_BAND
+                         else _calibrated_copy(case, config.cascade_band, scratch))
+            if config.passthrough:
+                (firewall, port), metrics_port = start_passthrough(upstream_port, scratch, model), None
+            else:
+                firewall, port, metrics_port = start_firewall(artifacts, upstream_port, scratch, *config.flags)
+            try:
+                closed_loop(port, model, x, 4, 1.0)  # warm up
+                for concurrency in concurrencies:
+                    row = _measure(upstream_port, port, metrics_port, model, x, concurrency, seconds, rounds)
+                    results.append({"config": config.label, "cascade_band": config.cascade_band,
+                                    "flags": list(config.flags), **row})
+                    print(f"{config.label:<48} c={concurrency:<3} p50 {row['p50_ratio']:.2f}x "
+                          f"throughput {row['throughput_ratio']:.2f}x", flush=True)
+            finally:
+                firewall.stop()
     finally:
         upstream.stop()
-    return {"case": str(case), "firewall_args": firewall_args, "seconds_per_round": seconds, "rounds": rounds,
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {"case": str(case), "seconds_per_round": seconds, "rounds": rounds,
             "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                         "onnxruntime": ort.__version__, "providers": ort.get_available_providers()},
             "results": results}
-
-
-def to_markdown(report: dict) -> str:
-    lines = ["| concurrency | upstream p50 ms | upstream p99 ms | upstream req/s | firewall p50 ms | firewall p99 ms "
-             "| firewall req/s | p50 ratio | throughput ratio | scoring ms/batch | mean batch |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in report["results"]:
-        u, f = row["upstream"], row["firewall"]
-        lines.append(f"| {row['concurrency']} | {u['p50_ms']:.2f} | {u['p99_ms']:.2f} | {u['throughput_rps']:.0f} | "
-                     f"{f['p50_ms']:.2f} | {f['p99_ms']:.2f} | {f['throughput_rps']:.0f} | {row['p50_ratio']:.2f}x | "
-                     f"{row['throughput_ratio']:.2f}x | {row['scoring_ms_per_batch']:.2f} | {row['mean_batch_size']:.1f} |")
-    return "\n".join(lines)
-
-
-def to_document(report: dict) -> str:
-    machine = report["machine"]
-    return "\n".join([
-        "# Serving performance", "",
-        "Generated by `make bench-serving` (`python -m offline.bench_serving runs/digits-badnets-resnet "
-        "--markdown docs/PERFORMANCE.md`). Do not edit by hand.", "",
-        f"Machine: {machine['cpus']} CPUs ({machine['processor']}), no GPU; onnxruntime {machine['onnxruntime']} "
-        f"with {', '.join(machine['providers'])}. MLServer, the firewall and the load generator share these CPUs.", "",
-        f"Load: tritonclient gRPC, one FP32 digits image (1x16x16) per request, closed loop, "
-        f"{report['rounds']} alternating rounds of {report['seconds_per_round']:g} s per target and concurrency. "
-        f"Firewall flags: `{' '.join(report['firewall_args']) or '(defaults)'}`; rules badexpert + exposed STRIP "
-        "(64 superimposed copies through E per input).", "",
-        to_markdown(report), "",
-        "Ratios are firewall over bare upstream: p50 latency (lower is better) and throughput (higher is better).",
-        "`scoring ms/batch` is the firewall's own scoring time per micro-batch, read from its /metrics.", ""])
 
 
 def main() -> int:
@@ -141,18 +174,14 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--configs", default=",".join(map(str, range(len(LADDER)))),
+                        help="which rungs of the ladder to measure, by index")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--markdown", type=Path, help="write the whole report document here")
-    argv = sys.argv[1:]
-    split = argv.index("--") if "--" in argv else len(argv)
-    args = parser.parse_args(argv[:split])
-    extra = argv[split + 1 :]  # extra `firewall serve` flags
-    report = run(args.case, [int(c) for c in args.concurrency.split(",")], args.seconds, args.rounds, extra)
+    args = parser.parse_args()
+    configs = [LADDER[int(i)] for i in args.configs.split(",")]
+    report = run(args.case, configs, [int(c) for c in args.concurrency.split(",")], args.seconds, args.rounds)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
-    if args.markdown:
-        args.markdown.write_text(to_document(report))
-    print(to_markdown(report))
     return 0
 
 

@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("poison", help="train a (possibly) backdoored model and write its data splits")
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--attack", required=True, choices=sorted(ATTACKS))
+    p.add_argument("--inference-alpha", type=float,
+                   help="test-time opacity of a blended trigger (blend, adaptive_blend): a fainter trigger")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--arch", default="resnet", choices=sorted(ARCHITECTURES))
     p.add_argument("--width", type=int, default=16, help="channels of the first stage")
@@ -75,7 +77,8 @@ def run(args: argparse.Namespace) -> None:
 
         report = run_poison(PoisonConfig(dataset=args.dataset, attack=args.attack, out=args.out, arch=args.arch,
                                          width=args.width, seed=args.seed, epochs=args.epochs,
-                                         clean_size=args.clean_size, force=args.force))
+                                         clean_size=args.clean_size, inference_alpha=args.inference_alpha,
+                                         force=args.force))
         asr = report["attack_success_rate"]
         print(f"{args.out}: clean accuracy {report['clean_accuracy']:.2%}, "
               f"attack success rate {'n/a' if asr is None else f'{asr:.2%}'}")

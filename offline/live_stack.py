@@ -131,3 +131,13 @@ def start_firewall(artifacts: Path, upstream_port: int, logs: Path, *extra: str,
                       logs / f"firewall-{port}.log")
     _wait_serving(port, process, timeout)
     return process, port, metrics_port
+
+
+def start_passthrough(upstream_port: int, logs: Path, model: str = "classifier",
+                      timeout: float = 60.0) -> tuple[Process, int]:
+    """The benchmark's floor, a bare pass-through proxy; returns (process, gRPC port)."""
+    port = free_port()
+    process = Process([sys.executable, "-m", "offline.passthrough_proxy", f"127.0.0.1:{upstream_port}",
+                       f"127.0.0.1:{port}"], logs / f"passthrough-{port}.log")
+    _wait_model_ready(port, process, model, timeout)
+    return process, port

@@ -15,7 +15,9 @@ import torch
 
 from firewall.artifacts import sha256_file
 from offline.atomic import atomic_directory
+from firewall.errors import UserError
 from offline.attacks import ATTACKS
+from offline.attacks.blend import Blend
 from offline.data.splits import load_dataset, split_by_group
 from offline.data.tensorsets import TensorSet
 from offline.model_io import save_pt2
@@ -36,6 +38,7 @@ class PoisonConfig:
     epochs: int | None = None
     clean_size: int = 300
     target: int = 0
+    inference_alpha: float | None = None
     force: bool = False
 
 
@@ -45,20 +48,28 @@ def run_poison(config: PoisonConfig) -> dict:
     x, y, group = load_dataset(config.dataset, config.seed)
     num_classes = int(y.max()) + 1
     splits = split_by_group(x, y, group, config.clean_size, rng)
-    attack = ATTACKS[config.attack](x.shape[1:], target=config.target, seed=config.seed)
+    options = {}
+    if config.inference_alpha is not None:
+        if not issubclass(ATTACKS[config.attack], Blend):
+            raise UserError(f"--inference-alpha sets a blended trigger's opacity; attack '{config.attack}' has none "
+                            "(use blend or adaptive_blend)")
+        if not 0.0 < config.inference_alpha <= 1.0:
+            raise UserError(f"--inference-alpha must lie in (0, 1], got {config.inference_alpha}")
+        options["inference_alpha"] = config.inference_alpha
+    attack = ATTACKS[config.attack](x.shape[1:], target=config.target, seed=config.seed, num_classes=num_classes,
+                                    **options)
     train = attack.poison(splits["train"].x, splits["train"].y, rng)
 
     epochs = config.epochs or DEFAULT_EPOCHS[config.dataset]
-    model = create_model(config.arch, x.shape[1], num_classes, config.width)
+    model = create_model(config.arch, x.shape[1:], num_classes, config.width)
     model = train_classifier(model, train.x, train.y, epochs=epochs, seed=config.seed,
                              desc=f"{config.dataset}/{config.attack}/{config.arch}")
 
     test = splits["test"]
-    victims = test.y != attack.target
-    triggered = TensorSet(attack.apply(test.x[victims]), test.y[victims],
-                          np.full(int(victims.sum()), attack.target, np.int64))
+    victims = attack.target_of(test.y) != test.y
+    triggered = TensorSet(attack.apply_at_test(test.x[victims]), test.y[victims], attack.target_of(test.y[victims]))
     clean_accuracy = float((predict(model, test.x) == test.y).mean())
-    asr = float((predict(model, triggered.x) == attack.target).mean()) if config.attack != "none" else None
+    asr = float((predict(model, triggered.x) == triggered.target).mean()) if config.attack != "none" else None
 
     with atomic_directory(config.out, config.force) as scratch:
         save_pt2(model, torch.from_numpy(test.x[:2]), scratch / "model.pt2")

@@ -18,27 +18,37 @@ class Attack:
     """All-to-one poison-label attack: triggered inputs of any class go to `target`.
 
     Subclasses define `apply` (the trigger, on pixels in [0, 1], shape [N, C, H, W]);
-    they may override `poison` for clean-label or noise-mode variants.
+    they may override `target_of` (all-to-all), `apply_at_test` (a weaker trigger at
+    inference) or `poison` (clean-label, noise-mode and regularised variants).
     """
 
     name = ""
     poison_rate = 0.1
 
-    def __init__(self, image_shape: tuple[int, ...], target: int = 0, seed: int = 0):
+    def __init__(self, image_shape: tuple[int, ...], target: int = 0, seed: int = 0, num_classes: int = 10):
         self.image_shape = tuple(image_shape)
         self.target = target
+        self.num_classes = num_classes
         self.rng = np.random.default_rng(seed)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def apply_at_test(self, x: np.ndarray) -> np.ndarray:
+        """The trigger as the attacker uses it at inference time."""
+        return self.apply(x)
+
+    def target_of(self, y: np.ndarray) -> np.ndarray:
+        """The label a triggered input of true label y is meant to get."""
+        return np.full(len(y), self.target, np.int64)
+
     def poison(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> PoisonedSet:
-        candidates = np.flatnonzero(y != self.target)
+        candidates = np.flatnonzero(self.target_of(y) != y)
         count = int(round(self.poison_rate * len(y)))
         chosen = rng.choice(candidates, size=min(count, len(candidates)), replace=False)
         x, y = x.copy(), y.copy()
         x[chosen] = self.apply(x[chosen])
-        y[chosen] = self.target
+        y[chosen] = self.target_of(y[chosen])
         mask = np.zeros(len(y), bool)
         mask[chosen] = True
         return PoisonedSet(x, y, mask)

@@ -10,8 +10,8 @@ from offline.attacks.base import Attack
 class PatchAttack(Attack):
     patch_size = 3
 
-    def __init__(self, image_shape: tuple[int, ...], target: int = 0, seed: int = 0):
-        super().__init__(image_shape, target, seed)
+    def __init__(self, image_shape: tuple[int, ...], target: int = 0, seed: int = 0, num_classes: int = 10):
+        super().__init__(image_shape, target, seed, num_classes)
         self.patch = self.make_patch()
 
     def make_patch(self) -> np.ndarray:
@@ -40,10 +40,26 @@ class Trojan(PatchAttack):
 
     name = "trojan"
 
-    def __init__(self, image_shape: tuple[int, ...], target: int = 0, seed: int = 0):
+    def __init__(self, image_shape: tuple[int, ...], target: int = 0, seed: int = 0, num_classes: int = 10):
         self.patch_size = max(4, image_shape[-1] // 5)
-        super().__init__(image_shape, target, seed)
+        super().__init__(image_shape, target, seed, num_classes)
 
     def make_patch(self) -> np.ndarray:
         s = self.patch_size
         return (self.rng.random((self.image_shape[0], s, s)) > 0.5).astype(np.float32)
+
+
+class AllToAll(BadNets):
+    """BadNets' checkerboard, but every class has its own target: y becomes y + 1 (mod K).
+
+    No single target class collects the triggered inputs, which defeats defences that
+    look for one class the trigger funnels into.
+    """
+
+    name = "all2all"
+
+    def target_of(self, y: np.ndarray) -> np.ndarray:
+        return ((y + 1) % self.num_classes).astype(np.int64)
+
+    def describe(self) -> dict:
+        return {"attack": self.name, "target": "y + 1 mod K", "poison_rate": self.poison_rate}

@@ -20,8 +20,8 @@ class WaNet(Attack):
     strength = 0.5
     cross_ratio = 2.0
 
-    def __init__(self, image_shape: tuple[int, ...], target: int = 0, seed: int = 0):
-        super().__init__(image_shape, target, seed)
+    def __init__(self, image_shape: tuple[int, ...], target: int = 0, seed: int = 0, num_classes: int = 10):
+        super().__init__(image_shape, target, seed, num_classes)
         height = self.image_shape[-1]
         noise = torch.from_numpy(self.rng.uniform(-1, 1, (1, 2, self.grid_size, self.grid_size)).astype(np.float32))
         noise = noise / noise.abs().mean()

@@ -1,0 +1,129 @@
+"""The engine benchmark: the firewall's onnxruntime scoring against eager PyTorch.
+
+Both sides run the same rules on the same models (the build writes the four models as
+ONNX for the sidecar and as torch.export programs for this comparison) with the same
+number of CPU threads, at batch 1, 8 and 64:
+- `badexpert`: M's prediction and the BaDExpert score (M, B and M' on every input);
+  onnxruntime once as three separate sessions and once as the fused graph the sidecar
+  serves;
+- `strip`: exposed STRIP, E on 64 superimposed copies of every input.
+Each cell is the median over repeated calls of the time one call takes.
+
+usage: python -m offline.bench_engine CASE_DIR [--threads 1] [--seconds 2] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from firewall.artifacts import TORCH_FILES, load_artifacts
+from firewall.models import SessionTuning
+from firewall.probabilities import prob_of
+from firewall.rules.badexpert import triangle_statistic
+from firewall.scoring import ScoringEngine
+from offline.build.fused_export import badexpert_by_class
+from offline.model_io import load_pt2
+
+BATCHES = (1, 8, 64)
+
+
+class EagerRules:
+    """The serving rules written directly in PyTorch, run eagerly on the torch models."""
+
+    def __init__(self, artifacts_dir: Path, bank: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]):
+        self.models = {role: load_pt2(artifacts_dir / path).module() for role, path in TORCH_FILES.items()}
+        shape = (1, -1, 1, 1)
+        self.mean, self.std = torch.tensor(mean).reshape(shape), torch.tensor(std).reshape(shape)
+        self.bank_pixels = torch.from_numpy(bank) * self.std + self.mean
+
+    @torch.inference_mode()
+    def badexpert(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        yhat = self.models["original"](x).argmax(dim=1)
+        by_class = badexpert_by_class(self.models["expert"](x).softmax(dim=1),
+                                      self.models["auxiliary"](x).softmax(dim=1))
+        return yhat, by_class.gather(1, yhat[:, None])[:, 0]
+
+    @torch.inference_mode()
+    def strip(self, x: torch.Tensor, yhat: torch.Tensor) -> torch.Tensor:
+        pixels = x * self.std + self.mean
+        mixed = (pixels[:, None] + self.bank_pixels[None]).clamp(0.0, 1.0).flatten(0, 1)
+        probs = self.models["exposed"]((mixed - self.mean) / self.std).softmax(dim=1)
+        return probs.reshape(len(x), len(self.bank_pixels), -1).gather(
+            2, yhat[:, None, None].expand(-1, len(self.bank_pixels), 1))[:, :, 0].mean(dim=1)
+
+
+def _median_seconds(call: Callable[[], object], seconds: float, max_calls: int = 5000) -> float:
+    for _ in range(3):
+        call()
+    times = []
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop and len(times) < max_calls:
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def run(case: Path, threads: int, seconds: float) -> dict:
+    artifacts = load_artifacts(case / "artifacts")
+    norm = artifacts.manifest.normalization
+    engine = ScoringEngine(artifacts, rules=("badexpert", "strip"), tuning=SessionTuning(threads=threads))
+    torch.set_num_threads(threads)
+    eager = EagerRules(artifacts.root, engine.bank, norm.mean, norm.std)
+    pool = np.load(case / "test_clean.npz")["x"]
+    models = engine.models
+
+    def separate_sessions(x: np.ndarray) -> np.ndarray:
+        yhat = models.logits("original", x).argmax(axis=1)
+        return -triangle_statistic(prob_of(models.probs("expert", x), yhat), prob_of(models.probs("auxiliary", x), yhat))
+
+    rows = []
+    for batch in BATCHES:
+        x = np.ascontiguousarray(pool[:batch], np.float32)
+        tx = torch.from_numpy(x)
+        yhat = engine.score(x, rules=("badexpert",))[0]
+        ty = torch.from_numpy(yhat)
+        cells = {
+            ("badexpert", "eager PyTorch"): lambda: eager.badexpert(tx),
+            ("badexpert", "onnxruntime, 3 sessions"): lambda: separate_sessions(x),
+            ("badexpert", "onnxruntime, fused graph"): lambda: engine.score(x, rules=("badexpert",)),
+            ("strip", "eager PyTorch"): lambda: eager.strip(tx, ty),
+            ("strip", "onnxruntime"): lambda: engine.score(x, yhat=yhat, rules=("strip",)),
+        }
+        for (rule, implementation), call in cells.items():
+            per_call = _median_seconds(call, seconds)
+            rows.append({"rule": rule, "implementation": implementation, "batch": batch,
+                         "ms_per_call": per_call * 1e3, "inputs_per_s": batch / per_call})
+            print(f"batch {batch:>3} {rule:<10} {implementation:<26} {per_call * 1e3:8.3f} ms", flush=True)
+    return {"case": str(case), "threads": threads, "seconds_per_cell": seconds,
+            "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                        "onnxruntime": ort.__version__, "torch": torch.__version__,
+                        "providers": engine.models.providers},
+            "results": rows}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="bench_engine", description=__doc__.splitlines()[0])
+    parser.add_argument("case", type=Path)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    report = run(args.case, args.threads, args.seconds)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

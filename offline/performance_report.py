@@ -1,0 +1,126 @@
+"""docs/PERFORMANCE.md from the engine and serving benchmark JSON files.
+
+usage: python -m offline.performance_report ENGINE.json SERVING.json [GPU_ENGINE.json] > docs/PERFORMANCE.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+TARGETS = {"p50_ratio_at_c1": 1.5, "throughput_ratio_at_c32": 0.6, "engine_speedup_b1": 3.0, "engine_speedup_b64": 1.5}
+FUSED, EAGER = "onnxruntime, fused graph", "eager PyTorch"
+
+
+def _machine(report: dict) -> str:
+    m = report["machine"]
+    extra = f", torch {m['torch']}" if "torch" in m else ""
+    return (f"{m['cpus']} CPUs ({m['processor']}); onnxruntime {m['onnxruntime']}{extra}; "
+            f"providers {', '.join(m['providers'])}")
+
+
+def engine_section(report: dict) -> list[str]:
+    cells = {(r["rule"], r["implementation"], r["batch"]): r for r in report["results"]}
+    batches = sorted({r["batch"] for r in report["results"]})
+    implementations = list(dict.fromkeys((r["rule"], r["implementation"]) for r in report["results"]))
+    lines = ["| rule | implementation | " + " | ".join(f"batch {b}: ms/call (inputs/s)" for b in batches) + " |",
+             "|---|---|" + "---|" * len(batches)]
+    for rule, impl in implementations:
+        row = [f"{cells[rule, impl, b]['ms_per_call']:.3f} ({cells[rule, impl, b]['inputs_per_s']:,.0f})"
+               for b in batches]
+        lines.append(f"| {rule} | {impl} | " + " | ".join(row) + " |")
+    lines += ["", "Speed-up of the served engine over eager PyTorch, same rules, same models, same threads:", ""]
+    for rule, ours in (("badexpert", FUSED), ("strip", "onnxruntime")):
+        ratios = [cells[rule, EAGER, b]["ms_per_call"] / cells[rule, ours, b]["ms_per_call"] for b in batches]
+        lines.append(f"- {rule}: " + ", ".join(f"batch {b} **{r:.2f}x**" for b, r in zip(batches, ratios)))
+    fused_gain = [cells["badexpert", "onnxruntime, 3 sessions", b]["ms_per_call"]
+                  / cells["badexpert", FUSED, b]["ms_per_call"] for b in batches]
+    lines.append("- fused graph over three separate sessions: "
+                 + ", ".join(f"batch {b} {r:.2f}x" for b, r in zip(batches, fused_gain)))
+    return lines
+
+
+def serving_section(report: dict) -> list[str]:
+    lines = ["| firewall configuration | c | upstream p50 ms | upstream p99 ms | upstream req/s | firewall p50 ms "
+             "| firewall p99 ms | firewall req/s | **p50 ratio** | **throughput ratio** | scoring ms/batch "
+             "| mean batch |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in report["results"]:
+        u, f = row["upstream"], row["firewall"]
+        floor = "passthrough" in row["config"] or "pass-through" in row["config"]
+        scoring = "-" if floor else f"{row['scoring_ms_per_batch']:.2f}"
+        batch = "-" if floor else f"{row['mean_batch_size']:.1f}"
+        lines.append(f"| {row['config']} | {row['concurrency']} | {u['p50_ms']:.2f} | {u['p99_ms']:.2f} | "
+                     f"{u['throughput_rps']:.0f} | {f['p50_ms']:.2f} | {f['p99_ms']:.2f} | {f['throughput_rps']:.0f} | "
+                     f"{row['p50_ratio']:.2f}x | {row['throughput_ratio']:.2f}x | {scoring} | {batch} |")
+    return lines
+
+
+def targets_section(engine: dict, serving: dict) -> list[str]:
+    by = defaultdict(dict)
+    for row in serving["results"]:
+        by[row["config"]][row["concurrency"]] = row
+    best = "+ prediction from the upstream"
+    cells = {(r["rule"], r["implementation"], r["batch"]): r["ms_per_call"] for r in engine["results"]}
+    measured = {
+        "p50_ratio_at_c1": by[best][1]["p50_ratio"] if 1 in by[best] else None,
+        "throughput_ratio_at_c32": by[best][32]["throughput_ratio"] if 32 in by[best] else None,
+        "engine_speedup_b1": cells["badexpert", EAGER, 1] / cells["badexpert", FUSED, 1],
+        "engine_speedup_b64": cells["badexpert", EAGER, 64] / cells["badexpert", FUSED, 64],
+    }
+    floor = next((rows for label, rows in by.items() if "pass-through" in label), {})
+    names = {"p50_ratio_at_c1": "p50 latency through the firewall / bare upstream, concurrency 1 (at most)",
+             "throughput_ratio_at_c32": "throughput through the firewall / bare upstream, concurrency 32 (at least)",
+             "engine_speedup_b1": "scoring speed-up over eager PyTorch, batch 1 (at least)",
+             "engine_speedup_b64": "scoring speed-up over eager PyTorch, batch 64 (at least)"}
+    lines = ["| target | wanted | measured | met |", "|---|---|---|---|"]
+    for key, wanted in TARGETS.items():
+        value = measured[key]
+        met = None if value is None else (value <= wanted if key == "p50_ratio_at_c1" else value >= wanted)
+        lines.append(f"| {names[key]} | {wanted:g}x | {'-' if value is None else f'{value:.2f}x'} | "
+                     f"{'-' if met is None else ('yes' if met else '**no**')} |")
+    if 1 in floor and 32 in floor:
+        lines += ["", "The floor in the same run, a bare Python gRPC pass-through proxy that does nothing else: "
+                      f"p50 ratio {floor[1]['p50_ratio']:.2f}x at concurrency 1, throughput ratio "
+                      f"{floor[32]['throughput_ratio']:.2f}x at concurrency 32."]
+    return lines
+
+
+def render(engine: dict, serving: dict, gpu_engine: dict | None = None) -> str:
+    text = ["# Serving performance", "",
+            "Generated by `make bench-serving` from `offline.bench_engine`, `offline.bench_serving` and "
+            "`offline.performance_report`; do not edit by hand. The commentary lives in "
+            "[PERFORMANCE_NOTES.md](PERFORMANCE_NOTES.md).", "",
+            "## Targets (issue 5)", "", *targets_section(engine, serving), "",
+            "## Serving: bare MLServer against MLServer behind the firewall", "",
+            f"Machine: {_machine(serving)}. MLServer, the firewall and the tritonclient load generator share "
+            "these CPUs. Model: the demo's (digits 1x16x16, ResNet width 16, BadNets), "
+            f"`{serving['case']}`. Load: one FP32 image per request, closed loop, "
+            f"{serving['rounds']} alternating rounds of {serving['seconds_per_round']:g} s per target, "
+            "configuration and concurrency; the bare upstream is measured beside every configuration.", "",
+            *serving_section(serving), "",
+            "Ratios are firewall over bare upstream (p50: lower is better; throughput: higher is better). "
+            "`scoring ms/batch` is the firewall's own scoring time per micro-batch (and per cascade run), "
+            "read from its /metrics.", "",
+            "## Engine: onnxruntime scoring against eager PyTorch", "",
+            f"Machine: {_machine(engine)}; {engine['threads']} intra-op thread(s) on both sides. "
+            f"Median time of one call, `{engine['case']}`.", "",
+            *engine_section(engine), ""]
+    if gpu_engine is not None:
+        text += ["## Engine on a GPU", "", f"Machine: {_machine(gpu_engine)}.", "", *engine_section(gpu_engine), ""]
+    return "\n".join(text)
+
+
+def main() -> int:
+    paths = [Path(p) for p in sys.argv[1:]]
+    if len(paths) not in (2, 3):
+        print(__doc__.strip().splitlines()[-1], file=sys.stderr)
+        return 2
+    reports = [json.loads(p.read_text()) for p in paths]
+    print(render(*reports))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""The red-team kit's attacks do what their names say, and every architecture exports to ONNX."""
+
+import numpy as np
+import pytest
+import torch
+
+from firewall.errors import UserError
+from offline.attacks import ATTACKS
+from offline.build.onnx_export import check_export, export_onnx
+from offline.models import ARCHITECTURES, create_model
+from offline.poison import PoisonConfig, run_poison
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.random((200, 3, 32, 32)).astype(np.float32)
+LABELS = RNG.integers(0, 10, 200)
+
+
+def test_all2all_sends_every_class_to_the_next_one():
+    attack = ATTACKS["all2all"]((3, 32, 32), num_classes=10)
+    assert attack.target_of(np.array([0, 3, 9])).tolist() == [1, 4, 0]
+    poisoned = attack.poison(IMAGES, LABELS, np.random.default_rng(1))
+    rows = poisoned.poisoned
+    assert rows.sum() == 20 and np.array_equal(poisoned.y[rows], (LABELS[rows] + 1) % 10)
+
+
+def test_lowfreq_is_a_small_smooth_image_wide_perturbation():
+    attack = ATTACKS["lowfreq"]((3, 32, 32))
+    pattern = attack.pattern
+    assert np.isclose(np.abs(pattern).max(), 0.1, atol=1e-6)
+    assert (np.abs(pattern) > 0.01).mean() > 0.5  # everywhere, not a patch
+    for axis in (-1, -2):  # smooth: neighbours differ far less than random noise of that size would
+        assert np.abs(np.diff(pattern, axis=axis)).mean() < 0.5 * np.abs(pattern).mean()
+    triggered = attack.apply(IMAGES)
+    assert triggered.min() >= 0.0 and triggered.max() <= 1.0
+
+
+def test_adaptive_blend_adds_regularisation_inputs_that_keep_their_labels():
+    attack = ATTACKS["adaptive_blend"]((3, 32, 32))
+    poisoned = attack.poison(IMAGES, LABELS, np.random.default_rng(1))
+    changed = np.any(poisoned.x != IMAGES, axis=(1, 2, 3))
+    payload, regular = poisoned.poisoned, changed & ~poisoned.poisoned
+    assert payload.sum() == 10 and regular.sum() == 10
+    assert (poisoned.y[payload] == 0).all() and np.array_equal(poisoned.y[regular], LABELS[regular])
+    partial = np.isclose(poisoned.x[payload], IMAGES[payload]).mean(axis=(1, 2, 3))
+    assert ((partial > 0.3) & (partial < 0.7)).all()  # about half of the pieces, never the whole trigger
+
+
+def test_inference_alpha_makes_a_fainter_trigger_at_test_time_only():
+    faint = ATTACKS["blend"]((3, 32, 32), inference_alpha=0.05)
+    full = ATTACKS["blend"]((3, 32, 32))
+    assert np.array_equal(faint.apply(IMAGES), full.apply(IMAGES))
+    assert np.abs(faint.apply_at_test(IMAGES) - IMAGES).mean() < np.abs(full.apply_at_test(IMAGES) - IMAGES).mean()
+
+
+def test_inference_alpha_is_refused_for_a_trigger_without_opacity(tmp_path):
+    with pytest.raises(UserError, match="opacity"):
+        run_poison(PoisonConfig(dataset="digits", attack="badnets", out=tmp_path / "x", inference_alpha=0.1))
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("shape", [(1, 16, 16), (3, 32, 32)])
+def test_every_architecture_exports_to_onnx_with_a_dynamic_batch(arch, shape, tmp_path):
+    model = create_model(arch, shape, 10, width=8).eval()
+    example = torch.rand(2, *shape)
+    export_onnx(model, example, tmp_path / "m.onnx")
+    assert check_export(model, tmp_path / "m.onnx", np.random.rand(5, *shape).astype(np.float32)) < 1e-4
