@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--clean-data", required=True, type=Path)
     b.add_argument("--out", required=True, type=Path)
     b.add_argument("--name", default="classifier", help="the model name the upstream serves")
-    b.add_argument("--auxiliary", default="finetune", choices=["finetune"])
+    b.add_argument("--auxiliary", default="finetune", choices=["finetune", "tsbd"],
+                   help="how M' is made: large-rate clean fine-tuning, or TSBD (reset what unlearning moved, then fine-tune)")
     b.add_argument("--weights", type=Path, help="safetensors weights for torchvision:<arch>")
     b.add_argument("--input-shape", type=_ints, help="C,H,W for torchvision:<arch> (default 3,224,224)")
     b.add_argument("--input-mean", type=_floats, default=(0.0,), help="per-channel mean the inputs are normalised with")

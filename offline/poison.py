@@ -62,8 +62,10 @@ def run_poison(config: PoisonConfig) -> dict:
 
     epochs = config.epochs or DEFAULT_EPOCHS[config.dataset]
     model = create_model(config.arch, x.shape[1:], num_classes, config.width)
+    joint = {"poison_batch": attack.poison_batch, "extra_params": attack.generator.parameters()} \
+        if attack.trains_jointly else {}
     model = train_classifier(model, train.x, train.y, epochs=epochs, seed=config.seed,
-                             desc=f"{config.dataset}/{config.attack}/{config.arch}")
+                             desc=f"{config.dataset}/{config.attack}/{config.arch}", **joint)
 
     test = splits["test"]
     victims = attack.target_of(test.y) != test.y

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -32,19 +32,29 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: float = 0.05,
-                     batch_size: int = 128, seed: int = 0, desc: str = "train") -> nn.Module:
-    """SGD with momentum and a cosine schedule; enough for the small red-team models."""
+                     batch_size: int = 128, seed: int = 0, desc: str = "train",
+                     poison_batch: Callable | None = None, extra_params: Iterable[nn.Parameter] = ()) -> nn.Module:
+    """SGD with momentum and a cosine schedule; enough for the small red-team models.
+
+    `poison_batch(inputs, labels) -> (inputs, labels, extra_loss)` rewrites each batch as
+    it is drawn, for attacks trained together with the model; `extra_params` (the
+    attack's own) are optimised alongside.
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     steps = epochs * max(1, len(y) // batch_size)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    optimizer = torch.optim.SGD([*model.parameters(), *extra_params], lr=lr, momentum=0.9, weight_decay=5e-4,
+                                nesterov=True)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.15)
     model.train()
     stream = batches(x, y, batch_size, rng)
     with tqdm(total=steps, desc=desc, unit="step", disable=None) as bar:
         for _ in range(steps):
             inputs, labels = next(stream)
-            loss = F.cross_entropy(model(inputs), labels)
+            extra = 0.0
+            if poison_batch is not None:
+                inputs, labels, extra = poison_batch(inputs, labels)
+            loss = F.cross_entropy(model(inputs), labels) + extra
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -64,3 +64,16 @@ def test_every_architecture_exports_to_onnx_with_a_dynamic_batch(arch, shape, tm
     example = torch.rand(2, *shape)
     export_onnx(model, example, tmp_path / "m.onnx")
     assert check_export(model, tmp_path / "m.onnx", np.random.rand(5, *shape).astype(np.float32)) < 1e-4
+
+
+def test_dynamic_triggers_differ_per_input_and_train_with_the_model():
+    attack = ATTACKS["dynamic"]((3, 32, 32))
+    x, y = torch.from_numpy(IMAGES[:50]), torch.from_numpy(LABELS[:50])
+    inputs, labels, diversity = attack.poison_batch(x, y)
+    changed = (inputs != x).flatten(1).any(dim=1)
+    assert changed.sum() == 10  # 10% backdoor + 10% cross
+    assert (labels[changed] == 0).sum() >= 5 and torch.isfinite(diversity) and diversity.requires_grad
+    triggered = attack.apply(IMAGES[:4])
+    patterns = triggered - IMAGES[:4]
+    assert np.abs(patterns).max() <= attack.amplitude + 1e-6
+    assert not np.allclose(patterns[0], patterns[1])  # input-aware: no single fixed pattern

@@ -41,6 +41,22 @@ def test_expert_unlearning_stops_on_its_clean_criterion(tiny_artifacts: Path):
     assert expert["heldout_clean_accuracy"] <= 0.05
 
 
+def test_the_expert_rate_is_the_one_that_forgot_with_the_least_weight_change(tiny_artifacts: Path):
+    expert = json.loads((tiny_artifacts / "manifest.json").read_text())["models"]["expert"]
+    collapsed = [run for run in expert["selection"]["search"] if run["stopped_by"] == "criterion"]
+    assert collapsed and expert["lr"] == min(collapsed, key=lambda run: run["weight_change"])["lr"]
+
+
+def test_the_auxiliary_rate_recovers_clean_accuracy_after_the_deepest_dip(tiny_artifacts: Path):
+    auxiliary = json.loads((tiny_artifacts / "manifest.json").read_text())["models"]["auxiliary"]
+    search = auxiliary["selection"]["search"]
+    chosen = next(run for run in search if run["lr"] == auxiliary["lr"])
+    recovered = [run for run in search if run["recovered"]]
+    if recovered:
+        assert chosen["recovered"] and chosen["dip"] == min(run["dip"] for run in recovered)
+    assert all(len(run["trajectory"]) == 11 for run in search)  # M, then every epoch
+
+
 def test_onnx_models_take_any_batch_size(tiny_artifacts: Path):
     for filename in MODEL_FILES.values():
         session = ort.InferenceSession(str(tiny_artifacts / filename), providers=["CPUExecutionProvider"])

@@ -17,11 +17,13 @@ from offline.atomic import atomic_directory
 from offline.build.fused_export import export_fused
 from offline.build.onnx_export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx
 from offline.build.stages import auxiliary_model, backdoor_expert, exposed_model
+from offline.build.tsbd import tsbd_auxiliary
 from offline.data.tensorsets import TensorSet, check_labels, load_tensor_set
 from offline.model_io import input_shape_of, load_model, save_pt2
 from offline.training import accuracy
 
 MIN_CLEAN = 50
+AUXILIARY_METHODS = ("finetune", "tsbd")
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,6 @@ class BuildConfig:
     input_std: tuple[float, ...] = (1.0,)
     holdout_fraction: float = 0.2
     strip_bank_size: int = 64
-    expert_lr: float = 1e-4
     expert_target_accuracy: float = 0.05
     seed: int = 0
     force: bool = False
@@ -55,8 +56,8 @@ def split_holdout(clean: TensorSet, fraction: float, rng: np.random.Generator) -
 
 
 def run_build(config: BuildConfig) -> dict:
-    if config.auxiliary != "finetune":
-        raise UserError(f"--auxiliary {config.auxiliary} is not available; use finetune")
+    if config.auxiliary not in AUXILIARY_METHODS:
+        raise UserError(f"--auxiliary {config.auxiliary} is not available; use one of {AUXILIARY_METHODS}")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     program = load_model(config.model, config.weights, config.input_shape)
@@ -76,10 +77,13 @@ def run_build(config: BuildConfig) -> dict:
         print(f"warning: the model is only {original_acc:.1%} accurate on the held-out clean data; "
               "check that the clean set is normalised as the model expects", file=sys.stderr)
     common = {"num_classes": num_classes, "seed": config.seed}
-    expert, expert_report = backdoor_expert(model, train, heldout, lr=config.expert_lr,
+    expert, expert_report = backdoor_expert(model, train, heldout,
                                             target_accuracy=config.expert_target_accuracy, **common)
     exposed, exposed_report = exposed_model(model, train, heldout, **common)
-    auxiliary, auxiliary_report = auxiliary_model(model, train, heldout, **common)
+    if config.auxiliary == "tsbd":  # TSBD's clean unlearning is the exposure E already ran
+        auxiliary, auxiliary_report = tsbd_auxiliary(model, exposed, train, heldout, seed=config.seed)
+    else:
+        auxiliary, auxiliary_report = auxiliary_model(model, train, heldout, **common)
     models = {"original": model, "expert": expert, "auxiliary": auxiliary, "exposed": exposed}
 
     with atomic_directory(config.out, config.force) as scratch:
