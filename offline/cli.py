@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from firewall.errors import run_reporting_errors
+from firewall.errors import UserError, run_reporting_errors
 from firewall.fusion import DEFAULT_CASCADE_BAND
 
 
@@ -18,6 +18,10 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v for v in text.split(",") if v)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of clean inputs for which the firewall also runs exposed STRIP "
                         "(0: BaDExpert alone, 1: both rules on every input)")
 
+    m = sub.add_parser("bench", help="run the detection matrix and regenerate the results table")
+    m.add_argument("--out", type=Path, default=Path("runs"), help="where the cells go (reused when measured)")
+    m.add_argument("--quick", action="store_true", help="the CI subset: digits, resnet, badnets and none, tiny models")
+    m.add_argument("--datasets", type=_names, default=("digits", "shapes"))
+    m.add_argument("--archs", type=_names, default=("resnet",))
+    m.add_argument("--attacks", type=_names, default=tuple(a for a in sorted(ATTACKS) if a != "dynamic"),
+                   help="default: every attack but dynamic, whose joint training doubles a cell's time")
+    m.add_argument("--seeds", type=_ints, default=(0,))
+    m.add_argument("--markdown", type=Path, help="write the results document here (e.g. docs/RESULTS.md)")
+    m.add_argument("--force", action="store_true", help="measure cells again even if they have results")
+
     e = sub.add_parser("evaluate", help="measure detection on clean and triggered data")
     e.add_argument("--artifacts", required=True, type=Path)
     e.add_argument("--clean-data", required=True, type=Path)
@@ -101,6 +116,26 @@ def run(args: argparse.Namespace) -> None:
                                                    args.cascade_band))
         for rule, t in thresholds.rules.items():
             print(f"{rule:<22} threshold {t.threshold:+.6g}  FPR on {t.n} clean: {t.fpr:.2%}")
+    elif args.command == "bench":
+        from offline.attacks import ATTACKS
+        from offline.bench import QUICK, BenchConfig, run_bench
+        from offline.data.splits import DATASETS
+        from offline.models import ARCHITECTURES
+        from offline.results_table import render
+
+        unknown = [a for a in args.attacks if a not in ATTACKS] + \
+                  [a for a in args.archs if a not in ARCHITECTURES] + [d for d in args.datasets if d not in DATASETS]
+        if unknown:
+            raise UserError(f"unknown dataset, architecture or attack {unknown}")
+        grid = QUICK if args.quick else {"datasets": args.datasets, "archs": args.archs, "attacks": args.attacks,
+                                         "seeds": args.seeds}
+        run_bench(BenchConfig(out=args.out, datasets=tuple(grid["datasets"]), archs=tuple(grid["archs"]),
+                              attacks=tuple(grid["attacks"]), seeds=tuple(grid["seeds"]), quick=args.quick,
+                              force=args.force))
+        document = render(args.out)
+        if args.markdown:
+            args.markdown.write_text(document)
+        print(document)
     elif args.command == "evaluate":
         from offline.evaluate import EvaluateConfig, format_table, run_evaluate
 

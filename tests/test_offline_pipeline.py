@@ -97,3 +97,15 @@ def test_evaluate_without_backdoor_data_reports_only_false_positives(tiny_case: 
     report = json.loads(out.read_text())
     assert "n_backdoor" not in report
     assert all(set(entry) == {"threshold_fpr"} for entry in report["rules"].values())
+
+
+def test_bench_quick_runs_the_ci_matrix_and_renders_the_results_table(tmp_path: Path):
+    from offline.cli import main as offline
+
+    markdown = tmp_path / "RESULTS.md"
+    assert offline(["bench", "--quick", "--out", str(tmp_path / "runs"), "--markdown", str(markdown)]) == 0
+    text = markdown.read_text()
+    assert "## digits, resnet (1 seed)" in text and "| badnets | 1 |" in text and "| none | 1 |" in text
+    assert "mean AUROC over 1 attack cells" in text and "achieved FPR on the clean model digits/resnet" in text
+    report = json.loads((tmp_path / "runs" / "digits-badnets-resnet" / "eval.json").read_text())
+    assert f"{report['rules']['firewall']['auroc']:.4f}" in text

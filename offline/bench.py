@@ -1,0 +1,74 @@
+"""`offline bench`: the detection matrix, attacks x datasets x architectures x seeds.
+
+Every cell is the whole red-team story in-process: poison, build, calibrate at 1% FPR,
+evaluate. A cell whose eval.json exists is reused (delete it, or pass --force, to
+measure again), so an interrupted matrix resumes where it stopped. The table in
+docs/RESULTS.md is rendered from whatever cells exist (offline/results_table.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from offline.build.pipeline import BuildConfig, run_build
+from offline.calibrate import CalibrateConfig, run_calibrate
+from offline.evaluate import EvaluateConfig, run_evaluate
+from offline.poison import PoisonConfig, run_poison
+
+# Poison settings per dataset that fit the matrix on 2 cores: shapes at width 8 and 20
+# epochs takes about 4 minutes a cell instead of 12.
+POISON_SETTINGS = {"digits": {"width": 16}, "shapes": {"width": 8, "epochs": 20}}
+QUICK = {"datasets": ("digits",), "archs": ("resnet",), "attacks": ("badnets", "none"), "seeds": (0,),
+         "poison": {"width": 8, "epochs": 4, "clean_size": 200}}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    out: Path
+    datasets: tuple[str, ...]
+    archs: tuple[str, ...]
+    attacks: tuple[str, ...]
+    seeds: tuple[int, ...] = (0,)
+    quick: bool = False
+    force: bool = False
+
+
+def cell_dir(out: Path, dataset: str, attack: str, arch: str, seed: int) -> Path:
+    """runs/<dataset>-<attack>-<arch>[-s<seed>]: seed 0 matches scripts/run_case.sh."""
+    return out / (f"{dataset}-{attack}-{arch}" + (f"-s{seed}" if seed else ""))
+
+
+def run_cell(case: Path, dataset: str, attack: str, arch: str, seed: int, poison: dict) -> dict:
+    run_poison(PoisonConfig(dataset=dataset, attack=attack, out=case, arch=arch, seed=seed, force=True, **poison))
+    run_build(BuildConfig(model=str(case / "model.pt2"), clean_data=case / "clean.npz", out=case / "artifacts",
+                          seed=seed, force=True))
+    run_calibrate(CalibrateConfig(case / "artifacts", case / "calib.npz"))
+    backdoor = None if attack == "none" else case / "test_triggered.npz"
+    return run_evaluate(EvaluateConfig(case / "artifacts", case / "test_clean.npz", backdoor,
+                                       json_out=case / "eval.json"))
+
+
+def run_bench(config: BenchConfig) -> list[Path]:
+    cells = [(d, a, arch, s) for d in config.datasets for arch in config.archs for a in config.attacks
+             for s in config.seeds]
+    done = []
+    for index, (dataset, attack, arch, seed) in enumerate(cells, 1):
+        case = cell_dir(config.out, dataset, attack, arch, seed)
+        label = f"[{index}/{len(cells)}] {case.name}"
+        if (case / "eval.json").is_file() and not config.force:
+            print(f"{label}: measured already, reused", file=sys.stderr, flush=True)
+        else:
+            poison = QUICK["poison"] if config.quick else POISON_SETTINGS.get(dataset, {})
+            started = time.monotonic()
+            report = run_cell(case, dataset, attack, arch, seed, poison)
+            firewall = report["rules"]["firewall"]
+            summary = (f"AUROC {firewall['auroc']:.4f}" if "auroc" in firewall
+                       else f"FPR {firewall['threshold_fpr']:.4f}")
+            print(f"{label}: firewall {summary} ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
+        done.append(case)
+    (config.out / "bench.json").write_text(json.dumps({"cells": [c.name for c in done]}, indent=2))
+    return done
