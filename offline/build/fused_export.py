@@ -24,7 +24,12 @@ from firewall.artifacts import (
 )
 from firewall.errors import UserError
 from firewall.rules.badexpert import triangle_statistic
-from offline.build.onnx_export import INPUT_NAME, MAX_ABS_DIFF, export_onnx
+from offline.build.onnx_export import INPUT_NAME, export_onnx
+
+# The rule divides by probabilities that can be 1e-6: float32 rounding of b or a moves
+# such a score by parts in 1e4 (measured 1.6e-4 on shapes/blend). A wrong graph is off
+# by order one.
+MAX_RELATIVE_DIFF = 1e-3
 
 
 def badexpert_by_class(b: torch.Tensor, a: torch.Tensor, gamma: float = 0.5) -> torch.Tensor:
@@ -79,6 +84,6 @@ def _check(models: dict[str, nn.Module], path: Path, x: np.ndarray) -> float:
                                                            models["original"](tx).argmax(dim=1).numpy()):
         raise UserError(f"{path.name}: the fused graph's predictions differ from the model's")
     diff = float((np.abs(outputs[BY_CLASS_OUTPUT] - expected) / np.maximum(1.0, np.abs(expected))).max())
-    if not diff <= MAX_ABS_DIFF:
-        raise UserError(f"{path.name}: fused scores differ from the rule by {diff:.3g} (> {MAX_ABS_DIFF})")
+    if not diff <= MAX_RELATIVE_DIFF:
+        raise UserError(f"{path.name}: fused scores differ from the rule by {diff:.3g} (> {MAX_RELATIVE_DIFF})")
     return diff
