@@ -2,9 +2,9 @@
 
 ModelInfer is decoded, validated, scored by the micro-batcher and then rejected or
 forwarded; with `--forwarding parallel` it is forwarded while it is scored and the
-answer is held back until the verdict. Requests travel to the upstream as the client's own bytes and responses
-come back as the upstream's own bytes: nothing the firewall does can alter an
-accepted answer. The other five RPCs pass straight through.
+answer is held back until the verdict. Requests travel to the upstream as the
+client's own bytes and responses come back as the upstream's own bytes: nothing the
+firewall does can alter an accepted answer. The other five RPCs pass straight through.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ class Firewall:
         self.batcher: MicroBatcher | None = None
         self.later_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cascade")
         self.channel: grpc.aio.Channel | None = None
+        self.upstream_calls: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
         self.server: grpc.aio.Server | None = None
 
     # -- scoring -----------------------------------------------------------------
@@ -132,8 +133,7 @@ class Firewall:
         metadata = tuple((k, v) for k, v in context.invocation_metadata() or () if not k.startswith(_HOP_BY_HOP))
         started = time.perf_counter()
         try:
-            return await self.channel.unary_unary(f"/{SERVICE}/{method}")(
-                raw, timeout=self._timeout(context), metadata=metadata)
+            return await self.upstream_calls[method](raw, timeout=self._timeout(context), metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             self.metrics.upstream_errors.labels(self.model, exc.code().name).inc()
             raise
@@ -226,6 +226,7 @@ class Firewall:
     async def start(self) -> int:
         """Start serving; returns the bound port."""
         self.channel = grpc.aio.insecure_channel(self.config.upstream, options=_CHANNEL_OPTIONS)
+        self.upstream_calls = {m: self.channel.unary_unary(f"/{SERVICE}/{m}") for m in (*PASSTHROUGH, "ModelInfer")}
         self.batcher = MicroBatcher(self._first_stage, self.config.max_batch_size, self.config.max_wait_us, self._on_batch)
         self.batcher.start()
         self.server = grpc.aio.server(options=_CHANNEL_OPTIONS)
