@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from firewall.artifacts import FUSED_FILES, MODEL_FILES, Artifacts
+from firewall.artifacts import BY_CLASS_OUTPUT, FUSED_FILES, MODEL_FILES, PREDICTION_OUTPUT, Artifacts
 from firewall.probabilities import softmax
 
 
@@ -63,6 +63,15 @@ class ModelSet:
     def run(self, role: str, x: np.ndarray) -> dict[str, np.ndarray]:
         outputs = self.sessions[role].run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})
         return dict(zip(self.output_names[role], outputs))
+
+    def badexpert_by_class(self, x: np.ndarray, predict: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+        """(M's prediction or None, the BaDExpert score of every class) from one fused-graph run.
+
+        Without `predict` the graph without M runs: the prediction comes from elsewhere."""
+        if not predict:
+            return None, self.run("fused_without_original", x)[BY_CLASS_OUTPUT]
+        outputs = self.run("fused", x)
+        return outputs[PREDICTION_OUTPUT].astype(np.int64), outputs[BY_CLASS_OUTPUT]
 
     def logits(self, role: str, x: np.ndarray) -> np.ndarray:
         return self.sessions[role].run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]

@@ -13,9 +13,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from firewall.artifacts import BY_CLASS_OUTPUT as BY_CLASS
-from firewall.artifacts import PREDICTION_OUTPUT as PREDICTION
-from firewall.artifacts import Artifacts
+from firewall.artifacts import BY_CLASS_OUTPUT, PREDICTION_OUTPUT, Artifacts
 from firewall.errors import UserError
 from firewall.models import ModelSet, SessionTuning
 from firewall.probabilities import prob_of
@@ -72,11 +70,8 @@ class ScoringEngine:
     def first_stage(self, x: np.ndarray, predict: bool = True) -> dict[str, np.ndarray]:
         """The sidecar's cheap stage: the BaDExpert score of every class, and M's prediction
         unless the upstream will supply it. One fused-graph run, whatever the batch size."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if predict:
-            outputs = self.models.run("fused", x)
-            return {PREDICTION: outputs[PREDICTION].astype(np.int64), BY_CLASS: outputs[BY_CLASS]}
-        return {BY_CLASS: self.models.run("fused_without_original", x)[BY_CLASS]}
+        yhat, by_class = self.models.badexpert_by_class(x, predict)
+        return {BY_CLASS_OUTPUT: by_class} if yhat is None else {PREDICTION_OUTPUT: yhat, BY_CLASS_OUTPUT: by_class}
 
 
 def pick_class(by_class: np.ndarray, yhat: np.ndarray) -> np.ndarray:

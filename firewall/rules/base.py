@@ -6,7 +6,7 @@ from functools import cached_property
 
 import numpy as np
 
-from firewall.artifacts import BY_CLASS_OUTPUT, PREDICTION_OUTPUT, Normalization
+from firewall.artifacts import Normalization
 from firewall.models import ModelSet
 
 SUPERIMPOSED_ROWS = 1024
@@ -31,12 +31,8 @@ class Batch:
         self._superimposed: dict[str, np.ndarray] = {}
 
     @cached_property
-    def _fused(self) -> tuple[np.ndarray, np.ndarray]:
-        """(yhat, BaDExpert score of every class) from one run of a fused graph."""
-        if self._given_yhat is not None:
-            return self._given_yhat, self.models.run("fused_without_original", self.x)[BY_CLASS_OUTPUT]
-        outputs = self.models.run("fused", self.x)
-        return outputs[PREDICTION_OUTPUT].astype(np.int64), outputs[BY_CLASS_OUTPUT]
+    def _fused(self) -> tuple[np.ndarray | None, np.ndarray]:
+        return self.models.badexpert_by_class(self.x, predict=self._given_yhat is None)
 
     @cached_property
     def yhat(self) -> np.ndarray:
