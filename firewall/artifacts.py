@@ -17,7 +17,7 @@ import numpy as np
 
 from firewall.errors import ArtifactError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MANIFEST = "manifest.json"
 THRESHOLDS = "thresholds.json"
 STRIP_BANK = "strip_bank.npy"
@@ -27,14 +27,15 @@ MODEL_FILES = {
     "auxiliary": "auxiliary.onnx",
     "exposed": "exposed.onnx",
 }
-# The BaDExpert rule as one graph each (offline/build/fused_export.py): with M's
+# The first-stage rules as one graph each (offline/build/fused_export.py): with M's
 # prediction inside, and without M for when the prediction comes from the upstream.
 FUSED_FILES = {
     "fused": "fused.onnx",
     "fused_without_original": "fused_without_original.onnx",
 }
 PREDICTION_OUTPUT = "prediction"
-BY_CLASS_OUTPUT = "badexpert_by_class"
+# The fused graphs' per-class score outputs, by the rule that reads them.
+BY_CLASS_OUTPUTS = {"badexpert": "badexpert_by_class", "exposed": "exposed_by_class"}
 # The same four models as torch.export programs, for the eager-PyTorch engine benchmark.
 # Listed and hashed like every file; the sidecar never opens them.
 TORCH_FILES = {role: f"torch/{role}.pt2" for role in MODEL_FILES}

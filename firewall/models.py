@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from firewall.artifacts import BY_CLASS_OUTPUT, FUSED_FILES, MODEL_FILES, PREDICTION_OUTPUT, Artifacts
+from firewall.artifacts import BY_CLASS_OUTPUTS, FUSED_FILES, MODEL_FILES, PREDICTION_OUTPUT, Artifacts
 from firewall.probabilities import softmax
 
 
@@ -42,7 +42,7 @@ class SessionTuning:
 
 
 class ModelSet:
-    """M, B, M' and E as separate sessions, and the fused BaDExpert graphs."""
+    """M, B, M' and E as separate sessions, and the fused first-stage graphs."""
 
     def __init__(self, artifacts: Artifacts, providers: list[str] | None = None,
                  tuning: SessionTuning = SessionTuning()):
@@ -64,14 +64,13 @@ class ModelSet:
         outputs = self.sessions[role].run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})
         return dict(zip(self.output_names[role], outputs))
 
-    def badexpert_by_class(self, x: np.ndarray, predict: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
-        """(M's prediction or None, the BaDExpert score of every class) from one fused-graph run.
+    def first_stage(self, x: np.ndarray, predict: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+        """(M's prediction or None, {rule: its score for every class}) from one fused-graph run.
 
         Without `predict` the graph without M runs: the prediction comes from elsewhere."""
-        if not predict:
-            return None, self.run("fused_without_original", x)[BY_CLASS_OUTPUT]
-        outputs = self.run("fused", x)
-        return outputs[PREDICTION_OUTPUT].astype(np.int64), outputs[BY_CLASS_OUTPUT]
+        outputs = self.run("fused" if predict else "fused_without_original", x)
+        by_class = {rule: outputs[name] for rule, name in BY_CLASS_OUTPUTS.items()}
+        return (outputs[PREDICTION_OUTPUT].astype(np.int64) if predict else None), by_class
 
     def logits(self, role: str, x: np.ndarray) -> np.ndarray:
         return self.sessions[role].run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]

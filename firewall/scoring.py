@@ -13,14 +13,17 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from firewall.artifacts import BY_CLASS_OUTPUT, PREDICTION_OUTPUT, Artifacts
+from firewall.artifacts import BY_CLASS_OUTPUTS, PREDICTION_OUTPUT, Artifacts
 from firewall.errors import UserError
 from firewall.models import ModelSet, SessionTuning
 from firewall.probabilities import prob_of
 from firewall.rules import RULES, Batch
 
 FIREWALL = "firewall"
-SERVING_RULES = ("badexpert", "strip")
+# The rules the sidecar serves, cheap first: the first FIRST_STAGE_RULES come out of one
+# fused-graph run for every request; the rest run only in the cascade's band.
+SERVING_RULES = ("badexpert", "exposed", "strip")
+FIRST_STAGE_RULES = 2
 BASELINE_RULES = ("strip_original", "scaleup", "strip_exposed_entropy")
 
 
@@ -68,10 +71,11 @@ class ScoringEngine:
         return np.concatenate(predictions), {n: np.concatenate(v) for n, v in per_rule.items()}
 
     def first_stage(self, x: np.ndarray, predict: bool = True) -> dict[str, np.ndarray]:
-        """The sidecar's cheap stage: the BaDExpert score of every class, and M's prediction
-        unless the upstream will supply it. One fused-graph run, whatever the batch size."""
-        yhat, by_class = self.models.badexpert_by_class(x, predict)
-        return {BY_CLASS_OUTPUT: by_class} if yhat is None else {PREDICTION_OUTPUT: yhat, BY_CLASS_OUTPUT: by_class}
+        """The sidecar's cheap stage: the first-stage rules' scores for every class, and M's
+        prediction unless the upstream will supply it. One fused-graph run, whatever the batch size."""
+        yhat, by_class = self.models.first_stage(x, predict)
+        outputs = {BY_CLASS_OUTPUTS[rule]: scores for rule, scores in by_class.items()}
+        return outputs if yhat is None else {PREDICTION_OUTPUT: yhat, **outputs}
 
 
 def pick_class(by_class: np.ndarray, yhat: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from firewall.artifacts import BY_CLASS_OUTPUT, PREDICTION_OUTPUT, THRESHOLDS, load_artifacts
+from firewall.artifacts import BY_CLASS_OUTPUTS, PREDICTION_OUTPUT, THRESHOLDS, load_artifacts
 from firewall.audit import AuditLog
 from firewall.batcher import MicroBatcher
 from firewall.config import ServeConfig
@@ -48,11 +48,12 @@ def _identity(data: bytes) -> bytes:
 
 
 def _serving_fusion(thresholds: Thresholds) -> Fusion:
-    """The calibrated fusion, checked to start with the rule the cheap stage computes."""
+    """The calibrated fusion, checked to start with rules the fused graph computes."""
     fusion = thresholds.fusion
-    if fusion is None or fusion.first != "badexpert" or any(rule not in RULES for rule in fusion.later):
-        raise ArtifactError("thresholds.json holds no fusion this firewall can serve (it must start with the "
-                            "badexpert rule): run `offline calibrate` again")
+    if (fusion is None or any(rule not in BY_CLASS_OUTPUTS for rule in fusion.first)
+            or any(rule not in RULES for rule in fusion.later)):
+        raise ArtifactError("thresholds.json holds no fusion this firewall can serve (its first stage must be "
+                            f"among {sorted(BY_CLASS_OUTPUTS)}): run `offline calibrate` again")
     return fusion
 
 
@@ -99,8 +100,8 @@ class Firewall:
                                             self.manifest.num_classes)
         else:
             yhat = first[PREDICTION_OUTPUT]
-        scores = {self.fusion.first: pick_class(first[BY_CLASS_OUTPUT], yhat)}
-        band = self.fusion.needs_later(scores[self.fusion.first])
+        scores = {rule: pick_class(first[BY_CLASS_OUTPUTS[rule]], yhat) for rule in self.fusion.first}
+        band = self.fusion.needs_later(scores)
         for rule in self.fusion.later:
             scores[rule] = np.full(len(x), np.nan)
         if band.any():

@@ -1,8 +1,9 @@
 """`offline bench`: the detection matrix, attacks x datasets x architectures x seeds.
 
 Every cell is the whole red-team story in-process: poison, build, calibrate at 1% FPR,
-evaluate. A cell whose eval.json exists is reused (delete it, or pass --force, to
-measure again), so an interrupted matrix resumes where it stopped. The table in
+evaluate. A cell whose eval.json exists is reused (pass --force to measure again from
+scratch, or --rebuild to keep the poisoned model and data and build again), so an
+interrupted matrix resumes where it stopped. The table in
 docs/RESULTS.md is rendered from whatever cells exist (offline/results_table.py).
 """
 
@@ -35,6 +36,7 @@ class BenchConfig:
     seeds: tuple[int, ...] = (0,)
     quick: bool = False
     force: bool = False
+    rebuild: bool = False
 
 
 def cell_dir(out: Path, dataset: str, attack: str, arch: str, seed: int) -> Path:
@@ -42,8 +44,10 @@ def cell_dir(out: Path, dataset: str, attack: str, arch: str, seed: int) -> Path
     return out / (f"{dataset}-{attack}-{arch}" + (f"-s{seed}" if seed else ""))
 
 
-def run_cell(case: Path, dataset: str, attack: str, arch: str, seed: int, poison: dict) -> dict:
-    run_poison(PoisonConfig(dataset=dataset, attack=attack, out=case, arch=arch, seed=seed, force=True, **poison))
+def run_cell(case: Path, dataset: str, attack: str, arch: str, seed: int, poison: dict, repoison: bool) -> dict:
+    if repoison or not (case / "attack.json").is_file():
+        run_poison(PoisonConfig(dataset=dataset, attack=attack, out=case, arch=arch, seed=seed, force=True,
+                                **poison))
     run_build(BuildConfig(model=str(case / "model.pt2"), clean_data=case / "clean.npz", out=case / "artifacts",
                           seed=seed, force=True))
     run_calibrate(CalibrateConfig(case / "artifacts", case / "calib.npz"))
@@ -59,12 +63,12 @@ def run_bench(config: BenchConfig) -> list[Path]:
     for index, (dataset, attack, arch, seed) in enumerate(cells, 1):
         case = cell_dir(config.out, dataset, attack, arch, seed)
         label = f"[{index}/{len(cells)}] {case.name}"
-        if (case / "eval.json").is_file() and not config.force:
+        if (case / "eval.json").is_file() and not (config.force or config.rebuild):
             print(f"{label}: measured already, reused", file=sys.stderr, flush=True)
         else:
             poison = QUICK["poison"] if config.quick else POISON_SETTINGS.get(dataset, {})
             started = time.monotonic()
-            report = run_cell(case, dataset, attack, arch, seed, poison)
+            report = run_cell(case, dataset, attack, arch, seed, poison, repoison=config.force)
             firewall = report["rules"]["firewall"]
             summary = (f"AUROC {firewall['auroc']:.4f}" if "auroc" in firewall
                        else f"FPR {firewall['threshold_fpr']:.4f}")

@@ -46,7 +46,7 @@ PARALLEL = ("--forwarding", "parallel")
 LADDER = (
     FirewallConfig("every rule on every input (session 1)", 1.0, UNTUNED),
     FirewallConfig("cascade: exposed STRIP in a 10% band", 0.1, UNTUNED),
-    FirewallConfig("BaDExpert alone (band 0, the default)", 0.0, UNTUNED),
+    FirewallConfig("first stage alone: BaDExpert + exposed margin (band 0, the default)", 0.0, UNTUNED),
     FirewallConfig("+ tuned sessions (1 thread, no spinning)", 0.0),
     FirewallConfig("+ parallel forwarding", 0.0, PARALLEL),
     FirewallConfig("+ prediction from the upstream", 0.0, (*PARALLEL, "--prediction-from-upstream", "logits")),

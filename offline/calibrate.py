@@ -11,7 +11,7 @@ from pathlib import Path
 
 from firewall.artifacts import THRESHOLDS, load_artifacts
 from firewall.fusion import DEFAULT_CASCADE_BAND, Fusion
-from firewall.scoring import BASELINE_RULES, SERVING_RULES, ScoringEngine
+from firewall.scoring import BASELINE_RULES, FIRST_STAGE_RULES, SERVING_RULES, ScoringEngine
 from firewall.thresholds import Thresholds
 from offline.data.tensorsets import load_tensor_set
 
@@ -32,7 +32,7 @@ def run_calibrate(config: CalibrateConfig) -> Thresholds:
     clean = load_tensor_set(config.clean_data, num_classes=manifest.num_classes, input_shape=manifest.input_shape)
     engine = ScoringEngine(artifacts, rules=ALL_RULES)
     _, scores = engine.score(clean.x)
-    fusion = Fusion.fit(scores, SERVING_RULES, config.target_fpr, config.cascade_band)
+    fusion = Fusion.fit(scores, SERVING_RULES, config.cascade_band, FIRST_STAGE_RULES)
     thresholds = Thresholds.fit(scores, config.target_fpr, fusion)
     thresholds.save(artifacts.path(THRESHOLDS))
     return thresholds

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--target-fpr", type=float, default=0.01)
     c.add_argument("--cascade-band", type=float, default=DEFAULT_CASCADE_BAND,
                    help="share of clean inputs for which the firewall also runs exposed STRIP "
-                        "(0: BaDExpert alone, 1: both rules on every input)")
+                        "(0: the first-stage rules alone, BaDExpert and the exposed margin; 1: exposed STRIP on every input too)")
 
     m = sub.add_parser("bench", help="run the detection matrix and regenerate the results table")
     m.add_argument("--out", type=Path, default=Path("runs"), help="where the cells go (reused when measured)")
@@ -76,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: every attack but dynamic, whose joint training doubles a cell's time")
     m.add_argument("--seeds", type=_ints, default=(0,))
     m.add_argument("--markdown", type=Path, help="write the results document here (e.g. docs/RESULTS.md)")
-    m.add_argument("--force", action="store_true", help="measure cells again even if they have results")
+    m.add_argument("--force", action="store_true", help="measure cells again from scratch, poisoning included")
+    m.add_argument("--rebuild", action="store_true",
+                   help="build, calibrate and evaluate again on each cell's existing poisoned model and data "
+                        "(after a change to the build or the rules); cells without them are poisoned first")
 
     e = sub.add_parser("evaluate", help="measure detection on clean and triggered data")
     e.add_argument("--artifacts", required=True, type=Path)
@@ -131,7 +134,7 @@ def run(args: argparse.Namespace) -> None:
                                          "seeds": args.seeds}
         run_bench(BenchConfig(out=args.out, datasets=tuple(grid["datasets"]), archs=tuple(grid["archs"]),
                               attacks=tuple(grid["attacks"]), seeds=tuple(grid["seeds"]), quick=args.quick,
-                              force=args.force))
+                              force=args.force, rebuild=args.rebuild))
         document = render(args.out)
         if args.markdown:
             args.markdown.write_text(document)

@@ -59,7 +59,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     report: dict = {"n_clean": len(clean), "clean_accuracy": float((clean_pred == clean.y).mean()),
                     "cascade": {"rules": list(fusion.rules), "band_fraction": fusion.band_fraction,
                                 "clean_share_scored_by_later_rules":
-                                    float(fusion.needs_later(clean_scores[fusion.first]).mean())},
+                                    float(fusion.needs_later(clean_scores).mean())},
                     "rules": {}}
 
     backdoor_scores = None

@@ -17,7 +17,7 @@ def clean_scores(n=2000):
 
 def fused_fpr(band, target=0.01):
     calibration, test = clean_scores(), clean_scores(20000)
-    fusion = Fusion.fit(calibration, ("badexpert", "strip"), target, band)
+    fusion = Fusion.fit(calibration, ("badexpert", "strip"), band)
     thresholds = Thresholds.fit(calibration, target, fusion)
     return thresholds.rejects("firewall", fusion.fuse(test)).mean(), thresholds
 
@@ -32,20 +32,41 @@ def test_the_fused_false_positive_rate_meets_the_target_not_the_sum_of_the_rules
         assert either.mean() > 0.015
 
 
-def test_a_zero_band_is_the_first_rule_alone_and_a_full_band_the_maximum():
+def test_evidence_is_the_negative_log_of_the_clean_tail_share():
+    fusion = Fusion.fit({"badexpert": np.arange(99.0)}, ("badexpert",), 0.0)
+    # 0 at or below every clean score, log(100) above them all, log(2) at the median
+    assert np.allclose(fusion.evidence("badexpert", np.array([-5.0, 0.0, 49.0, 1e9])),
+                       [0.0, 0.0, np.log(100 / 51), np.log(100)])
+
+
+def test_a_zero_band_is_the_first_rule_alone_and_a_full_band_the_sum_of_evidence():
     scores = clean_scores()
-    alone = Fusion.fit(scores, ("badexpert", "strip"), 0.01, 0.0)
-    assert np.array_equal(np.argsort(alone.fuse(scores)), np.argsort(scores["badexpert"]))
-    assert not alone.needs_later(scores["badexpert"]).any()
-    both = Fusion.fit(scores, ("badexpert", "strip"), 0.01, 1.0)
-    expected = np.maximum(both.standardize("badexpert", scores["badexpert"]), both.standardize("strip", scores["strip"]))
+    alone = Fusion.fit(scores, ("badexpert", "strip"), 0.0)
+    order = np.argsort(scores["badexpert"])
+    assert np.all(np.diff(alone.fuse(scores)[order]) >= 0)  # ranks like the rule itself
+    assert not alone.needs_later(scores).any()
+    both = Fusion.fit(scores, ("badexpert", "strip"), 1.0)
+    expected = both.evidence("badexpert", scores["badexpert"]) + both.evidence("strip", scores["strip"])
     assert np.allclose(both.fuse(scores), expected)
+
+
+def test_one_rule_that_separates_is_not_drowned_by_one_that_does_not():
+    """A rule blind to the attack (its triggered scores look clean) must not raise the
+    verdict's threshold past inputs the other rule puts beyond its clean scores."""
+    calibration, test = clean_scores(), clean_scores(5000)
+    fusion = Fusion.fit(calibration, ("badexpert", "strip"), 1.0)
+    thresholds = Thresholds.fit(calibration, 0.01, fusion)
+    triggered = {"badexpert": RNG.normal(-0.5, 0.3, 5000), "strip": clean_scores(5000)["strip"]}
+    caught_by_rule = thresholds.rejects("badexpert", triggered["badexpert"]).mean()
+    caught_fused = thresholds.rejects("firewall", fusion.fuse(triggered)).mean()
+    assert caught_fused >= 0.95 * caught_by_rule
+    assert thresholds.rejects("firewall", fusion.fuse(test)).mean() <= 0.015
 
 
 def test_the_cascade_reads_later_rules_only_inside_its_band():
     scores = clean_scores()
-    fusion = Fusion.fit(scores, ("badexpert", "strip"), 0.01, 0.1)
-    band = fusion.needs_later(scores["badexpert"])
+    fusion = Fusion.fit(scores, ("badexpert", "strip"), 0.1)
+    band = fusion.needs_later(scores)
     assert 0.08 <= band.mean() <= 0.12
     skipped = dict(scores, strip=np.where(band, scores["strip"], np.nan))
     assert np.array_equal(fusion.fuse(skipped), fusion.fuse(scores))
@@ -53,17 +74,49 @@ def test_the_cascade_reads_later_rules_only_inside_its_band():
 
 def test_a_trigger_caught_only_by_the_later_rule_is_caught_inside_the_band():
     scores = clean_scores()
-    fusion = Fusion.fit(scores, ("badexpert", "strip"), 0.01, 0.1)
+    fusion = Fusion.fit(scores, ("badexpert", "strip"), 0.1)
     thresholds = Thresholds.fit(scores, 0.01, fusion)
     in_band = np.quantile(scores["badexpert"], 0.95)
     suspicious = {"badexpert": np.array([in_band]), "strip": np.array([10.0])}
     assert thresholds.rejects("firewall", fusion.fuse(suspicious))[0]
 
 
+def three_rules(n=2000):
+    """BaDExpert and the exposed margin in the first stage, exposed STRIP in the band."""
+    return {**clean_scores(n), "exposed": RNG.normal(-8.0, 2.0, n)}
+
+
+def test_the_first_stage_rules_are_always_fused_and_open_the_band_together():
+    scores = three_rules()
+    fusion = Fusion.fit(scores, ("badexpert", "exposed", "strip"), 0.1, first_stage=2)
+    assert fusion.first == ("badexpert", "exposed") and fusion.later == ("strip",)
+    first = fusion.evidence("badexpert", scores["badexpert"]) + fusion.evidence("exposed", scores["exposed"])
+    assert np.array_equal(fusion.needs_later(scores), first >= fusion.band_low)
+    skipped = dict(scores, strip=np.full(len(first), np.nan))
+    alone = Fusion.fit(scores, ("badexpert", "exposed", "strip"), 0.0, first_stage=2)
+    assert np.allclose(alone.fuse(skipped), first)
+
+
+def test_a_trigger_only_the_second_first_stage_rule_sees_is_rejected_at_the_joint_rate():
+    calibration, test = three_rules(), three_rules(20000)
+    fusion = Fusion.fit(calibration, ("badexpert", "exposed", "strip"), 0.0, first_stage=2)
+    thresholds = Thresholds.fit(calibration, 0.01, fusion)
+    assert thresholds.rejects("firewall", fusion.fuse(test)).mean() <= 0.015
+    suspicious = {"badexpert": np.array([-3.0]), "exposed": np.array([5.0]), "strip": np.array([np.nan])}
+    assert thresholds.rejects("firewall", fusion.fuse(suspicious))[0]
+
+
+@pytest.mark.parametrize("first_stage", [0, 4])
+def test_a_first_stage_of_no_rules_or_more_rules_than_given_is_refused(first_stage):
+    with pytest.raises(UserError, match="first stage"):
+        Fusion.fit(three_rules(), ("badexpert", "exposed", "strip"), 0.0, first_stage=first_stage)
+
+
 def test_fusion_survives_a_round_trip_through_thresholds_json(tmp_path):
-    scores = clean_scores()
-    for band in (0.0, 0.3, 1.0):
-        thresholds = Thresholds.fit(scores, 0.01, Fusion.fit(scores, ("badexpert", "strip"), 0.01, band))
+    scores = three_rules()
+    for band, first_stage in ((0.0, 1), (0.3, 2), (1.0, 2)):
+        fusion = Fusion.fit(scores, ("badexpert", "exposed", "strip"), band, first_stage)
+        thresholds = Thresholds.fit(scores, 0.01, fusion)
         thresholds.save(tmp_path / "thresholds.json")
         loaded = Thresholds.load(tmp_path / "thresholds.json")
         assert loaded.fusion == thresholds.fusion
@@ -72,11 +125,11 @@ def test_fusion_survives_a_round_trip_through_thresholds_json(tmp_path):
 
 def test_a_rule_with_constant_clean_scores_does_not_divide_by_zero():
     scores = {"badexpert": RNG.normal(size=500), "strip": np.ones(500)}
-    fused = Fusion.fit(scores, ("badexpert", "strip"), 0.01, 1.0).fuse(scores)
+    fused = Fusion.fit(scores, ("badexpert", "strip"), 1.0).fuse(scores)
     assert np.isfinite(fused).all()
 
 
 @pytest.mark.parametrize("band", [-0.1, 1.5])
 def test_a_band_outside_zero_to_one_is_refused(band):
     with pytest.raises(UserError, match="fraction"):
-        Fusion.fit(clean_scores(), ("badexpert", "strip"), 0.01, band)
+        Fusion.fit(clean_scores(), ("badexpert", "strip"), band)

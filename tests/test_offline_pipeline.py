@@ -47,13 +47,16 @@ def test_the_expert_rate_is_the_one_that_forgot_with_the_least_weight_change(tin
     assert collapsed and expert["lr"] == min(collapsed, key=lambda run: run["weight_change"])["lr"]
 
 
-def test_the_auxiliary_rate_recovers_clean_accuracy_after_the_deepest_dip(tiny_artifacts: Path):
+def test_the_auxiliary_rate_is_the_largest_that_keeps_the_task(tiny_artifacts: Path):
     auxiliary = json.loads((tiny_artifacts / "manifest.json").read_text())["models"]["auxiliary"]
     search = auxiliary["selection"]["search"]
-    chosen = next(run for run in search if run["lr"] == auxiliary["lr"])
-    recovered = [run for run in search if run["recovered"]]
-    if recovered:
-        assert chosen["recovered"] and chosen["dip"] == min(run["dip"] for run in recovered)
+    tried = [run["lr"] for run in search]
+    assert tried == sorted(tried, reverse=True)  # largest first
+    assert not any(run["recovered"] for run in search[:-1])  # the search stops at the first that recovers
+    if search[-1]["recovered"]:
+        assert auxiliary["lr"] == search[-1]["lr"]
+    else:
+        assert auxiliary["lr"] == max(search, key=lambda run: run["final"])["lr"]
     assert all(len(run["trajectory"]) == 11 for run in search)  # M, then every epoch
 
 
@@ -68,7 +71,7 @@ def test_onnx_models_take_any_batch_size(tiny_artifacts: Path):
 def test_calibration_meets_the_target_on_the_calibration_set(tiny_artifacts: Path):
     thresholds = json.loads((tiny_artifacts / "thresholds.json").read_text())
     assert thresholds["target_fpr"] == 0.01
-    for rule in ("badexpert", "strip", "strip_original", "scaleup", "firewall"):
+    for rule in ("badexpert", "exposed", "strip", "strip_original", "scaleup", "firewall"):
         entry = thresholds["rules"][rule]
         assert entry["fpr"] <= 0.01 and entry["n"] > 100
 
@@ -80,7 +83,7 @@ def test_evaluate_writes_the_json_contract_and_plots(tiny_case: Path, tiny_artif
                     "--plots", str(tmp_path / "plots")]) == 0
     report = json.loads(out.read_text())
     assert report["n_clean"] > 0 and report["n_backdoor"] > 0
-    for rule in ("badexpert", "strip", "strip_original", "scaleup", "firewall"):
+    for rule in ("badexpert", "exposed", "strip", "strip_original", "scaleup", "firewall"):
         entry = report["rules"][rule]
         assert 0.0 <= entry["auroc"] <= 1.0
         assert set(entry["tpr_at_fpr"]) == {"0.01", "0.05"}

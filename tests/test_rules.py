@@ -1,9 +1,11 @@
-"""The BaDExpert triangle rule scores the backdoor corner of the (b, a) plane highest."""
+"""The BaDExpert triangle rule scores the backdoor corner of the (b, a) plane highest; the exposed
+rule scores how far E still backs M's prediction; the fused graph computes both as published."""
 
 import numpy as np
 
 from firewall.probabilities import entropy, softmax
 from firewall.rules.badexpert import triangle_statistic
+from firewall.rules.exposed import margin_by_class
 
 
 def suspicion(b, a):
@@ -32,13 +34,19 @@ def test_softmax_is_stable_and_entropy_bounded():
     assert np.isclose(entropy(probs[1:])[0], np.log(3))
 
 
-def test_the_fused_graph_scores_like_the_rule_on_the_separate_models(tiny_case, tiny_artifacts):
-    """The sidecar serves BaDExpert from one fused graph; it must be the published rule."""
+def test_the_exposed_margin_is_the_class_logit_minus_the_largest_other():
+    logits = np.array([[3.0, 1.0, -2.0], [0.0, 0.0, 5.0]])
+    assert np.array_equal(margin_by_class(logits), [[2.0, -2.0, -5.0], [-5.0, -5.0, 5.0]])
+
+
+def test_the_fused_graph_scores_like_the_rules_on_the_separate_models(tiny_case, tiny_artifacts):
+    """The sidecar serves BaDExpert and the exposed rule from one fused graph; it must be the
+    published rule and the margin of E's logits."""
     from firewall.artifacts import load_artifacts
     from firewall.probabilities import prob_of
     from firewall.scoring import ScoringEngine
 
-    engine = ScoringEngine(load_artifacts(tiny_artifacts), rules=("badexpert",))
+    engine = ScoringEngine(load_artifacts(tiny_artifacts), rules=("badexpert", "exposed"))
     x = np.concatenate([np.load(tiny_case / "test_clean.npz")["x"][:100],
                         np.load(tiny_case / "test_triggered.npz")["x"][:100]])
     yhat, scores = engine.score(x)
@@ -47,6 +55,8 @@ def test_the_fused_graph_scores_like_the_rule_on_the_separate_models(tiny_case, 
     b, a = prob_of(models.probs("expert", x), yhat), prob_of(models.probs("auxiliary", x), yhat)
     expected = -triangle_statistic(b, a)
     assert np.allclose(scores["badexpert"], expected, rtol=1e-4, atol=1e-5)
+    margins = prob_of(margin_by_class(models.logits("exposed", x)), yhat)
+    assert np.allclose(scores["exposed"], margins, rtol=1e-4, atol=1e-4)
     shifted = (yhat + 1) % 10  # a prediction given from outside runs the graph without M
     given = engine.score(x, yhat=shifted)[1]["badexpert"]
     b, a = prob_of(models.probs("expert", x), shifted), prob_of(models.probs("auxiliary", x), shifted)

@@ -31,4 +31,4 @@ class BadExpertRule(Rule):
     def score(self, batch: Batch) -> np.ndarray:
         """Served from the fused graph, which computes -triangle_statistic for every class
         in the same session run as the classifiers (checked against this module at build)."""
-        return prob_of(batch.badexpert_by_class, batch.yhat)
+        return prob_of(batch.by_class(self.name), batch.yhat)

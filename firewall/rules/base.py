@@ -31,16 +31,16 @@ class Batch:
         self._superimposed: dict[str, np.ndarray] = {}
 
     @cached_property
-    def _fused(self) -> tuple[np.ndarray | None, np.ndarray]:
-        return self.models.badexpert_by_class(self.x, predict=self._given_yhat is None)
+    def _first_stage(self) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+        return self.models.first_stage(self.x, predict=self._given_yhat is None)
 
     @cached_property
     def yhat(self) -> np.ndarray:
-        return self._given_yhat if self._given_yhat is not None else self._fused[0]
+        return self._given_yhat if self._given_yhat is not None else self._first_stage[0]
 
-    @cached_property
-    def badexpert_by_class(self) -> np.ndarray:
-        return self._fused[1]
+    def by_class(self, rule: str) -> np.ndarray:
+        """[N, K]: the first-stage rule's score for every class, from the fused graph."""
+        return self._first_stage[1][rule]
 
     @cached_property
     def original(self) -> np.ndarray:

@@ -1,8 +1,9 @@
-"""The fused scoring graphs: the BaDExpert rule's classifiers and arithmetic in one ONNX run.
+"""The fused scoring graphs: the first-stage rules' classifiers and arithmetic in one ONNX run.
 
-Serving every request through three separate sessions pays three session overheads
-and three copies of the input; one graph with a shared input pays one. The graph
-scores every class, `[N, K]` ("how suspicious if M predicted k"), so the same graph
+Serving every request through four separate sessions pays four session overheads
+and four copies of the input; one graph with a shared input pays one. The graph
+scores every class for each rule, `[N, K]` ("how suspicious if M predicted k"): the
+BaDExpert rule from B and M', the exposed rule from E's logit margins. The same graph
 serves whether the prediction comes from M inside the graph or, with
 `--prediction-from-upstream`, from the production server's own answer, which can
 arrive after scoring has finished.
@@ -17,13 +18,10 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from firewall.artifacts import (
-    BY_CLASS_OUTPUT,
-    FUSED_FILES,
-    PREDICTION_OUTPUT,
-)
+from firewall.artifacts import BY_CLASS_OUTPUTS, FUSED_FILES, PREDICTION_OUTPUT
 from firewall.errors import UserError
 from firewall.rules.badexpert import triangle_statistic
+from firewall.rules.exposed import margin_by_class
 from offline.build.onnx_export import INPUT_NAME, export_onnx
 
 # The rule divides by probabilities that can be 1e-6: float32 rounding of b or a moves
@@ -38,33 +36,42 @@ def badexpert_by_class(b: torch.Tensor, a: torch.Tensor, gamma: float = 0.5) -> 
     return -t
 
 
-class BadExpertScorer(nn.Module):
-    """x -> the BaDExpert score for every class, from the expert and the auxiliary."""
+def exposed_by_class(logits: torch.Tensor) -> torch.Tensor:
+    """Each class's logit minus the largest other (see firewall.rules.exposed.margin_by_class)."""
+    top2 = logits.topk(2, dim=1).values
+    others = torch.where(logits >= top2[:, :1], top2[:, 1:2], top2[:, :1])
+    return logits - others
 
-    def __init__(self, expert: nn.Module, auxiliary: nn.Module):
+
+class FirstStageScorer(nn.Module):
+    """x -> (the BaDExpert score for every class, the exposed rule's score for every class)."""
+
+    def __init__(self, expert: nn.Module, auxiliary: nn.Module, exposed: nn.Module):
         super().__init__()
-        self.expert, self.auxiliary = expert, auxiliary
+        self.expert, self.auxiliary, self.exposed = expert, auxiliary, exposed
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return badexpert_by_class(self.expert(x).softmax(dim=1), self.auxiliary(x).softmax(dim=1))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        badexpert = badexpert_by_class(self.expert(x).softmax(dim=1), self.auxiliary(x).softmax(dim=1))
+        return badexpert, exposed_by_class(self.exposed(x))
 
 
 class PredictingScorer(nn.Module):
-    """x -> (M's prediction, the BaDExpert score for every class)."""
+    """x -> (M's prediction, the first-stage scores for every class)."""
 
-    def __init__(self, original: nn.Module, scorer: BadExpertScorer):
+    def __init__(self, original: nn.Module, scorer: FirstStageScorer):
         super().__init__()
         self.original, self.scorer = original, scorer
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.original(x).argmax(dim=1), self.scorer(x)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.original(x).argmax(dim=1), *self.scorer(x)
 
 
 def export_fused(models: dict[str, nn.Module], example: torch.Tensor, out: Path, check_x: np.ndarray) -> dict:
-    """Write both fused graphs and check them against the numpy rule on real inputs."""
-    scorer = BadExpertScorer(models["expert"], models["auxiliary"])
-    graphs = {"fused": (PredictingScorer(models["original"], scorer), [PREDICTION_OUTPUT, BY_CLASS_OUTPUT]),
-              "fused_without_original": (scorer, [BY_CLASS_OUTPUT])}
+    """Write both fused graphs and check them against the numpy rules on real inputs."""
+    scorer = FirstStageScorer(models["expert"], models["auxiliary"], models["exposed"])
+    scores = [BY_CLASS_OUTPUTS["badexpert"], BY_CLASS_OUTPUTS["exposed"]]
+    graphs = {"fused": (PredictingScorer(models["original"], scorer), [PREDICTION_OUTPUT, *scores]),
+              "fused_without_original": (scorer, scores)}
     for role, (module, outputs) in graphs.items():
         export_onnx(module, example, out / FUSED_FILES[role], output_names=outputs)
     return {role: _check(models, out / FUSED_FILES[role], check_x) for role in graphs}
@@ -72,18 +79,19 @@ def export_fused(models: dict[str, nn.Module], example: torch.Tensor, out: Path,
 
 @torch.no_grad()
 def _check(models: dict[str, nn.Module], path: Path, x: np.ndarray) -> float:
-    """Largest relative difference of the scores between onnxruntime and the numpy rule on torch
-    probabilities; predictions must match exactly."""
+    """Largest relative difference of the scores between onnxruntime and the numpy rules on torch
+    outputs; predictions must match exactly."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {INPUT_NAME: x})))
     tx = torch.from_numpy(x)
     b = models["expert"](tx).softmax(dim=1).numpy()
     a = models["auxiliary"](tx).softmax(dim=1).numpy()
-    expected = -triangle_statistic(b, a)
+    expected = {"badexpert": -triangle_statistic(b, a), "exposed": margin_by_class(models["exposed"](tx).numpy())}
     if PREDICTION_OUTPUT in outputs and not np.array_equal(outputs[PREDICTION_OUTPUT],
                                                            models["original"](tx).argmax(dim=1).numpy()):
         raise UserError(f"{path.name}: the fused graph's predictions differ from the model's")
-    diff = float((np.abs(outputs[BY_CLASS_OUTPUT] - expected) / np.maximum(1.0, np.abs(expected))).max())
+    diff = max(float((np.abs(outputs[BY_CLASS_OUTPUTS[rule]] - want) / np.maximum(1.0, np.abs(want))).max())
+               for rule, want in expected.items())
     if not diff <= MAX_RELATIVE_DIFF:
         raise UserError(f"{path.name}: fused scores differ from the rule by {diff:.3g} (> {MAX_RELATIVE_DIFF})")
     return diff

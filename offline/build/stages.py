@@ -158,8 +158,8 @@ def exposed_model(model: nn.Module, train: TensorSet, heldout: TensorSet, num_cl
     return exposed, StageReport("sgd", lr, f"heldout_clean_accuracy <= {chance:.3g} (chance)", stopped, steps, acc)
 
 
-AUXILIARY_LRS = (0.1, 0.03, 0.01)
-RECOVERY_MARGIN = 0.05
+AUXILIARY_LRS = (0.1, 0.07, 0.05, 0.03, 0.01)  # tried largest first
+AUXILIARY_MARGIN = 0.15
 
 
 def _auxiliary_at(model: nn.Module, train: TensorSet, heldout: TensorSet, lr: float, epochs: int,
@@ -179,29 +179,31 @@ def _auxiliary_at(model: nn.Module, train: TensorSet, heldout: TensorSet, lr: fl
 
 
 def auxiliary_model(model: nn.Module, train: TensorSet, heldout: TensorSet, num_classes: int, *,
-                    lrs: tuple[float, ...] = AUXILIARY_LRS, epochs: int = 10, min_epoch_steps: int = 20,
-                    batch_size: int = 64, seed: int = 0) -> tuple[nn.Module, StageReport]:
+                    lrs: tuple[float, ...] = AUXILIARY_LRS, margin: float = AUXILIARY_MARGIN, epochs: int = 10,
+                    min_epoch_steps: int = 20, batch_size: int = 64, seed: int = 0) -> tuple[nn.Module, StageReport]:
     """BaDExpert's M': clean fine-tuning with a large learning rate (SGD, nesterov).
 
     The schedule keeps the paper's shape (10 epochs, lr x0.1 at epochs 2, 4, 6, 8) but an
     "epoch" is at least `min_epoch_steps` steps so that small clean sets still move M.
-    The rate is chosen on clean data: a good one knocks held-out accuracy down in the
-    first epochs (far enough to shake the backdoor loose) and lets it recover (to within
-    5 points of M's). Among the rates that recover, the deepest dip wins (shapes/badnets:
-    0.1 never recovered, 18%; 0.03 dipped to 75% and recovered to 85%, and M' then gave
-    triggered inputs' target 8% where 0.01 left 34%).
+    The rate is chosen on clean data: the largest rate whose M' ends within `margin` of
+    M's held-out accuracy. The larger the rate, the more of the backdoor is shaken loose;
+    M' only has to keep enough of the task that clean inputs' `a` stays high. Measured on
+    six poisoned models (docs/METHODS.md): the previous criterion (deepest dip among the
+    rates that recover to within 5 points) kept 0.03 on shapes/lowfreq, where M' still
+    gave triggered inputs' target 41% and the rule's AUROC was 0.73; SGD 0.1 ended 12
+    points down, left 2% and gave 0.98.
     """
     start = accuracy(model, heldout.x, heldout.y)
     runs = []
     for lr in lrs:
         auxiliary, report, trajectory = _auxiliary_at(model, train, heldout, lr, epochs, min_epoch_steps,
                                                       batch_size, seed)
-        runs.append((auxiliary, report, {"lr": lr, "trajectory": [round(a, 4) for a in trajectory],
-                                         "dip": min(trajectory), "final": trajectory[-1],
-                                         "recovered": trajectory[-1] >= start - RECOVERY_MARGIN}))
-    recovered = [run for run in runs if run[2]["recovered"]]
-    auxiliary, report, _ = (min(recovered, key=lambda run: (run[2]["dip"], -run[2]["lr"])) if recovered
-                            else max(runs, key=lambda run: run[2]["final"]))
-    report.selection = {"criterion": f"deepest held-out accuracy dip among the rates that recover to within "
-                                     f"{RECOVERY_MARGIN} of M's ({start:.4f})", "search": [r[2] for r in runs]}
+        evidence = {"lr": lr, "trajectory": [round(a, 4) for a in trajectory], "dip": min(trajectory),
+                    "final": trajectory[-1], "recovered": trajectory[-1] >= start - margin}
+        runs.append((auxiliary, report, evidence))
+        if evidence["recovered"]:
+            break  # rates are tried largest first: the first that recovers is the largest that does
+    auxiliary, report, _ = runs[-1] if runs[-1][2]["recovered"] else max(runs, key=lambda run: run[2]["final"])
+    report.selection = {"criterion": f"largest rate whose held-out accuracy ends within {margin} of M's "
+                                     f"({start:.4f})", "search": [run[2] for run in runs]}
     return auxiliary, report
