@@ -158,7 +158,7 @@ def exposed_model(model: nn.Module, train: TensorSet, heldout: TensorSet, num_cl
     return exposed, StageReport("sgd", lr, f"heldout_clean_accuracy <= {chance:.3g} (chance)", stopped, steps, acc)
 
 
-AUXILIARY_LRS = (0.1, 0.07, 0.05, 0.03, 0.01)  # tried largest first
+AUXILIARY_LRS = (0.1, 0.07, 0.05, 0.03, 0.01)
 AUXILIARY_MARGIN = 0.15
 
 
@@ -195,7 +195,7 @@ def auxiliary_model(model: nn.Module, train: TensorSet, heldout: TensorSet, num_
     """
     start = accuracy(model, heldout.x, heldout.y)
     runs = []
-    for lr in lrs:
+    for lr in sorted(lrs, reverse=True):
         auxiliary, report, trajectory = _auxiliary_at(model, train, heldout, lr, epochs, min_epoch_steps,
                                                       batch_size, seed)
         evidence = {"lr": lr, "trajectory": [round(a, 4) for a in trajectory], "dip": min(trajectory),
