@@ -62,8 +62,7 @@ class Fusion:
         if missing:
             raise UserError(f"no clean scores for rule(s) {missing}")
         clean = {rule: np.sort(np.asarray(clean_scores[rule], np.float64)) for rule in rules}
-        unfinished = cls(tuple(rules), clean, np.inf, band_fraction, first_stage)
-        first = unfinished._fuse_first(clean_scores)
+        first = np.sum([_evidence(clean[rule], clean[rule]) for rule in rules[:first_stage]], axis=0)
         if band_fraction == 0.0:
             band_low = np.inf
         elif band_fraction == 1.0:
@@ -84,9 +83,7 @@ class Fusion:
     def evidence(self, rule: str, scores: np.ndarray) -> np.ndarray:
         """-log of the smoothed share of clean calibration scores at or above each score:
         0 for the least suspicious, log(n + 1) beyond every clean score."""
-        clean = self.clean[rule]
-        at_or_above = len(clean) - np.searchsorted(clean, np.asarray(scores, np.float64), side="left")
-        return np.log(len(clean) + 1.0) - np.log(at_or_above + 1.0)
+        return _evidence(self.clean[rule], scores)
 
     def _fuse_first(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         return np.sum([self.evidence(rule, scores[rule]) for rule in self.first], axis=0)
@@ -126,6 +123,11 @@ class Fusion:
                 and all(np.array_equal(self.clean[r], other.clean[r]) for r in self.rules))
 
     __hash__ = None
+
+
+def _evidence(clean_sorted: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    at_or_above = len(clean_sorted) - np.searchsorted(clean_sorted, np.asarray(scores, np.float64), side="left")
+    return np.log(len(clean_sorted) + 1.0) - np.log(at_or_above + 1.0)
 
 
 def _finite_or_text(value: float) -> float | str:

@@ -61,8 +61,10 @@ class ModelSet:
         return self.sessions["original"].get_providers()
 
     def run(self, role: str, x: np.ndarray) -> dict[str, np.ndarray]:
-        outputs = self.sessions[role].run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})
-        return dict(zip(self.output_names[role], outputs))
+        return dict(zip(self.output_names[role], self._outputs(role, x)))
+
+    def _outputs(self, role: str, x: np.ndarray) -> list[np.ndarray]:
+        return self.sessions[role].run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})
 
     def first_stage(self, x: np.ndarray, predict: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         """(M's prediction or None, {rule: its score for every class}) from one fused-graph run.
@@ -73,7 +75,7 @@ class ModelSet:
         return (outputs[PREDICTION_OUTPUT].astype(np.int64) if predict else None), by_class
 
     def logits(self, role: str, x: np.ndarray) -> np.ndarray:
-        return self.sessions[role].run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+        return self._outputs(role, x)[0]
 
     def probs(self, role: str, x: np.ndarray) -> np.ndarray:
         return softmax(self.logits(role, x))

@@ -16,14 +16,13 @@ import numpy as np
 from firewall.artifacts import BY_CLASS_OUTPUTS, PREDICTION_OUTPUT, Artifacts
 from firewall.errors import UserError
 from firewall.models import ModelSet, SessionTuning
-from firewall.probabilities import prob_of
 from firewall.rules import RULES, Batch
 
 FIREWALL = "firewall"
-# The rules the sidecar serves, cheap first: the first FIRST_STAGE_RULES come out of one
-# fused-graph run for every request; the rest run only in the cascade's band.
-SERVING_RULES = ("badexpert", "exposed", "strip")
-FIRST_STAGE_RULES = 2
+# The rules the sidecar serves, cheap first: the first-stage rules are those the fused
+# graph computes, in one run for every request; the rest run only in the cascade's band.
+FIRST_STAGE_RULES = tuple(BY_CLASS_OUTPUTS)
+SERVING_RULES = (*FIRST_STAGE_RULES, "strip")
 BASELINE_RULES = ("strip_original", "scaleup", "strip_exposed_entropy")
 
 
@@ -71,13 +70,8 @@ class ScoringEngine:
         return np.concatenate(predictions), {n: np.concatenate(v) for n, v in per_rule.items()}
 
     def first_stage(self, x: np.ndarray, predict: bool = True) -> dict[str, np.ndarray]:
-        """The sidecar's cheap stage: the first-stage rules' scores for every class, and M's
-        prediction unless the upstream will supply it. One fused-graph run, whatever the batch size."""
+        """The sidecar's cheap stage: {rule: its score for every class} for the first-stage
+        rules, and M's prediction under PREDICTION_OUTPUT unless the upstream will supply it.
+        One fused-graph run, whatever the batch size."""
         yhat, by_class = self.models.first_stage(x, predict)
-        outputs = {BY_CLASS_OUTPUTS[rule]: scores for rule, scores in by_class.items()}
-        return outputs if yhat is None else {PREDICTION_OUTPUT: yhat, **outputs}
-
-
-def pick_class(by_class: np.ndarray, yhat: np.ndarray) -> np.ndarray:
-    """The score of the predicted class from a first stage's [N, K] scores."""
-    return prob_of(by_class, yhat).astype(np.float64)
+        return by_class if yhat is None else {PREDICTION_OUTPUT: yhat, **by_class}

@@ -21,7 +21,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from firewall.artifacts import BY_CLASS_OUTPUTS, PREDICTION_OUTPUT, THRESHOLDS, load_artifacts
+from firewall.artifacts import PREDICTION_OUTPUT, THRESHOLDS, load_artifacts
 from firewall.audit import AuditLog
 from firewall.batcher import MicroBatcher
 from firewall.config import ServeConfig
@@ -29,9 +29,10 @@ from firewall.errors import ArtifactError
 from firewall.fusion import Fusion
 from firewall.metrics import FirewallMetrics
 from firewall.models import SessionTuning
+from firewall.probabilities import prob_of
 from firewall.protocol import grpc_predict_v2_pb2 as pb
 from firewall.rules import RULES
-from firewall.scoring import FIREWALL, ScoringEngine, pick_class
+from firewall.scoring import FIREWALL, FIRST_STAGE_RULES, ScoringEngine
 from firewall.tensors import InvalidInput, decode_input
 from firewall.thresholds import Thresholds
 from firewall.upstream_prediction import prediction_from_response
@@ -50,10 +51,10 @@ def _identity(data: bytes) -> bytes:
 def _serving_fusion(thresholds: Thresholds) -> Fusion:
     """The calibrated fusion, checked to start with rules the fused graph computes."""
     fusion = thresholds.fusion
-    if (fusion is None or any(rule not in BY_CLASS_OUTPUTS for rule in fusion.first)
+    if (fusion is None or any(rule not in FIRST_STAGE_RULES for rule in fusion.first)
             or any(rule not in RULES for rule in fusion.later)):
         raise ArtifactError("thresholds.json holds no fusion this firewall can serve (its first stage must be "
-                            f"among {sorted(BY_CLASS_OUTPUTS)}): run `offline calibrate` again")
+                            f"among {list(FIRST_STAGE_RULES)}): run `offline calibrate` again")
     return fusion
 
 
@@ -100,7 +101,7 @@ class Firewall:
                                             self.manifest.num_classes)
         else:
             yhat = first[PREDICTION_OUTPUT]
-        scores = {rule: pick_class(first[BY_CLASS_OUTPUTS[rule]], yhat) for rule in self.fusion.first}
+        scores = {rule: prob_of(first[rule], yhat) for rule in self.fusion.first}
         band = self.fusion.needs_later(scores)
         for rule in self.fusion.later:
             scores[rule] = np.full(len(x), np.nan)

@@ -31,12 +31,11 @@ from firewall.models import SessionTuning
 from firewall.probabilities import prob_of
 from firewall.rules.badexpert import triangle_statistic
 from firewall.rules.exposed import margin_by_class
-from firewall.scoring import ScoringEngine
+from firewall.scoring import FIRST_STAGE_RULES, ScoringEngine
 from offline.build.fused_export import badexpert_by_class, exposed_by_class
 from offline.model_io import load_pt2
 
 BATCHES = (1, 8, 64)
-FIRST_STAGE = ("badexpert", "exposed")
 FIRST_STAGE_ROW = "first stage (badexpert + exposed)"
 
 
@@ -82,7 +81,7 @@ def _median_seconds(call: Callable[[], object], seconds: float, max_calls: int =
 def run(case: Path, threads: int, seconds: float) -> dict:
     artifacts = load_artifacts(case / "artifacts")
     norm = artifacts.manifest.normalization
-    engine = ScoringEngine(artifacts, rules=(*FIRST_STAGE, "strip"), tuning=SessionTuning(threads=threads))
+    engine = ScoringEngine(artifacts, rules=(*FIRST_STAGE_RULES, "strip"), tuning=SessionTuning(threads=threads))
     torch.set_num_threads(threads)
     eager = EagerRules(artifacts.root, engine.bank, norm.mean, norm.std)
     pool = np.load(case / "test_clean.npz")["x"]
@@ -98,12 +97,12 @@ def run(case: Path, threads: int, seconds: float) -> dict:
     for batch in BATCHES:
         x = np.ascontiguousarray(pool[:batch], np.float32)
         tx = torch.from_numpy(x)
-        yhat = engine.score(x, rules=FIRST_STAGE)[0]
+        yhat = engine.score(x, rules=FIRST_STAGE_RULES)[0]
         ty = torch.from_numpy(yhat)
         cells = {
             (FIRST_STAGE_ROW, "eager PyTorch"): lambda: eager.first_stage(tx),
             (FIRST_STAGE_ROW, "onnxruntime, 4 sessions"): lambda: separate_sessions(x),
-            (FIRST_STAGE_ROW, "onnxruntime, fused graph"): lambda: engine.score(x, rules=FIRST_STAGE),
+            (FIRST_STAGE_ROW, "onnxruntime, fused graph"): lambda: engine.score(x, rules=FIRST_STAGE_RULES),
             ("strip", "eager PyTorch"): lambda: eager.strip(tx, ty),
             ("strip", "onnxruntime"): lambda: engine.score(x, yhat=yhat, rules=("strip",)),
         }

@@ -32,7 +32,7 @@ def run_calibrate(config: CalibrateConfig) -> Thresholds:
     clean = load_tensor_set(config.clean_data, num_classes=manifest.num_classes, input_shape=manifest.input_shape)
     engine = ScoringEngine(artifacts, rules=ALL_RULES)
     _, scores = engine.score(clean.x)
-    fusion = Fusion.fit(scores, SERVING_RULES, config.cascade_band, FIRST_STAGE_RULES)
+    fusion = Fusion.fit(scores, SERVING_RULES, config.cascade_band, len(FIRST_STAGE_RULES))
     thresholds = Thresholds.fit(scores, config.target_fpr, fusion)
     thresholds.save(artifacts.path(THRESHOLDS))
     return thresholds

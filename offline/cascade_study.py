@@ -37,7 +37,7 @@ def study(case: Path) -> list[dict]:
     backdoor = {rule: values[hit] for rule, values in backdoor.items()}
     rows = []
     for band in BANDS:
-        fusion = Fusion.fit(calib, SERVING_RULES, band, FIRST_STAGE_RULES)
+        fusion = Fusion.fit(calib, SERVING_RULES, band, len(FIRST_STAGE_RULES))
         threshold = fit_threshold(fusion.fuse(calib), TARGET_FPR).threshold
         c, b = fusion.fuse(clean), fusion.fuse(backdoor)
         rows.append({"case": case.name, "band": band, "auroc": auroc(c, b), "tpr_at_1": tpr_at_fpr(c, b, TARGET_FPR),
