@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--on-error", choices=ON_ERROR, default="reject", help="what to do when scoring fails")
     s.add_argument("--audit-log", type=Path, default=Path("firewall-audit.jsonl"))
     s.add_argument("--max-batch-size", type=int, default=32)
-    s.add_argument("--max-wait-us", type=int, default=500)
+    s.add_argument("--max-wait-us", type=int, default=0,
+                   help="how long a batch waits for more requests when the scorer is idle")
     s.add_argument("--upstream-timeout", type=float, default=30.0, help="seconds")
     s.add_argument("--drain-seconds", type=float, default=10.0)
     s.add_argument("--forwarding", choices=FORWARDING, default="sequential",

@@ -22,7 +22,7 @@ class ServeConfig:
     on_error: str = "reject"
     audit_log: Path = Path("firewall-audit.jsonl")
     max_batch_size: int = 32
-    max_wait_us: int = 500
+    max_wait_us: int = 0
     upstream_timeout_s: float = 30.0
     drain_seconds: float = 10.0
     threads: int = 1

@@ -41,17 +41,22 @@ class FirewallConfig:
     passthrough: bool = False  # the floor: a bare proxy in place of the firewall
 
 
-UNTUNED = ("--threads", "0", "--spin")
+WAIT = ("--max-wait-us", "500")  # the batcher's wait before session 4 made 0 the default
+UNTUNED = ("--threads", "0", "--spin", *WAIT)
 PARALLEL = ("--forwarding", "parallel")
+FROM_UPSTREAM = (*PARALLEL, "--prediction-from-upstream", "logits")
 LADDER = (
     FirewallConfig("every rule on every input (session 1)", 1.0, UNTUNED),
     FirewallConfig("cascade: exposed STRIP in a 10% band", 0.1, UNTUNED),
     FirewallConfig("first stage alone: BaDExpert + exposed margin (band 0, the default)", 0.0, UNTUNED),
-    FirewallConfig("+ tuned sessions (1 thread, no spinning)", 0.0),
+    FirewallConfig("+ tuned sessions (1 thread, no spinning)", 0.0, WAIT),
+    FirewallConfig("+ no batching wait when the scorer is idle (all defaults)", 0.0),
     FirewallConfig("+ parallel forwarding", 0.0, PARALLEL),
-    FirewallConfig("+ prediction from the upstream", 0.0, (*PARALLEL, "--prediction-from-upstream", "logits")),
+    FirewallConfig("+ prediction from the upstream", 0.0, FROM_UPSTREAM),
     FirewallConfig("floor: bare Python gRPC pass-through, no scoring", 0.0, passthrough=True),
 )
+# The targets are for `--forwarding parallel --prediction-from-upstream` with every other flag default.
+TARGET_RUNG = next(config.label for config in LADDER if config.flags == FROM_UPSTREAM)
 
 MAX_REQUESTS_PER_ROUND = 20000
 

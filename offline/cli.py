@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--input-shape", type=_ints, help="C,H,W for torchvision:<arch> (default 3,224,224)")
     b.add_argument("--input-mean", type=_floats, default=(0.0,), help="per-channel mean the inputs are normalised with")
     b.add_argument("--input-std", type=_floats, default=(1.0,), help="per-channel std the inputs are normalised with")
+    b.add_argument("--shared-trunk", type=float, metavar="HEAD_SHARE",
+                   help="fine-tune the expert, auxiliary and exposed model only in a head holding this share of "
+                        "M's parameters (e.g. 0.5), so that the sidecar runs M's trunk once for all four")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--force", action="store_true", help="replace --out if it exists")
 
@@ -106,8 +109,8 @@ def run(args: argparse.Namespace) -> None:
 
         manifest = run_build(BuildConfig(model=args.model, clean_data=args.clean_data, out=args.out, name=args.name,
                                          auxiliary=args.auxiliary, weights=args.weights, input_shape=args.input_shape,
-                                         input_mean=args.input_mean, input_std=args.input_std, seed=args.seed,
-                                         force=args.force))
+                                         input_mean=args.input_mean, input_std=args.input_std,
+                                         shared_trunk=args.shared_trunk, seed=args.seed, force=args.force))
         for role, info in manifest["models"].items():
             extra = f", {info['steps']} steps, stopped by {info['stopped_by']}" if "steps" in info else ""
             print(f"{role:<10} held-out clean accuracy {info['heldout_clean_accuracy']:.2%}{extra}")

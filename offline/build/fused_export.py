@@ -6,7 +6,8 @@ scores every class for each rule, `[N, K]` ("how suspicious if M predicted k"): 
 BaDExpert rule from B and M', the exposed rule from E's logit margins. The same graph
 serves whether the prediction comes from M inside the graph or, with
 `--prediction-from-upstream`, from the production server's own answer, which can
-arrive after scoring has finished.
+arrive after scoring has finished. Built with a shared trunk (`offline build
+--shared-trunk`), the graph runs M's frozen early layers once and feeds all four heads.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from firewall.errors import UserError
 from firewall.rules.badexpert import triangle_statistic
 from firewall.rules.exposed import margin_by_class
 from offline.build.onnx_export import INPUT_NAME, export_onnx
+from offline.build.trunk_split import TrunkSplit
 
 # The rule divides by probabilities that can be 1e-6: float32 rounding of b or a moves
 # such a score by parts in 1e4 (measured 1.6e-4 on shapes/blend). A wrong graph is off
@@ -44,15 +46,23 @@ def exposed_by_class(logits: torch.Tensor) -> torch.Tensor:
 
 
 class FirstStageScorer(nn.Module):
-    """x -> (the BaDExpert score for every class, the exposed rule's score for every class)."""
+    """x -> (the BaDExpert score for every class, the exposed rule's score for every class).
 
-    def __init__(self, expert: nn.Module, auxiliary: nn.Module, exposed: nn.Module):
+    With a shared trunk the three networks are heads on the trunk's output and the
+    trunk runs once; without one the trunk is the identity and they are whole models.
+    """
+
+    def __init__(self, expert: nn.Module, auxiliary: nn.Module, exposed: nn.Module, trunk: nn.Module | None = None):
         super().__init__()
+        self.trunk = trunk if trunk is not None else nn.Identity()
         self.expert, self.auxiliary, self.exposed = expert, auxiliary, exposed
 
+    def scores(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        badexpert = badexpert_by_class(self.expert(h).softmax(dim=1), self.auxiliary(h).softmax(dim=1))
+        return badexpert, exposed_by_class(self.exposed(h))
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        badexpert = badexpert_by_class(self.expert(x).softmax(dim=1), self.auxiliary(x).softmax(dim=1))
-        return badexpert, exposed_by_class(self.exposed(x))
+        return self.scores(self.trunk(x))
 
 
 class PredictingScorer(nn.Module):
@@ -63,14 +73,21 @@ class PredictingScorer(nn.Module):
         self.original, self.scorer = original, scorer
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.original(x).argmax(dim=1), *self.scorer(x)
+        h = self.scorer.trunk(x)
+        return self.original(h).argmax(dim=1), *self.scorer.scores(h)
 
 
-def export_fused(models: dict[str, nn.Module], example: torch.Tensor, out: Path, check_x: np.ndarray) -> dict:
-    """Write both fused graphs and check them against the numpy rules on real inputs."""
-    scorer = FirstStageScorer(models["expert"], models["auxiliary"], models["exposed"])
+def export_fused(models: dict[str, nn.Module], example: torch.Tensor, out: Path, check_x: np.ndarray,
+                 split: TrunkSplit | None = None, heads: dict[str, nn.Module] | None = None) -> dict:
+    """Write both fused graphs and check them against the numpy rules on real inputs.
+
+    `models` are the whole networks by role; with a shared trunk, `heads` are their
+    heads on `split.trunk`, and the graphs run the trunk once.
+    """
+    parts, trunk = (heads, split.trunk) if split is not None else (models, None)
+    scorer = FirstStageScorer(parts["expert"], parts["auxiliary"], parts["exposed"], trunk)
     scores = [BY_CLASS_OUTPUTS["badexpert"], BY_CLASS_OUTPUTS["exposed"]]
-    graphs = {"fused": (PredictingScorer(models["original"], scorer), [PREDICTION_OUTPUT, *scores]),
+    graphs = {"fused": (PredictingScorer(parts["original"], scorer), [PREDICTION_OUTPUT, *scores]),
               "fused_without_original": (scorer, scores)}
     for role, (module, outputs) in graphs.items():
         export_onnx(module, example, out / FUSED_FILES[role], output_names=outputs)

@@ -17,6 +17,7 @@ from offline.atomic import atomic_directory
 from offline.build.fused_export import export_fused
 from offline.build.onnx_export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx
 from offline.build.stages import auxiliary_model, backdoor_expert, exposed_model
+from offline.build.trunk_split import Composed, TrunkSplit, split_trunk
 from offline.build.tsbd import tsbd_auxiliary
 from offline.data.tensorsets import TensorSet, check_labels, load_tensor_set
 from offline.model_io import input_shape_of, load_model, save_pt2
@@ -40,6 +41,7 @@ class BuildConfig:
     holdout_fraction: float = 0.2
     strip_bank_size: int = 64
     expert_target_accuracy: float = 0.05
+    shared_trunk: float | None = None  # fine-tune only a head holding this share of M's parameters
     seed: int = 0
     force: bool = False
 
@@ -53,6 +55,28 @@ def split_holdout(clean: TensorSet, fraction: float, rng: np.random.Generator) -
     mask = np.zeros(len(clean), bool)
     mask[held] = True
     return clean.subset(np.flatnonzero(~mask)), clean.subset(np.flatnonzero(mask))
+
+
+def _shared_trunk(model: torch.nn.Module, config: BuildConfig) -> TrunkSplit | None:
+    """M cut into a frozen trunk and the head the fine-tunes may change, if asked for."""
+    if config.shared_trunk is None:
+        return None
+    if not 0.0 < config.shared_trunk < 1.0:
+        raise UserError(f"--shared-trunk is the head's share of the parameters, in (0, 1); got {config.shared_trunk}")
+    if config.auxiliary == "tsbd":
+        raise UserError("--shared-trunk and --auxiliary tsbd do not combine: TSBD resets channels across the "
+                        "whole network, so the auxiliary would no longer share M's trunk")
+    try:
+        return split_trunk(model, config.shared_trunk)
+    except ValueError as exc:
+        raise UserError(f"--shared-trunk {config.shared_trunk}: {exc}") from None
+
+
+@torch.no_grad()
+def _features(split: TrunkSplit, data: TensorSet, batch_size: int = 512) -> TensorSet:
+    """The trunk's output for every input: the heads train on these, the trunk never changes."""
+    parts = [split.trunk(torch.from_numpy(data.x[i : i + batch_size])).numpy() for i in range(0, len(data), batch_size)]
+    return TensorSet(np.concatenate(parts), data.y)
 
 
 def run_build(config: BuildConfig) -> dict:
@@ -76,15 +100,19 @@ def run_build(config: BuildConfig) -> dict:
     if original_acc < 2.0 / num_classes:
         print(f"warning: the model is only {original_acc:.1%} accurate on the held-out clean data; "
               "check that the clean set is normalised as the model expects", file=sys.stderr)
+    split = _shared_trunk(model, config)
+    tuned, tune_train, tune_heldout = ((split.head, _features(split, train), _features(split, heldout))
+                                       if split else (model, train, heldout))
     common = {"num_classes": num_classes, "seed": config.seed}
-    expert, expert_report = backdoor_expert(model, train, heldout,
+    expert, expert_report = backdoor_expert(tuned, tune_train, tune_heldout,
                                             target_accuracy=config.expert_target_accuracy, **common)
-    exposed, exposed_report = exposed_model(model, train, heldout, **common)
+    exposed, exposed_report = exposed_model(tuned, tune_train, tune_heldout, **common)
     if config.auxiliary == "tsbd":  # TSBD's clean unlearning is the exposure E already ran
         auxiliary, auxiliary_report = tsbd_auxiliary(model, exposed, train, heldout, seed=config.seed)
     else:
-        auxiliary, auxiliary_report = auxiliary_model(model, train, heldout, **common)
-    models = {"original": model, "expert": expert, "auxiliary": auxiliary, "exposed": exposed}
+        auxiliary, auxiliary_report = auxiliary_model(tuned, tune_train, tune_heldout, **common)
+    heads = {"original": tuned, "expert": expert, "auxiliary": auxiliary, "exposed": exposed}
+    models = {role: Composed(split.trunk, head) for role, head in heads.items()} if split else heads
 
     with atomic_directory(config.out, config.force) as scratch:
         example = torch.from_numpy(clean.x[:2])
@@ -95,7 +123,7 @@ def run_build(config: BuildConfig) -> dict:
             onnx_check[role] = check_export(module, path, heldout.x[:64])
             (scratch / TORCH_FILES[role]).parent.mkdir(exist_ok=True)
             save_pt2(module, example, scratch / TORCH_FILES[role])
-        onnx_check.update(export_fused(models, example, scratch, heldout.x[:64]))
+        onnx_check.update(export_fused(models, example, scratch, heldout.x[:64], split, heads))
         bank_rows = rng.choice(len(clean), size=min(config.strip_bank_size, len(clean)), replace=False)
         np.save(scratch / STRIP_BANK, clean.x[bank_rows].astype(np.float32), allow_pickle=False)
         manifest = {
@@ -112,7 +140,8 @@ def run_build(config: BuildConfig) -> dict:
                              "sha256": sha256_file(Path(config.model)) if Path(config.model).is_file() else None},
             "build": {"clean_data": str(config.clean_data), "clean_samples": len(clean),
                       "heldout_samples": len(heldout), "auxiliary_method": config.auxiliary,
-                      "strip_bank_size": len(bank_rows), "seed": config.seed},
+                      "strip_bank_size": len(bank_rows), "seed": config.seed,
+                      "shared_trunk": ({"head_share": config.shared_trunk, **split.to_json()} if split else None)},
             "models": {
                 "original": {"heldout_clean_accuracy": original_acc},
                 "expert": expert_report.to_json(),
