@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--input-std", type=_floats, default=(1.0,), help="per-channel std the inputs are normalised with")
     b.add_argument("--shared-trunk", type=float, metavar="HEAD_SHARE",
                    help="fine-tune the expert, auxiliary and exposed model only in a head holding this share of "
-                        "M's parameters (e.g. 0.5), so that the sidecar runs M's trunk once for all four")
+                        "M's parameters (e.g. 0.9), so that the sidecar runs M's trunk once for all four; off by default: "
+                        "it costs detection on some attacks (docs/METHODS.md)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--force", action="store_true", help="replace --out if it exists")
 
