@@ -91,8 +91,9 @@ class Fusion:
     def needs_later(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """Which inputs the later (costly) rules must score, from the first-stage rules'
         scores: those in the uncertain band."""
-        fused = self._fuse_first(scores)
-        return fused >= self.band_low if self.later else np.zeros(len(fused), bool)
+        if not self.later:
+            return np.zeros(len(scores[self.first[0]]), bool)
+        return self._fuse_first(scores) >= self.band_low
 
     def fuse(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """The fused score. Later rules are read only where `needs_later` holds, so they

@@ -37,6 +37,7 @@ from offline.model_io import load_pt2
 
 BATCHES = (1, 8, 64)
 FIRST_STAGE_ROW = "first stage (badexpert + exposed)"
+EAGER, SEPARATE, FUSED = "eager PyTorch", "onnxruntime, 4 sessions", "onnxruntime, fused graph"
 
 
 class EagerRules:
@@ -100,10 +101,10 @@ def run(case: Path, threads: int, seconds: float) -> dict:
         yhat = engine.score(x, rules=FIRST_STAGE_RULES)[0]
         ty = torch.from_numpy(yhat)
         cells = {
-            (FIRST_STAGE_ROW, "eager PyTorch"): lambda: eager.first_stage(tx),
-            (FIRST_STAGE_ROW, "onnxruntime, 4 sessions"): lambda: separate_sessions(x),
-            (FIRST_STAGE_ROW, "onnxruntime, fused graph"): lambda: engine.score(x, rules=FIRST_STAGE_RULES),
-            ("strip", "eager PyTorch"): lambda: eager.strip(tx, ty),
+            (FIRST_STAGE_ROW, EAGER): lambda: eager.first_stage(tx),
+            (FIRST_STAGE_ROW, SEPARATE): lambda: separate_sessions(x),
+            (FIRST_STAGE_ROW, FUSED): lambda: engine.score(x, rules=FIRST_STAGE_RULES),
+            ("strip", EAGER): lambda: eager.strip(tx, ty),
             ("strip", "onnxruntime"): lambda: engine.score(x, yhat=yhat, rules=("strip",)),
         }
         for (rule, implementation), call in cells.items():

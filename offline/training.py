@@ -21,10 +21,14 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Genera
 
 
 @torch.no_grad()
+def forward(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """The model's output for every row of x, in batches so that memory stays bounded."""
+    return np.concatenate([model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size]))).numpy()
+                           for i in range(0, len(x), batch_size)])
+
+
 def predict(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    out = [model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size]))).argmax(1).numpy()
-           for i in range(0, len(x), batch_size)]
-    return np.concatenate(out) if out else np.zeros(0, np.int64)
+    return forward(model, x, batch_size).argmax(1) if len(x) else np.zeros(0, np.int64)
 
 
 def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from firewall.probabilities import prob_of
-from firewall.rules.base import Batch, Rule
+from firewall.rules.base import Batch, FirstStageRule
 
 
 def triangle_statistic(b: np.ndarray, a: np.ndarray, gamma: float = 0.5) -> np.ndarray:
@@ -21,14 +21,11 @@ def triangle_statistic(b: np.ndarray, a: np.ndarray, gamma: float = 0.5) -> np.n
     )
 
 
-class BadExpertRule(Rule):
+class BadExpertRule(FirstStageRule):
+    """Served from the fused graph as -triangle_statistic for every class."""
+
     name = "badexpert"
 
     def confidences(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """(b, a): the expert's and the auxiliary's probability of M's prediction."""
         return prob_of(batch.expert, batch.yhat), prob_of(batch.auxiliary, batch.yhat)
-
-    def score(self, batch: Batch) -> np.ndarray:
-        """Served from the fused graph, which computes -triangle_statistic for every class
-        in the same session run as the classifiers (checked against this module at build)."""
-        return prob_of(batch.by_class(self.name), batch.yhat)

@@ -8,6 +8,7 @@ import numpy as np
 
 from firewall.artifacts import Normalization
 from firewall.models import ModelSet
+from firewall.probabilities import prob_of
 
 SUPERIMPOSED_ROWS = 1024
 
@@ -85,3 +86,12 @@ class Rule:
 
     def score(self, batch: Batch) -> np.ndarray:
         raise NotImplementedError
+
+
+class FirstStageRule(Rule):
+    """A rule the fused graph computes for every class in one session run with the
+    classifiers (offline/build/fused_export.py, checked against the rule's numpy
+    arithmetic at build); scoring picks M's predicted class."""
+
+    def score(self, batch: Batch) -> np.ndarray:
+        return prob_of(batch.by_class(self.name), batch.yhat)

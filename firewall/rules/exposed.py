@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from firewall.probabilities import prob_of
-from firewall.rules.base import Batch, Rule
+from firewall.rules.base import FirstStageRule
 
 
 def margin_by_class(logits: np.ndarray) -> np.ndarray:
@@ -27,10 +26,7 @@ def margin_by_class(logits: np.ndarray) -> np.ndarray:
     return logits - others
 
 
-class ExposedRule(Rule):
-    name = "exposed"
+class ExposedRule(FirstStageRule):
+    """Served from the fused graph as `margin_by_class` of E's logits."""
 
-    def score(self, batch: Batch) -> np.ndarray:
-        """Served from the fused graph, which computes `margin_by_class` on E's logits
-        (checked against this module at build)."""
-        return prob_of(batch.by_class(self.name), batch.yhat)
+    name = "exposed"

@@ -24,7 +24,6 @@ from firewall.errors import UserError
 from firewall.rules.badexpert import triangle_statistic
 from firewall.rules.exposed import margin_by_class
 from offline.build.onnx_export import INPUT_NAME, export_onnx
-from offline.build.trunk_split import TrunkSplit
 
 # The rule divides by probabilities that can be 1e-6: float32 rounding of b or a moves
 # such a score by parts in 1e4 (measured 1.6e-4 on shapes/blend). A wrong graph is off
@@ -78,13 +77,13 @@ class PredictingScorer(nn.Module):
 
 
 def export_fused(models: dict[str, nn.Module], example: torch.Tensor, out: Path, check_x: np.ndarray,
-                 split: TrunkSplit | None = None, heads: dict[str, nn.Module] | None = None) -> dict:
+                 trunk: nn.Module | None = None) -> dict:
     """Write both fused graphs and check them against the numpy rules on real inputs.
 
-    `models` are the whole networks by role; with a shared trunk, `heads` are their
-    heads on `split.trunk`, and the graphs run the trunk once.
+    `models` are the whole networks by role; with a shared `trunk` they are
+    `Composed(trunk, head)`, and the graphs run the trunk once and then the heads.
     """
-    parts, trunk = (heads, split.trunk) if split is not None else (models, None)
+    parts = {role: model.head for role, model in models.items()} if trunk is not None else models
     scorer = FirstStageScorer(parts["expert"], parts["auxiliary"], parts["exposed"], trunk)
     scores = [BY_CLASS_OUTPUTS["badexpert"], BY_CLASS_OUTPUTS["exposed"]]
     graphs = {"fused": (PredictingScorer(parts["original"], scorer), [PREDICTION_OUTPUT, *scores]),

@@ -21,7 +21,7 @@ from offline.build.trunk_split import Composed, TrunkSplit, split_trunk
 from offline.build.tsbd import tsbd_auxiliary
 from offline.data.tensorsets import TensorSet, check_labels, load_tensor_set
 from offline.model_io import input_shape_of, load_model, save_pt2
-from offline.training import accuracy
+from offline.training import accuracy, forward
 
 MIN_CLEAN = 50
 AUXILIARY_METHODS = ("finetune", "tsbd")
@@ -72,11 +72,9 @@ def _shared_trunk(model: torch.nn.Module, config: BuildConfig) -> TrunkSplit | N
         raise UserError(f"--shared-trunk {config.shared_trunk}: {exc}") from None
 
 
-@torch.no_grad()
-def _features(split: TrunkSplit, data: TensorSet, batch_size: int = 512) -> TensorSet:
+def _features(split: TrunkSplit, data: TensorSet) -> TensorSet:
     """The trunk's output for every input: the heads train on these, the trunk never changes."""
-    parts = [split.trunk(torch.from_numpy(data.x[i : i + batch_size])).numpy() for i in range(0, len(data), batch_size)]
-    return TensorSet(np.concatenate(parts), data.y)
+    return TensorSet(forward(split.trunk, data.x), data.y)
 
 
 def run_build(config: BuildConfig) -> dict:
@@ -111,8 +109,9 @@ def run_build(config: BuildConfig) -> dict:
         auxiliary, auxiliary_report = tsbd_auxiliary(model, exposed, train, heldout, seed=config.seed)
     else:
         auxiliary, auxiliary_report = auxiliary_model(tuned, tune_train, tune_heldout, **common)
-    heads = {"original": tuned, "expert": expert, "auxiliary": auxiliary, "exposed": exposed}
-    models = {role: Composed(split.trunk, head) for role, head in heads.items()} if split else heads
+    models = {"original": tuned, "expert": expert, "auxiliary": auxiliary, "exposed": exposed}
+    if split:
+        models = {role: Composed(split.trunk, head) for role, head in models.items()}
 
     with atomic_directory(config.out, config.force) as scratch:
         example = torch.from_numpy(clean.x[:2])
@@ -123,7 +122,7 @@ def run_build(config: BuildConfig) -> dict:
             onnx_check[role] = check_export(module, path, heldout.x[:64])
             (scratch / TORCH_FILES[role]).parent.mkdir(exist_ok=True)
             save_pt2(module, example, scratch / TORCH_FILES[role])
-        onnx_check.update(export_fused(models, example, scratch, heldout.x[:64], split, heads))
+        onnx_check.update(export_fused(models, example, scratch, heldout.x[:64], split.trunk if split else None))
         bank_rows = rng.choice(len(clean), size=min(config.strip_bank_size, len(clean)), replace=False)
         np.save(scratch / STRIP_BANK, clean.x[bank_rows].astype(np.float32), allow_pickle=False)
         manifest = {

@@ -89,9 +89,10 @@ def split_trunk(model: fx.GraphModule, head_share: float) -> TrunkSplit:
     sizes = _parameter_sizes(model)
     total = sum(sizes.values())
     order = list(graph.nodes)
+    position = {n: i for i, n in enumerate(order)}
 
     def after(cut: fx.Node) -> list[fx.Node]:
-        return [n for n in order[order.index(cut) + 1:] if n.op not in ("get_attr", "output", "placeholder")]
+        return [n for n in order[position[cut] + 1:] if n.op not in ("get_attr", "output", "placeholder")]
 
     def parameters_in(nodes: list[fx.Node]) -> int:
         return sum(sizes.get(t, 0) for t in {a.target for n in nodes for a in n.all_input_nodes if a.op == "get_attr"})
@@ -101,7 +102,7 @@ def split_trunk(model: fx.GraphModule, head_share: float) -> TrunkSplit:
         raise ValueError(f"no point in the graph leaves {head_share:.0%} of the parameters to the head")
     cut = candidates[-1]
     head_nodes = after(cut)
-    trunk_nodes = [n for n in order[: order.index(cut) + 1] if n.op not in ("get_attr", "placeholder")]
+    trunk_nodes = [n for n in order[: position[cut] + 1] if n.op not in ("get_attr", "placeholder")]
     trunk = fx.GraphModule(model, _subgraph(graph, trunk_nodes, {x: "x"}, cut))
     head = fx.GraphModule(model, _subgraph(graph, head_nodes, {cut: "h"}, _single_output(graph)))
     head_parameters = parameters_in(head_nodes)
