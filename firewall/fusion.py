@@ -80,6 +80,11 @@ class Fusion:
     def later(self) -> tuple[str, ...]:
         return self.rules[self.first_stage :]
 
+    @property
+    def band_open(self) -> bool:
+        """Whether any input can reach the later rules (a band of 0 calibrates them away)."""
+        return bool(self.later) and self.band_low < np.inf
+
     def evidence(self, rule: str, scores: np.ndarray) -> np.ndarray:
         """-log of the smoothed share of clean calibration scores at or above each score:
         0 for the least suspicious, log(n + 1) beyond every clean score."""
@@ -91,7 +96,7 @@ class Fusion:
     def needs_later(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """Which inputs the later (costly) rules must score, from the first-stage rules'
         scores: those in the uncertain band."""
-        if not self.later:
+        if not self.band_open:
             return np.zeros(len(scores[self.first[0]]), bool)
         return self._fuse_first(scores) >= self.band_low
 

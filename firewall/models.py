@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,29 +43,48 @@ class SessionTuning:
 
 
 class ModelSet:
-    """M, B, M' and E as separate sessions, and the fused first-stage graphs."""
+    """M, B, M' and E as separate sessions, and the fused first-stage graphs.
+
+    A session opens on its first use: the sidecar serves one fused graph (and E only
+    when the cascade band is open), and on a GPU every unused session would hold its
+    weights in device memory for nothing. The sidecar warms up before it reports
+    ready, so no request pays for an opening.
+    """
 
     def __init__(self, artifacts: Artifacts, providers: list[str] | None = None,
                  tuning: SessionTuning = SessionTuning()):
-        options = tuning.session_options()
-        providers = providers or default_providers()
+        self._artifacts = artifacts
+        self._options = tuning.session_options()
+        self._providers = providers or default_providers()
+        self._opening = threading.Lock()  # the batcher and the cascade's thread may both open one
         self.input_name = artifacts.manifest.input_name
-        self.sessions = {
-            role: ort.InferenceSession(str(artifacts.model_path(role)), options, providers=providers)
-            for role in [*MODEL_FILES, *FUSED_FILES]
-        }
-        self.output_names = {role: [o.name for o in s.get_outputs()] for role, s in self.sessions.items()}
+        self.sessions: dict[str, ort.InferenceSession] = {}
+        self.output_names: dict[str, list[str]] = {}
 
     @property
     def providers(self) -> list[str]:
-        """What actually runs: onnxruntime silently falls back to the CPU."""
-        return self.sessions["original"].get_providers()
+        """What actually runs (onnxruntime silently falls back to the CPU), read off the
+        first session opened, or the original model's when none is open yet."""
+        return (next(iter(self.sessions.values())) if self.sessions else self.session("original")).get_providers()
+
+    def session(self, role: str) -> ort.InferenceSession:
+        if role not in self.sessions:
+            if role not in (*MODEL_FILES, *FUSED_FILES):
+                raise KeyError(f"no model '{role}' in an artifacts set")
+            with self._opening:
+                if role not in self.sessions:
+                    opened = ort.InferenceSession(str(self._artifacts.model_path(role)), self._options,
+                                                  providers=self._providers)
+                    self.output_names[role] = [o.name for o in opened.get_outputs()]
+                    self.sessions[role] = opened
+        return self.sessions[role]
 
     def run(self, role: str, x: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names[role], self._outputs(role, x)))
+        outputs = self._outputs(role, x)
+        return dict(zip(self.output_names[role], outputs))
 
     def _outputs(self, role: str, x: np.ndarray) -> list[np.ndarray]:
-        return self.sessions[role].run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})
+        return self.session(role).run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})
 
     def first_stage(self, x: np.ndarray, predict: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         """(M's prediction or None, {rule: its score for every class}) from one fused-graph run.

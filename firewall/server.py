@@ -83,6 +83,14 @@ class Firewall:
     def _first_stage(self, x: np.ndarray) -> dict[str, np.ndarray]:
         return self.engine.first_stage(x, predict=self.config.prediction_from_upstream is None)
 
+    def warm_up(self) -> None:
+        """Run the first stage once and open the sessions the cascade's rules use, so that
+        no request pays for opening a session and a graph that cannot run stops the start."""
+        self._first_stage(np.zeros((1, *self.manifest.input_shape), np.float32))
+        for rule in self.fusion.later if self.fusion.band_open else ():
+            for role in RULES[rule].models:
+                self.engine.models.session(role)
+
     def _on_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.labels(self.model).observe(size)
         self.metrics.scoring_duration.labels(self.model).observe(seconds)
@@ -227,6 +235,7 @@ class Firewall:
 
     async def start(self) -> int:
         """Start serving; returns the bound port."""
+        self.warm_up()
         self.channel = grpc.aio.insecure_channel(self.config.upstream, options=_CHANNEL_OPTIONS)
         self.upstream_calls = {m: self.channel.unary_unary(f"/{SERVICE}/{m}") for m in (*PASSTHROUGH, "ModelInfer")}
         self.batcher = MicroBatcher(self._first_stage, self.config.max_batch_size, self.config.max_wait_us, self._on_batch)

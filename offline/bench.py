@@ -18,10 +18,11 @@ from pathlib import Path
 from offline.build.pipeline import BuildConfig, run_build
 from offline.calibrate import CalibrateConfig, run_calibrate
 from offline.evaluate import EvaluateConfig, run_evaluate
-from offline.poison import PoisonConfig, run_poison
+from offline.poison import DEFAULT_EPOCHS, PoisonConfig, run_poison
 
 # Poison settings per dataset that fit the matrix on 2 cores: shapes at width 8 and 20
-# epochs takes about 4 minutes a cell instead of 12.
+# epochs takes about 4 minutes a cell instead of 25 at `offline poison`'s defaults.
+# --width/--epochs override them; such cells are named for their settings.
 POISON_SETTINGS = {"digits": {"width": 16}, "shapes": {"width": 8, "epochs": 20}}
 QUICK = {"datasets": ("digits",), "archs": ("resnet",), "attacks": ("badnets", "none"), "seeds": (0,),
          "poison": {"width": 8, "epochs": 4, "clean_size": 200}}
@@ -37,11 +38,27 @@ class BenchConfig:
     quick: bool = False
     force: bool = False
     rebuild: bool = False
+    width: int | None = None
+    epochs: int | None = None
+
+    def poison_settings(self, dataset: str) -> dict:
+        if self.quick:
+            return QUICK["poison"]
+        overrides = {k: v for k, v in (("width", self.width), ("epochs", self.epochs)) if v is not None}
+        return {**POISON_SETTINGS.get(dataset, {}), **overrides}
+
+    def settings_tag(self, dataset: str) -> str:
+        """'' for the matrix's own settings; '-w<width>e<epochs>' when --width or --epochs overrides them."""
+        if self.quick or (self.width is None and self.epochs is None):
+            return ""
+        poison = self.poison_settings(dataset)
+        width = poison.get("width", PoisonConfig.width)
+        return f"-w{width}e{poison.get('epochs') or DEFAULT_EPOCHS[dataset]}"
 
 
-def cell_dir(out: Path, dataset: str, attack: str, arch: str, seed: int) -> Path:
-    """runs/<dataset>-<attack>-<arch>[-s<seed>]: seed 0 matches scripts/run_case.sh."""
-    return out / (f"{dataset}-{attack}-{arch}" + (f"-s{seed}" if seed else ""))
+def cell_dir(out: Path, dataset: str, attack: str, arch: str, seed: int, tag: str = "") -> Path:
+    """runs/<dataset>-<attack>-<arch>[-w<width>e<epochs>][-s<seed>]: seed 0 matches scripts/run_case.sh."""
+    return out / (f"{dataset}-{attack}-{arch}{tag}" + (f"-s{seed}" if seed else ""))
 
 
 def run_cell(case: Path, dataset: str, attack: str, arch: str, seed: int, poison: dict, repoison: bool) -> dict:
@@ -61,14 +78,14 @@ def run_bench(config: BenchConfig) -> list[Path]:
              for s in config.seeds]
     done = []
     for index, (dataset, attack, arch, seed) in enumerate(cells, 1):
-        case = cell_dir(config.out, dataset, attack, arch, seed)
+        case = cell_dir(config.out, dataset, attack, arch, seed, config.settings_tag(dataset))
         label = f"[{index}/{len(cells)}] {case.name}"
         if (case / "eval.json").is_file() and not (config.force or config.rebuild):
             print(f"{label}: measured already, reused", file=sys.stderr, flush=True)
         else:
-            poison = QUICK["poison"] if config.quick else POISON_SETTINGS.get(dataset, {})
             started = time.monotonic()
-            report = run_cell(case, dataset, attack, arch, seed, poison, repoison=config.force)
+            report = run_cell(case, dataset, attack, arch, seed, config.poison_settings(dataset),
+                              repoison=config.force)
             firewall = report["rules"]["firewall"]
             summary = (f"AUROC {firewall['auroc']:.4f}" if "auroc" in firewall
                        else f"FPR {firewall['threshold_fpr']:.4f}")

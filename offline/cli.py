@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--attacks", type=_names, default=tuple(a for a in sorted(ATTACKS) if a != "dynamic"),
                    help="default: every attack but dynamic, whose joint training doubles a cell's time")
     m.add_argument("--seeds", type=_ints, default=(0,))
+    m.add_argument("--width", type=int, help="poison at this width instead of the matrix's (cells named -w<W>e<E>)")
+    m.add_argument("--epochs", type=int, help="poison for this many epochs instead of the matrix's")
     m.add_argument("--markdown", type=Path, help="write the results document here (e.g. docs/RESULTS.md)")
     m.add_argument("--force", action="store_true", help="measure cells again from scratch, poisoning included")
     m.add_argument("--rebuild", action="store_true",
@@ -134,11 +136,13 @@ def run(args: argparse.Namespace) -> None:
                   [a for a in args.archs if a not in ARCHITECTURES] + [d for d in args.datasets if d not in DATASETS]
         if unknown:
             raise UserError(f"unknown dataset, architecture or attack {unknown}")
+        if args.quick and (args.width or args.epochs):
+            raise UserError("--quick has its own tiny poison settings; drop --width/--epochs")
         grid = QUICK if args.quick else {"datasets": args.datasets, "archs": args.archs, "attacks": args.attacks,
                                          "seeds": args.seeds}
         run_bench(BenchConfig(out=args.out, datasets=tuple(grid["datasets"]), archs=tuple(grid["archs"]),
                               attacks=tuple(grid["attacks"]), seeds=tuple(grid["seeds"]), quick=args.quick,
-                              force=args.force, rebuild=args.rebuild))
+                              force=args.force, rebuild=args.rebuild, width=args.width, epochs=args.epochs))
         document = render(args.out)
         if args.markdown:
             args.markdown.write_text(document)

@@ -97,6 +97,16 @@ def test_the_first_stage_rules_are_always_fused_and_open_the_band_together():
     assert np.allclose(alone.fuse(skipped), first)
 
 
+@pytest.mark.parametrize("band, rules, opens", [(0.0, ("badexpert", "exposed", "strip"), False),
+                                               (0.1, ("badexpert", "exposed", "strip"), True),
+                                               (1.0, ("badexpert", "exposed"), False)])
+def test_the_later_rules_run_only_when_the_band_is_open_and_there_are_any(band, rules, opens):
+    scores = three_rules()
+    fusion = Fusion.fit(scores, rules, band, first_stage=2)
+    assert fusion.band_open is opens
+    assert bool(fusion.needs_later(scores).any()) == opens
+
+
 def test_a_trigger_only_the_second_first_stage_rule_sees_is_rejected_at_the_joint_rate():
     calibration, test = three_rules(), three_rules(20000)
     fusion = Fusion.fit(calibration, ("badexpert", "exposed", "strip"), 0.0, first_stage=2)

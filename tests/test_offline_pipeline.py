@@ -108,7 +108,45 @@ def test_bench_quick_runs_the_ci_matrix_and_renders_the_results_table(tmp_path: 
     markdown = tmp_path / "RESULTS.md"
     assert offline(["bench", "--quick", "--out", str(tmp_path / "runs"), "--markdown", str(markdown)]) == 0
     text = markdown.read_text()
-    assert "## digits, resnet (1 seed)" in text and "| badnets | 1 |" in text and "| none | 1 |" in text
-    assert "mean AUROC over 1 attack cells" in text and "achieved FPR on the clean model digits/resnet" in text
+    assert "## digits, resnet, width 8, 4 epochs (1 seed)" in text
+    assert "| badnets | 1 |" in text and "| none | 1 |" in text
+    assert "mean AUROC over 1 attack cells" in text and "achieved FPR on the clean model digits/resnet w8 e4" in text
     report = json.loads((tmp_path / "runs" / "digits-badnets-resnet" / "eval.json").read_text())
     assert f"{report['rules']['firewall']['auroc']:.4f}" in text
+
+
+def test_bench_names_cells_poisoned_at_other_settings_after_those_settings():
+    from offline.bench import BenchConfig, cell_dir
+
+    matrix = BenchConfig(out=Path("runs"), datasets=("shapes",), archs=("vgg",), attacks=("all2all",))
+    defaults = BenchConfig(out=Path("runs"), datasets=("shapes",), archs=("vgg",), attacks=("all2all",),
+                           width=16, epochs=40)
+    wider = BenchConfig(out=Path("runs"), datasets=("shapes",), archs=("vgg",), attacks=("all2all",), width=16)
+    assert matrix.poison_settings("shapes") == {"width": 8, "epochs": 20}
+    assert cell_dir(Path("runs"), "shapes", "all2all", "vgg", 0, matrix.settings_tag("shapes")).name == \
+        "shapes-all2all-vgg"
+    assert cell_dir(Path("runs"), "shapes", "all2all", "vgg", 2, defaults.settings_tag("shapes")).name == \
+        "shapes-all2all-vgg-w16e40-s2"
+    assert wider.poison_settings("shapes") == {"width": 16, "epochs": 20}
+    assert wider.settings_tag("shapes") == "-w16e20"
+
+
+def test_results_table_keeps_cells_poisoned_at_different_settings_in_separate_sections(tmp_path: Path):
+    from offline.results_table import render
+
+    def cell(name: str, width: int, epochs: int, auroc: float) -> None:
+        case = tmp_path / name
+        case.mkdir()
+        (case / "attack.json").write_text(json.dumps({"width": width, "epochs": epochs, "clean_accuracy": 0.9,
+                                                      "attack_success_rate": 0.5}))
+        rule = {"auroc": auroc, "tpr_at_fpr": {"0.01": 0.5}, "threshold_fpr": 0.01}
+        (case / "eval.json").write_text(json.dumps({"rules": {"firewall": rule}}))
+
+    cell("shapes-all2all-vgg", 8, 20, 0.87)
+    cell("shapes-all2all-vgg-w16e40", 16, 40, 0.99)
+    cell("shapes-all2all-vgg-w16e40-s1", 16, 40, 0.97)
+    text = render(tmp_path)
+    small, full = text.split("## shapes, vgg, width 8, 20 epochs (1 seed)")[1].split(
+        "## shapes, vgg, width 16, 40 epochs (2 seeds)")
+    assert "0.8700" in small and "0.9800 ± 0.0100" in full
+    assert "mean AUROC over 2 attack cells" in text and "worst: shapes/vgg w8 e20 all2all" in text

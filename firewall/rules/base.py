@@ -83,6 +83,7 @@ class Rule:
     """A suspicion score: higher means more likely a backdoor input."""
 
     name: str = ""
+    models: tuple[str, ...] = ()  # the artifacts' models it runs besides the fused first stage
 
     def score(self, batch: Batch) -> np.ndarray:
         raise NotImplementedError

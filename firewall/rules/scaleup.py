@@ -14,6 +14,7 @@ from firewall.rules.base import Batch, Rule
 
 class ScaleUpRule(Rule):
     name = "scaleup"
+    models = ("original",)
 
     def __init__(self, factors: tuple[int, ...] = (3, 5, 7, 9, 11)):
         self.factors = factors

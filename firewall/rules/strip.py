@@ -22,6 +22,7 @@ from firewall.rules.base import Batch, Rule
 
 class ExposedStripRule(Rule):
     name = "strip"
+    models = ("exposed",)
 
     def score(self, batch: Batch) -> np.ndarray:
         probs = batch.superimposed_probs("exposed")
@@ -33,6 +34,7 @@ class StripOriginalRule(Rule):
     """The STRIP baseline on M: low mean entropy under superimposition is suspicious."""
 
     name = "strip_original"
+    models = ("original",)
 
     def score(self, batch: Batch) -> np.ndarray:
         return -entropy(batch.superimposed_probs("original")).mean(axis=1)
@@ -42,6 +44,7 @@ class ExposedEntropyRule(Rule):
     """Plain STRIP entropy on E, kept as a measured negative result, not a defence."""
 
     name = "strip_exposed_entropy"
+    models = ("exposed",)
 
     def score(self, batch: Batch) -> np.ndarray:
         return -entropy(batch.superimposed_probs("exposed")).mean(axis=1)
