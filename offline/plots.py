@@ -1,4 +1,5 @@
-"""PNG plots for `offline evaluate --plots`: ROC curves and BaDExpert's joint-confidence plane."""
+"""PNG plots: ROC curves and BaDExpert's joint-confidence plane for `offline evaluate --plots`, and
+the AUROC map of the detection matrix beside docs/RESULTS.md."""
 
 from __future__ import annotations
 
@@ -66,3 +67,20 @@ def write_plots(out: Path, clean: dict[str, np.ndarray], backdoor: dict[str, np.
         plt.close(fig)
         written.append(out / "joint_confidence.png")
     return written
+
+
+def auroc_map(cells: list[str], rules: list[str], values: np.ndarray, path: Path) -> Path:
+    """A cells x rules heatmap of AUROC (NaN where not measured): the matrix at a glance,
+    where a weak attack shows as a red row and a blind rule as a red column."""
+    fig, ax = plt.subplots(figsize=(1.2 * len(rules) + 3.5, 0.32 * len(cells) + 1.5))
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="RdYlGn", vmin=0.5, vmax=1.0, aspect="auto")
+    for (row, col), value in np.ndenumerate(values):
+        if not np.isnan(value):
+            ax.text(col, row, f"{value:.3f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(rules)), rules, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(cells)), cells, fontsize=8)
+    ax.set_title("AUROC, clean test inputs against triggered ones (below 0.5 shown as 0.5)", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

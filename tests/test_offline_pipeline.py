@@ -111,6 +111,7 @@ def test_bench_quick_runs_the_ci_matrix_and_renders_the_results_table(tmp_path: 
     assert "## digits, resnet, width 8, 4 epochs (1 seed)" in text
     assert "| badnets | 1 |" in text and "| none | 1 |" in text
     assert "mean AUROC over 1 attack cells" in text and "achieved FPR on the clean model digits/resnet w8 e4" in text
+    assert "](results.png)" in text and (tmp_path / "results.png").stat().st_size > 0
     report = json.loads((tmp_path / "runs" / "digits-badnets-resnet" / "eval.json").read_text())
     assert f"{report['rules']['firewall']['auroc']:.4f}" in text
 
