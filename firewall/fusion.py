@@ -3,7 +3,7 @@
 Each rule's score is turned into evidence against "this input is clean": the negative
 log of its upper-tail probability among the rule's own clean calibration scores,
 -log((#clean scores >= s + 1) / (n + 1)). The fused score is the sum over the rules
-(Fisher's method), and its threshold is fitted on the fused clean scores, so the
+(Fisher's method), each rule's evidence times its weight, and its threshold is fitted on the fused clean scores, so the
 combined false-positive rate meets the target instead of the rules' rates adding up.
 The sum, not the maximum: when one rule separates and the other does not, the maximum
 inherits the useless rule's clean tail and raises the threshold (shapes/VGG WaNet, TPR
@@ -21,7 +21,7 @@ measures its detection with exactly this arithmetic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,6 +34,16 @@ from firewall.errors import UserError
 # --cascade-band` opens the band.
 DEFAULT_CASCADE_BAND = 0.0
 
+# The exposed margin's evidence counts half of BaDExpert's. E is blind where clean
+# unlearning takes the backdoor with the task (all-to-all, where the target depends on
+# the class; WaNet on digits), and a blind rule's evidence is noise the sum must
+# overcome. At weight 1 the fused verdict was no better than BaDExpert alone over the
+# 13 attack cells of docs/RESULTS.md (mean AUROC 0.977 against 0.978); at 0.5 it is
+# 0.983 and TPR at 1% FPR 0.686 -> 0.719, worst cell 0.870 -> 0.914. The weight was
+# read off that matrix (0.33 to 0.5 are equally good) and then checked on cells it had
+# not seen (docs/METHODS.md, "Fusion weights"). `offline calibrate --exposed-weight`.
+DEFAULT_EXPOSED_WEIGHT = 0.5
+
 
 @dataclass(frozen=True)
 class Fusion:
@@ -42,15 +52,16 @@ class Fusion:
     band_low: float
     band_fraction: float
     first_stage: int = 1
+    weights: dict[str, float] = field(default_factory=dict)  # a rule's evidence multiplier; 1 if absent
 
     @classmethod
     def fit(cls, clean_scores: dict[str, np.ndarray], rules: tuple[str, ...], band_fraction: float,
-            first_stage: int = 1) -> "Fusion":
+            first_stage: int = 1, weights: dict[str, float] | None = None) -> "Fusion":
         """Keep the clean scores of every rule in `rules` and learn the cascade band.
 
         The first `first_stage` rules always run. `band_fraction` is the share of clean
         inputs for which the later rules run: 1 runs them always, 0 never (the
-        first-stage rules alone).
+        first-stage rules alone). `weights` scales rules' evidence (default 1 each).
         """
         if not rules:
             raise UserError("fusion needs at least one rule")
@@ -61,15 +72,18 @@ class Fusion:
         missing = [r for r in rules if r not in clean_scores]
         if missing:
             raise UserError(f"no clean scores for rule(s) {missing}")
+        weights = {rule: float(w) for rule, w in (weights or {}).items() if rule in rules}
+        if any(not (np.isfinite(w) and w > 0) for w in weights.values()):
+            raise UserError(f"rule weights must be positive numbers, got {weights}")
         clean = {rule: np.sort(np.asarray(clean_scores[rule], np.float64)) for rule in rules}
-        first = np.sum([_evidence(clean[rule], clean[rule]) for rule in rules[:first_stage]], axis=0)
+        unbanded = cls(tuple(rules), clean, np.inf, band_fraction, first_stage, weights)
         if band_fraction == 0.0:
             band_low = np.inf
         elif band_fraction == 1.0:
             band_low = -np.inf
         else:
-            band_low = float(np.quantile(first, 1.0 - band_fraction))
-        return cls(tuple(rules), clean, band_low, band_fraction, first_stage)
+            band_low = float(np.quantile(unbanded._fuse_first(clean), 1.0 - band_fraction))
+        return cls(tuple(rules), clean, band_low, band_fraction, first_stage, weights)
 
     @property
     def first(self) -> tuple[str, ...]:
@@ -86,9 +100,10 @@ class Fusion:
         return bool(self.later) and self.band_low < np.inf
 
     def evidence(self, rule: str, scores: np.ndarray) -> np.ndarray:
-        """-log of the smoothed share of clean calibration scores at or above each score:
-        0 for the least suspicious, log(n + 1) beyond every clean score."""
-        return _evidence(self.clean[rule], scores)
+        """The rule's weight times -log of the smoothed share of clean calibration scores
+        at or above each score: 0 for the least suspicious, weight x log(n + 1) beyond
+        every clean score."""
+        return self.weights.get(rule, 1.0) * _evidence(self.clean[rule], scores)
 
     def _fuse_first(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         return np.sum([self.evidence(rule, scores[rule]) for rule in self.first], axis=0)
@@ -112,6 +127,7 @@ class Fusion:
 
     def to_json(self) -> dict:
         return {"method": "fisher", "rules": list(self.rules), "first_stage": self.first_stage,
+                "weights": {rule: self.weights.get(rule, 1.0) for rule in self.rules},
                 "band_low": _finite_or_text(self.band_low), "band_fraction": self.band_fraction,
                 "clean": {rule: scores.tolist() for rule, scores in self.clean.items()}}
 
@@ -120,12 +136,13 @@ class Fusion:
         if data.get("method") != "fisher":
             raise KeyError("fusion.method (this firewall fuses by Fisher's method)")
         clean = {rule: np.sort(np.asarray(values, np.float64)) for rule, values in data["clean"].items()}
+        weights = {rule: float(w) for rule, w in data.get("weights", {}).items()}  # absent before weights existed
         return cls(tuple(data["rules"]), clean, float(data["band_low"]), float(data["band_fraction"]),
-                   int(data["first_stage"]))
+                   int(data["first_stage"]), weights)
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, Fusion) and self.rules == other.rules and self.first_stage == other.first_stage
-                and self.band_low == other.band_low and self.band_fraction == other.band_fraction
+                and self.to_json()["weights"] == other.to_json()["weights"] and self.band_low == other.band_low and self.band_fraction == other.band_fraction
                 and all(np.array_equal(self.clean[r], other.clean[r]) for r in self.rules))
 
     __hash__ = None

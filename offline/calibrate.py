@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from firewall.artifacts import THRESHOLDS, load_artifacts
-from firewall.fusion import DEFAULT_CASCADE_BAND, Fusion
+from firewall.fusion import DEFAULT_CASCADE_BAND, DEFAULT_EXPOSED_WEIGHT, Fusion
 from firewall.scoring import BASELINE_RULES, FIRST_STAGE_RULES, SERVING_RULES, ScoringEngine
 from firewall.thresholds import Thresholds
 from offline.data.tensorsets import load_tensor_set
@@ -24,6 +24,7 @@ class CalibrateConfig:
     clean_data: Path
     target_fpr: float = 0.01
     cascade_band: float = DEFAULT_CASCADE_BAND
+    exposed_weight: float = DEFAULT_EXPOSED_WEIGHT
 
 
 def run_calibrate(config: CalibrateConfig) -> Thresholds:
@@ -32,7 +33,8 @@ def run_calibrate(config: CalibrateConfig) -> Thresholds:
     clean = load_tensor_set(config.clean_data, num_classes=manifest.num_classes, input_shape=manifest.input_shape)
     engine = ScoringEngine(artifacts, rules=ALL_RULES)
     _, scores = engine.score(clean.x)
-    fusion = Fusion.fit(scores, SERVING_RULES, config.cascade_band, len(FIRST_STAGE_RULES))
+    fusion = Fusion.fit(scores, SERVING_RULES, config.cascade_band, len(FIRST_STAGE_RULES),
+                        weights={"exposed": config.exposed_weight})
     thresholds = Thresholds.fit(scores, config.target_fpr, fusion)
     thresholds.save(artifacts.path(THRESHOLDS))
     return thresholds

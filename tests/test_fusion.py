@@ -122,10 +122,37 @@ def test_a_first_stage_of_no_rules_or_more_rules_than_given_is_refused(first_sta
         Fusion.fit(three_rules(), ("badexpert", "exposed", "strip"), 0.0, first_stage=first_stage)
 
 
+def test_a_rule_weight_scales_its_evidence_and_the_joint_rate_still_holds():
+    calibration, test = three_rules(), three_rules(20000)
+    plain = Fusion.fit(calibration, ("badexpert", "exposed"), 0.0, first_stage=2)
+    halved = Fusion.fit(calibration, ("badexpert", "exposed"), 0.0, first_stage=2, weights={"exposed": 0.5})
+    assert np.allclose(halved.evidence("exposed", test["exposed"]), 0.5 * plain.evidence("exposed", test["exposed"]))
+    assert np.allclose(halved.evidence("badexpert", test["badexpert"]), plain.evidence("badexpert", test["badexpert"]))
+    thresholds = Thresholds.fit(calibration, 0.01, halved)
+    assert thresholds.rejects("firewall", halved.fuse(test)).mean() <= 0.015
+    # an input only the down-weighted rule finds odd needs more than one at weight 1 would
+    only_exposed = {"badexpert": np.array([-3.0]), "exposed": np.array([calibration["exposed"].max() + 1])}
+    assert halved.fuse(only_exposed)[0] < plain.fuse(only_exposed)[0]
+
+
+@pytest.mark.parametrize("weight", [0.0, -1.0, float("nan")])
+def test_a_rule_weight_must_be_positive(weight):
+    with pytest.raises(UserError, match="weights"):
+        Fusion.fit(three_rules(), ("badexpert", "exposed"), 0.0, first_stage=2, weights={"exposed": weight})
+
+
+def test_thresholds_written_before_weights_existed_load_with_weight_one(tmp_path):
+    scores = three_rules()
+    fusion = Fusion.fit(scores, ("badexpert", "exposed", "strip"), 0.0, first_stage=2)
+    data = fusion.to_json()
+    del data["weights"]
+    assert Fusion.from_json(data) == fusion
+
+
 def test_fusion_survives_a_round_trip_through_thresholds_json(tmp_path):
     scores = three_rules()
     for band, first_stage in ((0.0, 1), (0.3, 2), (1.0, 2)):
-        fusion = Fusion.fit(scores, ("badexpert", "exposed", "strip"), band, first_stage)
+        fusion = Fusion.fit(scores, ("badexpert", "exposed", "strip"), band, first_stage, weights={"exposed": 0.5})
         thresholds = Thresholds.fit(scores, 0.01, fusion)
         thresholds.save(tmp_path / "thresholds.json")
         loaded = Thresholds.load(tmp_path / "thresholds.json")
