@@ -80,7 +80,7 @@ class ModelSet:
         return self.sessions[role]
 
     def run(self, role: str, x: np.ndarray) -> dict[str, np.ndarray]:
-        outputs = self._outputs(role, x)
+        outputs = self._outputs(role, x)  # first: running opens the session, which records its output names
         return dict(zip(self.output_names[role], outputs))
 
     def _outputs(self, role: str, x: np.ndarray) -> list[np.ndarray]:
