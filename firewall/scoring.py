@@ -69,6 +69,14 @@ class ScoringEngine:
             return np.zeros(0, np.int64), {name: np.zeros(0) for name in names}
         return np.concatenate(predictions), {n: np.concatenate(v) for n, v in per_rule.items()}
 
+    def warm_up(self, predict: bool, later_rules: Sequence[str]) -> None:
+        """Run the first stage once and open the sessions `later_rules` use, so that no
+        request pays for opening a session and a graph that cannot run fails here."""
+        self.first_stage(np.zeros((1, *self.manifest.input_shape), np.float32), predict)
+        for rule in later_rules:
+            for role in RULES[rule].models:
+                self.models.session(role)
+
     def first_stage(self, x: np.ndarray, predict: bool = True) -> dict[str, np.ndarray]:
         """The sidecar's cheap stage: {rule: its score for every class} for the first-stage
         rules, and M's prediction under PREDICTION_OUTPUT unless the upstream will supply it.

@@ -84,12 +84,10 @@ class Firewall:
         return self.engine.first_stage(x, predict=self.config.prediction_from_upstream is None)
 
     def warm_up(self) -> None:
-        """Run the first stage once and open the sessions the cascade's rules use, so that
-        no request pays for opening a session and a graph that cannot run stops the start."""
-        self._first_stage(np.zeros((1, *self.manifest.input_shape), np.float32))
-        for rule in self.fusion.later if self.fusion.band_open else ():
-            for role in RULES[rule].models:
-                self.engine.models.session(role)
+        """Open what requests will use before the server reports SERVING: the served
+        fused graph, and the cascade's sessions when its band is open."""
+        self.engine.warm_up(predict=self.config.prediction_from_upstream is None,
+                            later_rules=self.fusion.later if self.fusion.band_open else ())
 
     def _on_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.labels(self.model).observe(size)

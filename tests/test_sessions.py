@@ -1,4 +1,10 @@
-"""The sidecar opens the graphs it serves, and only those, before it takes a request."""
+"""The sidecar opens the graphs it serves, and only those, before it takes a request.
+
+`Firewall.warm_up` hands the engine what the sidecar's configuration serves (the fused
+graph with or without M, the cascade's rules when its band is open); these tests give
+the engine the same, without importing the gRPC server (whose protocol module would
+clash with tritonclient's in one test process).
+"""
 
 from __future__ import annotations
 
@@ -8,25 +14,26 @@ from pathlib import Path
 
 import numpy as np
 
-from firewall.config import ServeConfig
-from firewall.server import Firewall
+from firewall.artifacts import THRESHOLDS, load_artifacts
+from firewall.scoring import ScoringEngine
+from firewall.thresholds import Thresholds
 
 
-def _opened_after_warm_up(artifacts: Path, tmp_path: Path, **options) -> set[str]:
-    firewall = Firewall(ServeConfig(artifacts=artifacts, upstream="127.0.0.1:1", audit_log=tmp_path / "audit.jsonl",
-                                    **options))
-    assert firewall.engine.models.sessions == {}
-    firewall.warm_up()
-    return set(firewall.engine.models.sessions)
+def _opened_after_warm_up(artifacts: Path, predict: bool = True) -> set[str]:
+    loaded = load_artifacts(artifacts)
+    fusion = Thresholds.load(loaded.path(THRESHOLDS)).fusion
+    engine = ScoringEngine(loaded, rules=fusion.rules)
+    assert engine.models.sessions == {}
+    engine.warm_up(predict, fusion.later if fusion.band_open else ())
+    return set(engine.models.sessions)
 
 
-def test_the_default_sidecar_opens_only_the_fused_graph(tiny_artifacts, tmp_path):
-    assert _opened_after_warm_up(tiny_artifacts, tmp_path) == {"fused"}
+def test_the_default_sidecar_opens_only_the_fused_graph(tiny_artifacts):
+    assert _opened_after_warm_up(tiny_artifacts) == {"fused"}
 
 
-def test_with_the_upstreams_prediction_the_graph_without_the_original_model_is_opened(tiny_artifacts, tmp_path):
-    opened = _opened_after_warm_up(tiny_artifacts, tmp_path, forwarding="parallel", prediction_from_upstream="logits")
-    assert opened == {"fused_without_original"}
+def test_with_the_upstreams_prediction_the_graph_without_the_original_model_is_opened(tiny_artifacts):
+    assert _opened_after_warm_up(tiny_artifacts, predict=False) == {"fused_without_original"}
 
 
 def test_an_open_cascade_band_also_opens_the_exposed_model_for_strip(tiny_artifacts, tmp_path):
@@ -34,13 +41,10 @@ def test_an_open_cascade_band_also_opens_the_exposed_model_for_strip(tiny_artifa
     thresholds = json.loads((art / "thresholds.json").read_text())
     thresholds["fusion"]["band_low"] = "-inf"
     (art / "thresholds.json").write_text(json.dumps(thresholds))
-    assert _opened_after_warm_up(art, tmp_path) == {"fused", "exposed"}
+    assert _opened_after_warm_up(art) == {"fused", "exposed"}
 
 
 def test_offline_scoring_opens_what_its_rules_ask_for(tiny_artifacts):
-    from firewall.artifacts import load_artifacts
-    from firewall.scoring import ScoringEngine
-
     artifacts = load_artifacts(tiny_artifacts)
     engine = ScoringEngine(artifacts, rules=("badexpert", "scaleup"))
     engine.score(np.zeros((2, *artifacts.manifest.input_shape), np.float32))
