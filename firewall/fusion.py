@@ -77,13 +77,13 @@ class Fusion:
         if any(not (np.isfinite(w) and w > 0) for w in weights.values()):
             raise UserError(f"rule weights must be positive numbers, got {weights}")
         clean = {rule: np.sort(np.asarray(clean_scores[rule], np.float64)) for rule in rules}
-        unbanded = cls(tuple(rules), clean, np.inf, band_fraction, first_stage, weights)
         if band_fraction == 0.0:
             band_low = np.inf
         elif band_fraction == 1.0:
             band_low = -np.inf
         else:
-            band_low = float(np.quantile(unbanded._fuse_first(clean), 1.0 - band_fraction))
+            first = _weighted_sum(clean, weights, rules[:first_stage], clean)
+            band_low = float(np.quantile(first, 1.0 - band_fraction))
         return cls(tuple(rules), clean, band_low, band_fraction, first_stage, weights)
 
     @property
@@ -104,10 +104,10 @@ class Fusion:
         """The rule's weight times -log of the smoothed share of clean calibration scores
         at or above each score: 0 for the least suspicious, weight x log(n + 1) beyond
         every clean score."""
-        return self.weights.get(rule, 1.0) * _evidence(self.clean[rule], scores)
+        return _weighted_sum(self.clean, self.weights, (rule,), {rule: scores})
 
     def _fuse_first(self, scores: dict[str, np.ndarray]) -> np.ndarray:
-        return np.sum([self.evidence(rule, scores[rule]) for rule in self.first], axis=0)
+        return _weighted_sum(self.clean, self.weights, self.first, scores)
 
     def needs_later(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """Which inputs the later (costly) rules must score, from the first-stage rules'
@@ -151,6 +151,12 @@ class Fusion:
                 and all(np.array_equal(self.clean[r], other.clean[r]) for r in self.rules))
 
     __hash__ = None
+
+
+def _weighted_sum(clean: dict[str, np.ndarray], weights: dict[str, float], rules: tuple[str, ...],
+                  scores: dict[str, np.ndarray]) -> np.ndarray:
+    """Sum over `rules` of each rule's weight (1 if absent) times its evidence."""
+    return np.sum([weights.get(rule, 1.0) * _evidence(clean[rule], scores[rule]) for rule in rules], axis=0)
 
 
 def _evidence(clean_sorted: np.ndarray, scores: np.ndarray) -> np.ndarray:

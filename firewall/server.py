@@ -80,14 +80,18 @@ class Firewall:
         self.server: grpc.aio.Server | None = None
 
     # -- scoring -----------------------------------------------------------------
+    @property
+    def _predicts(self) -> bool:
+        """Whether the first stage computes M's prediction (not when the upstream's is used)."""
+        return self.config.prediction_from_upstream is None
+
     def _first_stage(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        return self.engine.first_stage(x, predict=self.config.prediction_from_upstream is None)
+        return self.engine.first_stage(x, predict=self._predicts)
 
     def warm_up(self) -> None:
         """Open what requests will use before the server reports SERVING: the served
         fused graph, and the cascade's sessions when its band is open."""
-        self.engine.warm_up(predict=self.config.prediction_from_upstream is None,
-                            later_rules=self.fusion.later if self.fusion.band_open else ())
+        self.engine.warm_up(predict=self._predicts, later_rules=self.fusion.later if self.fusion.band_open else ())
 
     def _on_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.labels(self.model).observe(size)

@@ -44,10 +44,6 @@ class Batch:
         return self._first_stage[1][rule]
 
     @cached_property
-    def original(self) -> np.ndarray:
-        return self.models.probs("original", self.x)
-
-    @cached_property
     def expert(self) -> np.ndarray:
         return self.models.probs("expert", self.x)
 
