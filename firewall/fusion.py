@@ -96,9 +96,13 @@ class Fusion:
         return self.rules[self.first_stage :]
 
     @property
+    def reachable_later(self) -> tuple[str, ...]:
+        """The later rules some input can reach: none when a band of 0 calibrated them away."""
+        return self.later if self.band_low < np.inf else ()
+
+    @property
     def band_open(self) -> bool:
-        """Whether any input can reach the later rules (a band of 0 calibrates them away)."""
-        return bool(self.later) and self.band_low < np.inf
+        return bool(self.reachable_later)
 
     def evidence(self, rule: str, scores: np.ndarray) -> np.ndarray:
         """The rule's weight times -log of the smoothed share of clean calibration scores

@@ -91,7 +91,7 @@ class Firewall:
     def warm_up(self) -> None:
         """Open what requests will use before the server reports SERVING: the served
         fused graph, and the cascade's sessions when its band is open."""
-        self.engine.warm_up(predict=self._predicts, later_rules=self.fusion.later if self.fusion.band_open else ())
+        self.engine.warm_up(predict=self._predicts, later_rules=self.fusion.reachable_later)
 
     def _on_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.labels(self.model).observe(size)

@@ -24,7 +24,7 @@ def _opened_after_warm_up(artifacts: Path, predict: bool = True) -> set[str]:
     fusion = Thresholds.load(loaded.path(THRESHOLDS)).fusion
     engine = ScoringEngine(loaded, rules=fusion.rules)
     assert engine.models.sessions == {}
-    engine.warm_up(predict, fusion.later if fusion.band_open else ())
+    engine.warm_up(predict, fusion.reachable_later)
     return set(engine.models.sessions)
 
 

@@ -45,17 +45,16 @@ def _parameter_sizes(module: fx.GraphModule) -> dict[str, int]:
 
 
 def _cuts(graph: fx.Graph) -> list[fx.Node]:
-    """Nodes after which only their own output crosses to the rest of the graph."""
+    """Nodes after which only their own output crosses to the rest of the graph: in one
+    pass, a node is a cut when it is used later and no earlier node is used beyond it."""
     nodes = [n for n in graph.nodes if n.op in ("placeholder", "call_function", "call_module", "call_method")]
     position = {n: i for i, n in enumerate(graph.nodes)}
-    cuts = []
+    last_use = {n: max((position[u] for u in n.users if u.op != "output"), default=-1) for n in nodes}
+    cuts, earlier_reach = [], -1
     for node in nodes:
-        if node.op == "placeholder":
-            continue
-        crossing = {n for n in nodes if position[n] <= position[node]
-                    and any(position[user] > position[node] and user.op != "output" for user in n.users)}
-        if crossing == {node}:
+        if node.op != "placeholder" and earlier_reach <= position[node] < last_use[node]:
             cuts.append(node)
+        earlier_reach = max(earlier_reach, last_use[node])
     return cuts
 
 
