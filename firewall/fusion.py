@@ -122,10 +122,11 @@ class Fusion:
 
     def fuse(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """The fused score. Later rules are read only where `needs_later` holds, so they
-        may hold anything (NaN, say) for the inputs the cascade skipped."""
+        may hold anything (NaN, say) for the inputs the cascade skipped; with the band
+        shut (the default) they are not read at all."""
         fused = self._fuse_first(scores)
         band = fused >= self.band_low
-        for rule in self.later:
+        for rule in self.reachable_later:
             later = self.evidence(rule, np.where(band, scores[rule], -np.inf))
             fused = np.where(band, fused + later, fused)
         return fused
