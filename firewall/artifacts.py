@@ -1,4 +1,4 @@
-"""The artifacts directory: manifest, ONNX models, STRIP bank, thresholds.
+"""The artifacts directory: manifest, ONNX models, STRIP bank, class Gaussians, thresholds.
 
 The sidecar trusts nothing it has not checked: every file listed in the manifest is
 verified against its sha256 before a session is created, so a swapped or corrupted
@@ -17,15 +17,19 @@ import numpy as np
 
 from firewall.errors import ArtifactError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MANIFEST = "manifest.json"
 THRESHOLDS = "thresholds.json"
 STRIP_BANK = "strip_bank.npy"
+# M's clean class means and shared precision matrix in its penultimate feature space,
+# the Mahalanobis rule's parameters (also inside the fused graphs as constants).
+CLASS_GAUSSIANS = "class_gaussians.npz"
 MODEL_FILES = {
     "original": "original.onnx",
     "expert": "expert.onnx",
     "auxiliary": "auxiliary.onnx",
     "exposed": "exposed.onnx",
+    "features": "features.onnx",  # M up to its penultimate layer
 }
 # The first-stage rules as one graph each (offline/build/fused_export.py): with M's
 # prediction inside, and without M for when the prediction comes from the upstream.
@@ -35,10 +39,12 @@ FUSED_FILES = {
 }
 PREDICTION_OUTPUT = "prediction"
 # The fused graphs' per-class score outputs, by the rule that reads them.
-BY_CLASS_OUTPUTS = {"badexpert": "badexpert_by_class", "exposed": "exposed_by_class"}
-# The same four models as torch.export programs, for the eager-PyTorch engine benchmark.
-# Listed and hashed like every file; the sidecar never opens them.
-TORCH_FILES = {role: f"torch/{role}.pt2" for role in MODEL_FILES}
+BY_CLASS_OUTPUTS = {"badexpert": "badexpert_by_class", "exposed": "exposed_by_class",
+                    "mahalanobis": "mahalanobis_by_class"}
+# The four classifiers as torch.export programs, for the eager-PyTorch engine benchmark
+# (which cuts M's features from M itself). Listed and hashed like every file; the
+# sidecar never opens them.
+TORCH_FILES = {role: f"torch/{role}.pt2" for role in ("original", "expert", "auxiliary", "exposed")}
 
 
 def sha256_file(path: Path) -> str:
@@ -127,6 +133,11 @@ class Artifacts:
         # allow_pickle=False: the bank is data, never code.
         return np.load(self.path(STRIP_BANK), allow_pickle=False)
 
+    def class_gaussians(self) -> tuple[np.ndarray, np.ndarray]:
+        """(means [K, d], precision [d, d]) of M's penultimate features on clean data."""
+        with np.load(self.path(CLASS_GAUSSIANS), allow_pickle=False) as stored:
+            return stored["means"], stored["precision"]
+
 
 def load_artifacts(root: str | Path) -> Artifacts:
     """Read the manifest and check the sha256 of every file it lists."""
@@ -139,7 +150,7 @@ def load_artifacts(root: str | Path) -> Artifacts:
     except (OSError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{manifest_path} is not valid JSON ({exc}): rebuild the artifacts") from exc
     manifest = Manifest.from_json(data)
-    required = set(MODEL_FILES.values()) | set(FUSED_FILES.values()) | {STRIP_BANK}
+    required = set(MODEL_FILES.values()) | set(FUSED_FILES.values()) | {STRIP_BANK, CLASS_GAUSSIANS}
     missing_entries = required - set(manifest.files)
     if missing_entries:
         raise ArtifactError(f"manifest.json lists no sha256 for {sorted(missing_entries)}: rebuild the artifacts")

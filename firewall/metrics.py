@@ -6,7 +6,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075, 0.01,
                    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-SCORE_BUCKETS = (-100, -10, -5, -2, -1, -0.5, -0.25, -0.1, -0.01, 0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1, 2, 10)
+# Wide on both sides: BaDExpert's -t and STRIP's probabilities live in [-100, 1], the
+# exposed margin and the fused evidence in the tens, Mahalanobis distances in the
+# hundreds (squared distances in 32 to 512 feature dimensions).
+SCORE_BUCKETS = (-100, -10, -5, -2, -1, -0.5, -0.25, -0.1, -0.01, 0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1, 2, 5,
+                 10, 20, 50, 100, 200, 500, 1000, 5000)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 

@@ -1,11 +1,13 @@
 """The engine benchmark: the firewall's onnxruntime scoring against eager PyTorch.
 
-Both sides run the same rules on the same models (the build writes the four models as
-ONNX for the sidecar and as torch.export programs for this comparison) with the same
-number of CPU threads, at batch 1, 8 and 64:
-- `badexpert`: M's prediction and the BaDExpert score (M, B and M' on every input);
-  onnxruntime once as three separate sessions and once as the fused graph the sidecar
-  serves;
+Both sides run the same rules on the same models (the build writes the models as ONNX
+for the sidecar and as torch.export programs for this comparison) with the same number
+of CPU threads, at batch 1, 8 and 64:
+- the first stage: M's prediction, the BaDExpert score (B and M'), the exposed margin
+  (E) and the Mahalanobis distance (M's penultimate features) on every input; eager
+  PyTorch runs M's layers once for the features and the prediction, as the fused graph
+  the sidecar serves does; onnxruntime also as five separate sessions (M whole for the
+  prediction, M up to its penultimate layer for the features, B, M', E);
 - `strip`: exposed STRIP, E on 64 superimposed copies of every input.
 Each cell is the median over repeated calls of the time one call takes.
 
@@ -31,32 +33,39 @@ from firewall.models import SessionTuning
 from firewall.probabilities import prob_of
 from firewall.rules.badexpert import triangle_statistic
 from firewall.rules.exposed import margin_by_class
+from firewall.rules.mahalanobis import mahalanobis_by_class
 from firewall.scoring import FIRST_STAGE_RULES, ScoringEngine
-from offline.build.fused_export import badexpert_by_class, exposed_by_class
+from offline.build.fused_export import MahalanobisByClass, badexpert_by_class, exposed_by_class
+from offline.build.trunk_split import split_before_classifier
 from offline.model_io import load_pt2
 
 BATCHES = (1, 8, 64)
-FIRST_STAGE_ROW = "first stage (badexpert + exposed)"
-EAGER, SEPARATE, FUSED = "eager PyTorch", "onnxruntime, 4 sessions", "onnxruntime, fused graph"
+FIRST_STAGE_ROW = "first stage (badexpert + exposed + mahalanobis)"
+EAGER, SEPARATE, FUSED = "eager PyTorch", "onnxruntime, 5 sessions", "onnxruntime, fused graph"
 
 
 class EagerRules:
     """The serving rules written directly in PyTorch, run eagerly on the torch models."""
 
-    def __init__(self, artifacts_dir: Path, bank: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]):
+    def __init__(self, artifacts_dir: Path, bank: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...],
+                 gaussians: tuple[np.ndarray, np.ndarray]):
         self.models = {role: load_pt2(artifacts_dir / path).module() for role, path in TORCH_FILES.items()}
+        self.original = split_before_classifier(self.models["original"])
+        self.mahalanobis = MahalanobisByClass(*gaussians)
         shape = (1, -1, 1, 1)
         self.mean, self.std = torch.tensor(mean).reshape(shape), torch.tensor(std).reshape(shape)
         self.bank_pixels = torch.from_numpy(bank) * self.std + self.mean
 
     @torch.inference_mode()
-    def first_stage(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """M's prediction, and the BaDExpert and exposed-margin scores of it."""
-        yhat = self.models["original"](x).argmax(dim=1)
+    def first_stage(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """M's prediction, and the BaDExpert, exposed-margin and Mahalanobis scores of it."""
+        features = self.original.trunk(x)
+        yhat = self.original.head(features).argmax(dim=1)
         badexpert = badexpert_by_class(self.models["expert"](x).softmax(dim=1),
                                        self.models["auxiliary"](x).softmax(dim=1))
         exposed = exposed_by_class(self.models["exposed"](x))
-        return yhat, badexpert.gather(1, yhat[:, None])[:, 0], exposed.gather(1, yhat[:, None])[:, 0]
+        mahalanobis = self.mahalanobis(features)
+        return yhat, *(scores.gather(1, yhat[:, None])[:, 0] for scores in (badexpert, exposed, mahalanobis))
 
     @torch.inference_mode()
     def strip(self, x: torch.Tensor, yhat: torch.Tensor) -> torch.Tensor:
@@ -84,15 +93,18 @@ def run(case: Path, threads: int, seconds: float) -> dict:
     norm = artifacts.manifest.normalization
     engine = ScoringEngine(artifacts, rules=(*FIRST_STAGE_RULES, "strip"), tuning=SessionTuning(threads=threads))
     torch.set_num_threads(threads)
-    eager = EagerRules(artifacts.root, engine.bank, norm.mean, norm.std)
+    gaussians = artifacts.class_gaussians()
+    eager = EagerRules(artifacts.root, engine.bank, norm.mean, norm.std, gaussians)
     pool = np.load(case / "test_clean.npz")["x"]
     models = engine.models
 
-    def separate_sessions(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def separate_sessions(x: np.ndarray) -> tuple[np.ndarray, ...]:
         yhat = models.logits("original", x).argmax(axis=1)
         badexpert = -triangle_statistic(prob_of(models.probs("expert", x), yhat),
                                         prob_of(models.probs("auxiliary", x), yhat))
-        return badexpert, prob_of(margin_by_class(models.logits("exposed", x)), yhat)
+        features = models.logits("features", x).reshape(len(x), -1)
+        return (badexpert, prob_of(margin_by_class(models.logits("exposed", x)), yhat),
+                prob_of(mahalanobis_by_class(features, *gaussians), yhat))
 
     rows = []
     for batch in BATCHES:

@@ -6,11 +6,12 @@ fusion of the serving rules, gets one fitted on the fused clean scores.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from firewall.artifacts import THRESHOLDS, load_artifacts
-from firewall.fusion import DEFAULT_CASCADE_BAND, DEFAULT_EXPOSED_WEIGHT, Fusion
+from firewall.fusion import DEFAULT_CASCADE_BAND, DEFAULT_EXPOSED_WEIGHT, DEFAULT_MAHALANOBIS_WEIGHT, Fusion
 from firewall.scoring import BASELINE_RULES, FIRST_STAGE_RULES, SERVING_RULES, ScoringEngine
 from firewall.thresholds import Thresholds
 from offline.data.tensorsets import load_tensor_set
@@ -25,16 +26,21 @@ class CalibrateConfig:
     target_fpr: float = 0.01
     cascade_band: float = DEFAULT_CASCADE_BAND
     exposed_weight: float = DEFAULT_EXPOSED_WEIGHT
+    mahalanobis_weight: float = DEFAULT_MAHALANOBIS_WEIGHT
 
 
 def run_calibrate(config: CalibrateConfig) -> Thresholds:
     artifacts = load_artifacts(config.artifacts)
     manifest = artifacts.manifest
+    if Path(manifest.raw["build"]["clean_data"]).resolve() == Path(config.clean_data).resolve():
+        print(f"warning: {config.clean_data} is the clean set the artifacts were built from; the models and class "
+              "Gaussians were fitted to it, so thresholds taken on it reject more than the target FPR on new "
+              "inputs. Calibrate on clean data the build did not see.", file=sys.stderr)
     clean = load_tensor_set(config.clean_data, num_classes=manifest.num_classes, input_shape=manifest.input_shape)
     engine = ScoringEngine(artifacts, rules=ALL_RULES)
     _, scores = engine.score(clean.x)
     fusion = Fusion.fit(scores, SERVING_RULES, config.cascade_band, len(FIRST_STAGE_RULES),
-                        weights={"exposed": config.exposed_weight})
+                        weights={"exposed": config.exposed_weight, "mahalanobis": config.mahalanobis_weight})
     thresholds = Thresholds.fit(scores, config.target_fpr, fusion)
     thresholds.save(artifacts.path(THRESHOLDS))
     return thresholds

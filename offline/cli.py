@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from firewall.errors import UserError, run_reporting_errors
-from firewall.fusion import DEFAULT_CASCADE_BAND, DEFAULT_EXPOSED_WEIGHT
+from firewall.fusion import DEFAULT_CASCADE_BAND, DEFAULT_EXPOSED_WEIGHT, DEFAULT_MAHALANOBIS_WEIGHT
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -69,9 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--target-fpr", type=float, default=0.01)
     c.add_argument("--cascade-band", type=float, default=DEFAULT_CASCADE_BAND,
                    help="share of clean inputs for which the firewall also runs exposed STRIP "
-                        "(0: the first-stage rules alone, BaDExpert and the exposed margin; 1: exposed STRIP on every input too)")
+                        "(0: the first-stage rules alone, BaDExpert, the exposed margin and Mahalanobis; "
+                        "1: exposed STRIP on every input too)")
     c.add_argument("--exposed-weight", type=float, default=DEFAULT_EXPOSED_WEIGHT,
                    help="how much the exposed margin's evidence counts in the verdict beside BaDExpert's (weight 1)")
+    c.add_argument("--mahalanobis-weight", type=float, default=DEFAULT_MAHALANOBIS_WEIGHT,
+                   help="how much the Mahalanobis rule's evidence counts in the verdict beside BaDExpert's (weight 1)")
 
     m = sub.add_parser("bench", help="run the detection matrix and regenerate the results table")
     m.add_argument("--out", type=Path, default=Path("runs"), help="where the cells go (reused when measured)")
@@ -124,7 +127,8 @@ def run(args: argparse.Namespace) -> None:
         from offline.calibrate import CalibrateConfig, run_calibrate
 
         thresholds = run_calibrate(CalibrateConfig(args.artifacts, args.clean_data, args.target_fpr,
-                                                   args.cascade_band, args.exposed_weight))
+                                                   args.cascade_band, args.exposed_weight,
+                                                   args.mahalanobis_weight))
         for rule, t in thresholds.rules.items():
             print(f"{rule:<22} threshold {t.threshold:+.6g}  FPR on {t.n} clean: {t.fpr:.2%}")
     elif args.command == "bench":

@@ -57,7 +57,7 @@ def main(case: Path) -> int:
     print("\nfrom the firewall's /metrics:")
     for verdict in ("accept", "reject", "invalid", "error"):
         print(f"  firewall_requests_total{{verdict=\"{verdict}\"}} {metric(values, 'firewall_requests_total', verdict=verdict):.0f}")
-    for rule in ("firewall", "badexpert", "exposed", "strip"):
+    for rule in ("firewall", "badexpert", "exposed", "mahalanobis", "strip"):
         print(f"  firewall_rejections_total{{rule=\"{rule}\"}} {metric(values, 'firewall_rejections_total', rule=rule):.0f}")
     report = case / "eval.json"
     if report.is_file():

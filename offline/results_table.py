@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-RULES = ("firewall", "badexpert", "exposed", "strip", "strip_original", "scaleup")
+RULES = ("firewall", "badexpert", "exposed", "mahalanobis", "strip", "strip_original", "scaleup")
 TARGETS = {"mean_auroc": 0.99, "min_auroc": 0.97, "mean_tpr": 0.95, "fpr_slack": 0.01}
 TARGET_FPR = 0.01  # what `offline bench` calibrates at
 _CELL = re.compile(r"(?P<dataset>[a-z]+)-(?P<attack>[a-z0-9_]+)-(?P<arch>[a-z]+)(?:-w\d+e\d+)?(?:-s(?P<seed>\d+))?")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,9 @@ def test_build_writes_a_verified_manifest_with_the_contract_keys(tiny_artifacts:
         assert info["steps"] >= 1 and info["stopped_by"] in {"criterion", "budget"}
         assert 0.0 <= info["heldout_clean_accuracy"] <= 1.0
     assert all(diff <= 1e-4 for diff in manifest["onnx_max_abs_diff"].values())
+    gaussians = manifest["mahalanobis"]  # M's penultimate features, the Mahalanobis rule's clean fit
+    assert gaussians["samples"] == manifest["build"]["clean_samples"] and gaussians["feature_dim"] >= 1
+    assert 0.0 <= gaussians["ledoit_wolf_shrinkage"] <= 1.0 and gaussians["classes_without_samples"] == []
     load_artifacts(tiny_artifacts)  # every sha256 matches
 
 
@@ -61,19 +65,30 @@ def test_the_auxiliary_rate_is_the_largest_that_keeps_the_task(tiny_artifacts: P
 
 
 def test_onnx_models_take_any_batch_size(tiny_artifacts: Path):
-    for filename in MODEL_FILES.values():
+    features = json.loads((tiny_artifacts / "manifest.json").read_text())["mahalanobis"]["feature_dim"]
+    for role, filename in MODEL_FILES.items():
         session = ort.InferenceSession(str(tiny_artifacts / filename), providers=["CPUExecutionProvider"])
         for batch in (1, 7):
             out = session.run(None, {"input": np.zeros((batch, 1, 16, 16), np.float32)})[0]
-            assert out.shape == (batch, 10)
+            assert out.shape == ((batch, features) if role == "features" else (batch, 10))
 
 
 def test_calibration_meets_the_target_on_the_calibration_set(tiny_artifacts: Path):
     thresholds = json.loads((tiny_artifacts / "thresholds.json").read_text())
     assert thresholds["target_fpr"] == 0.01
-    for rule in ("badexpert", "exposed", "strip", "strip_original", "scaleup", "firewall"):
+    for rule in ("badexpert", "exposed", "mahalanobis", "strip", "strip_original", "scaleup", "firewall"):
         entry = thresholds["rules"][rule]
         assert entry["fpr"] <= 0.01 and entry["n"] > 100
+
+
+def test_calibrating_on_the_build_clean_set_warns(tiny_case: Path, tiny_artifacts: Path, tmp_path: Path, capsys):
+    """Every fitted part has seen the build's clean inputs; thresholds taken there would be too low."""
+    copy = tmp_path / "artifacts"
+    shutil.copytree(tiny_artifacts, copy)
+    assert offline(["calibrate", "--artifacts", str(copy), "--clean-data", str(tiny_case / "calib.npz")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert offline(["calibrate", "--artifacts", str(copy), "--clean-data", str(tiny_case / "clean.npz")]) == 0
+    assert "the clean set the artifacts were built from" in capsys.readouterr().err
 
 
 def test_evaluate_writes_the_json_contract_and_plots(tiny_case: Path, tiny_artifacts: Path, tmp_path: Path):
@@ -83,7 +98,7 @@ def test_evaluate_writes_the_json_contract_and_plots(tiny_case: Path, tiny_artif
                     "--plots", str(tmp_path / "plots")]) == 0
     report = json.loads(out.read_text())
     assert report["n_clean"] > 0 and report["n_backdoor"] > 0
-    for rule in ("badexpert", "exposed", "strip", "strip_original", "scaleup", "firewall"):
+    for rule in ("badexpert", "exposed", "mahalanobis", "strip", "strip_original", "scaleup", "firewall"):
         entry = report["rules"][rule]
         assert 0.0 <= entry["auroc"] <= 1.0
         assert set(entry["tpr_at_fpr"]) == {"0.01", "0.05"}

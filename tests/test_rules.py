@@ -1,11 +1,13 @@
 """The BaDExpert triangle rule scores the backdoor corner of the (b, a) plane highest; the exposed
-rule scores how far E still backs M's prediction; the fused graph computes both as published."""
+rule scores how far E still backs M's prediction; the Mahalanobis rule how far M's features lie
+from the clean inputs of the predicted class; the fused graph computes all three as published."""
 
 import numpy as np
 
 from firewall.probabilities import entropy, softmax
 from firewall.rules.badexpert import triangle_statistic
 from firewall.rules.exposed import margin_by_class
+from firewall.rules.mahalanobis import mahalanobis_by_class
 
 
 def suspicion(b, a):
@@ -39,14 +41,23 @@ def test_the_exposed_margin_is_the_class_logit_minus_the_largest_other():
     assert np.array_equal(margin_by_class(logits), [[2.0, -2.0, -5.0], [-5.0, -5.0, 5.0]])
 
 
+def test_the_mahalanobis_distance_is_zero_at_a_class_mean_and_follows_the_precision():
+    means = np.array([[0.0, 0.0], [4.0, 0.0]])
+    precision = np.diag([1.0, 0.25])  # the second feature varies twice as much on clean data
+    features = np.array([[0.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
+    assert np.allclose(mahalanobis_by_class(features, means, precision), [[0.0, 16.0], [1.0, 17.0], [4.0, 4.0]])
+
+
 def test_the_fused_graph_scores_like_the_rules_on_the_separate_models(tiny_case, tiny_artifacts):
-    """The sidecar serves BaDExpert and the exposed rule from one fused graph; it must be the
-    published rule and the margin of E's logits."""
+    """The sidecar serves BaDExpert, the exposed rule and the Mahalanobis rule from one fused
+    graph; it must be the published rule, the margin of E's logits and the distance of M's
+    penultimate features to the stored clean class Gaussians."""
     from firewall.artifacts import load_artifacts
     from firewall.probabilities import prob_of
     from firewall.scoring import ScoringEngine
 
-    engine = ScoringEngine(load_artifacts(tiny_artifacts), rules=("badexpert", "exposed"))
+    artifacts = load_artifacts(tiny_artifacts)
+    engine = ScoringEngine(artifacts, rules=("badexpert", "exposed", "mahalanobis"))
     x = np.concatenate([np.load(tiny_case / "test_clean.npz")["x"][:100],
                         np.load(tiny_case / "test_triggered.npz")["x"][:100]])
     yhat, scores = engine.score(x)
@@ -57,6 +68,8 @@ def test_the_fused_graph_scores_like_the_rules_on_the_separate_models(tiny_case,
     assert np.allclose(scores["badexpert"], expected, rtol=1e-4, atol=1e-5)
     margins = prob_of(margin_by_class(models.logits("exposed", x)), yhat)
     assert np.allclose(scores["exposed"], margins, rtol=1e-4, atol=1e-4)
+    distances = mahalanobis_by_class(models.logits("features", x).astype(np.float64), *artifacts.class_gaussians())
+    assert np.allclose(scores["mahalanobis"], prob_of(distances, yhat), rtol=1e-3, atol=1e-3)
     shifted = (yhat + 1) % 10  # a prediction given from outside runs the graph without M
     given = engine.score(x, yhat=shifted)[1]["badexpert"]
     b, a = prob_of(models.probs("expert", x), shifted), prob_of(models.probs("auxiliary", x), shifted)

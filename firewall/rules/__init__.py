@@ -4,13 +4,14 @@ suspicious; a rule rejects when its score exceeds the threshold learnt on clean 
 from firewall.rules.badexpert import BadExpertRule
 from firewall.rules.base import Batch, Rule
 from firewall.rules.exposed import ExposedRule
+from firewall.rules.mahalanobis import MahalanobisRule
 from firewall.rules.scaleup import ScaleUpRule
 from firewall.rules.strip import ExposedEntropyRule, ExposedStripRule, StripOriginalRule
 
 RULES: dict[str, type[Rule]] = {
     rule.name: rule
-    for rule in (BadExpertRule, ExposedRule, ExposedStripRule, StripOriginalRule, ScaleUpRule, ExposedEntropyRule)
+    for rule in (BadExpertRule, ExposedRule, MahalanobisRule, ExposedStripRule, StripOriginalRule, ScaleUpRule, ExposedEntropyRule)
 }
 
-__all__ = ["RULES", "Batch", "Rule", "BadExpertRule", "ExposedRule", "ExposedStripRule", "StripOriginalRule",
+__all__ = ["RULES", "Batch", "Rule", "BadExpertRule", "ExposedRule", "MahalanobisRule", "ExposedStripRule", "StripOriginalRule",
            "ScaleUpRule", "ExposedEntropyRule"]

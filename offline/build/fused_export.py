@@ -3,7 +3,10 @@
 Serving every request through four separate sessions pays four session overheads
 and four copies of the input; one graph with a shared input pays one. The graph
 scores every class for each rule, `[N, K]` ("how suspicious if M predicted k"): the
-BaDExpert rule from B and M', the exposed rule from E's logit margins. The same graph
+BaDExpert rule from B and M', the exposed rule from E's logit margins, the Mahalanobis
+rule from M's penultimate features and the clean class Gaussians, which the graph
+holds as constants. M runs up to those features in both graphs; the one with the
+prediction adds M's classifier layer and the argmax. The same graph
 serves whether the prediction comes from M inside the graph or, with
 `--prediction-from-upstream`, from the production server's own answer, which can
 arrive after scoring has finished. Built with a shared trunk (`offline build
@@ -23,7 +26,10 @@ from firewall.artifacts import BY_CLASS_OUTPUTS, FUSED_FILES, PREDICTION_OUTPUT
 from firewall.errors import UserError
 from firewall.rules.badexpert import triangle_statistic
 from firewall.rules.exposed import margin_by_class
+from firewall.rules.mahalanobis import mahalanobis_by_class
+from offline.build.class_gaussians import ClassGaussians
 from offline.build.onnx_export import INPUT_NAME, export_onnx
+from offline.build.trunk_split import TrunkSplit
 
 # The rule divides by probabilities that can be 1e-6: float32 rounding of b or a moves
 # such a score by parts in 1e4 (measured 1.6e-4 on shapes/blend). A wrong graph is off
@@ -44,57 +50,85 @@ def exposed_by_class(logits: torch.Tensor) -> torch.Tensor:
     return logits - others
 
 
-class FirstStageScorer(nn.Module):
-    """x -> (the BaDExpert score for every class, the exposed rule's score for every class).
+class MahalanobisByClass(nn.Module):
+    """Features [N, d] -> squared Mahalanobis distance to every class mean, [N, K].
 
-    With a shared trunk the three networks are heads on the trunk's output and the
-    trunk runs once; without one the trunk is the identity and they are whole models.
+    Expanded as f'Pf - 2 mu_k'Pf + mu_k'P mu_k, so that K classes cost one [d, K]
+    product instead of K copies of the features.
     """
 
-    def __init__(self, expert: nn.Module, auxiliary: nn.Module, exposed: nn.Module, trunk: nn.Module | None = None):
+    def __init__(self, means: np.ndarray, precision: np.ndarray):
+        super().__init__()
+        means, precision = torch.from_numpy(means), torch.from_numpy(precision)
+        self.register_buffer("precision", precision)
+        self.register_buffer("projected_means", precision @ means.T)  # [d, K]
+        self.register_buffer("mean_norms", (means @ precision * means).sum(dim=1))  # [K]
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        f = features.flatten(1)
+        quadratic = ((f @ self.precision) * f).sum(dim=1, keepdim=True)
+        return quadratic - 2.0 * (f @ self.projected_means) + self.mean_norms
+
+
+class FirstStageScorer(nn.Module):
+    """x -> the BaDExpert, exposed and Mahalanobis scores for every class.
+
+    With a shared trunk the three networks and M's feature layers are heads on the
+    trunk's output and the trunk runs once; without one the trunk is the identity and
+    they are whole models.
+    """
+
+    def __init__(self, expert: nn.Module, auxiliary: nn.Module, exposed: nn.Module, features: nn.Module,
+                 gaussians: ClassGaussians, trunk: nn.Module | None = None):
         super().__init__()
         self.trunk = trunk if trunk is not None else nn.Identity()
-        self.expert, self.auxiliary, self.exposed = expert, auxiliary, exposed
+        self.expert, self.auxiliary, self.exposed, self.features = expert, auxiliary, exposed, features
+        self.mahalanobis = MahalanobisByClass(gaussians.means, gaussians.precision)
 
-    def scores(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def scores(self, h: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         badexpert = badexpert_by_class(self.expert(h).softmax(dim=1), self.auxiliary(h).softmax(dim=1))
-        return badexpert, exposed_by_class(self.exposed(h))
+        return badexpert, exposed_by_class(self.exposed(h)), self.mahalanobis(features)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.scores(self.trunk(x))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = self.trunk(x)
+        return self.scores(h, self.features(h))
 
 
 class PredictingScorer(nn.Module):
-    """x -> (M's prediction, the first-stage scores for every class)."""
+    """x -> (M's prediction, the first-stage scores for every class); M's feature layers
+    run once for both."""
 
-    def __init__(self, original: nn.Module, scorer: FirstStageScorer):
+    def __init__(self, classifier: nn.Module, scorer: FirstStageScorer):
         super().__init__()
-        self.original, self.scorer = original, scorer
+        self.classifier, self.scorer = classifier, scorer
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         h = self.scorer.trunk(x)
-        return self.original(h).argmax(dim=1), *self.scorer.scores(h)
+        features = self.scorer.features(h)
+        return self.classifier(features).argmax(dim=1), *self.scorer.scores(h, features)
 
 
-def export_fused(models: dict[str, nn.Module], example: torch.Tensor, out: Path, check_x: np.ndarray,
-                 trunk: nn.Module | None = None) -> dict:
+def export_fused(models: dict[str, nn.Module], penultimate: TrunkSplit, gaussians: ClassGaussians,
+                 example: torch.Tensor, out: Path, check_x: np.ndarray, trunk: nn.Module | None = None) -> dict:
     """Write both fused graphs and check them against the numpy rules on real inputs.
 
     `models` are the whole networks by role; with a shared `trunk` they are
     `Composed(trunk, head)`, and the graphs run the trunk once and then the heads.
+    `penultimate` is M (or, with a shared trunk, M's head) cut before its classifier.
     """
     parts = {role: model.head for role, model in models.items()} if trunk is not None else models
-    scorer = FirstStageScorer(parts["expert"], parts["auxiliary"], parts["exposed"], trunk)
-    scores = [BY_CLASS_OUTPUTS["badexpert"], BY_CLASS_OUTPUTS["exposed"]]
-    graphs = {"fused": (PredictingScorer(parts["original"], scorer), [PREDICTION_OUTPUT, *scores]),
+    scorer = FirstStageScorer(parts["expert"], parts["auxiliary"], parts["exposed"], penultimate.trunk,
+                              gaussians, trunk)
+    scores = list(BY_CLASS_OUTPUTS.values())
+    graphs = {"fused": (PredictingScorer(penultimate.head, scorer), [PREDICTION_OUTPUT, *scores]),
               "fused_without_original": (scorer, scores)}
     for role, (module, outputs) in graphs.items():
         export_onnx(module, example, out / FUSED_FILES[role], output_names=outputs)
-    return {role: _check(models, out / FUSED_FILES[role], check_x) for role in graphs}
+    return {role: _check(models, gaussians, out / FUSED_FILES[role], check_x) for role in graphs}
 
 
 @torch.no_grad()
-def _check(models: dict[str, nn.Module], path: Path, x: np.ndarray) -> float:
+def _check(models: dict[str, nn.Module], gaussians: ClassGaussians, path: Path, x: np.ndarray) -> float:
     """Largest relative difference of the scores between onnxruntime and the numpy rules on torch
     outputs; predictions must match exactly."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -102,7 +136,9 @@ def _check(models: dict[str, nn.Module], path: Path, x: np.ndarray) -> float:
     tx = torch.from_numpy(x)
     b = models["expert"](tx).softmax(dim=1).numpy()
     a = models["auxiliary"](tx).softmax(dim=1).numpy()
-    expected = {"badexpert": -triangle_statistic(b, a), "exposed": margin_by_class(models["exposed"](tx).numpy())}
+    features = models["features"](tx).flatten(1).numpy().astype(np.float64)
+    expected = {"badexpert": -triangle_statistic(b, a), "exposed": margin_by_class(models["exposed"](tx).numpy()),
+                "mahalanobis": mahalanobis_by_class(features, gaussians.means, gaussians.precision)}
     if PREDICTION_OUTPUT in outputs and not np.array_equal(outputs[PREDICTION_OUTPUT],
                                                            models["original"](tx).argmax(dim=1).numpy()):
         raise UserError(f"{path.name}: the fused graph's predictions differ from the model's")

@@ -11,13 +11,15 @@ import numpy as np
 import torch
 
 import firewall
-from firewall.artifacts import FUSED_FILES, MANIFEST, MODEL_FILES, SCHEMA_VERSION, STRIP_BANK, TORCH_FILES, sha256_file
+from firewall.artifacts import (CLASS_GAUSSIANS, FUSED_FILES, MANIFEST, MODEL_FILES, SCHEMA_VERSION, STRIP_BANK,
+                                TORCH_FILES, sha256_file)
 from firewall.errors import UserError
 from offline.atomic import atomic_directory
+from offline.build.class_gaussians import fit_class_gaussians
 from offline.build.fused_export import export_fused
 from offline.build.onnx_export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx
 from offline.build.stages import auxiliary_model, backdoor_expert, exposed_model
-from offline.build.trunk_split import Composed, TrunkSplit, split_trunk
+from offline.build.trunk_split import Composed, TrunkSplit, split_before_classifier, split_trunk
 from offline.build.tsbd import tsbd_auxiliary
 from offline.data.tensorsets import TensorSet, check_labels, load_tensor_set
 from offline.model_io import input_shape_of, load_model, save_pt2
@@ -72,9 +74,19 @@ def _shared_trunk(model: torch.nn.Module, config: BuildConfig) -> TrunkSplit | N
         raise UserError(f"--shared-trunk {config.shared_trunk}: {exc}") from None
 
 
-def _features(split: TrunkSplit, data: TensorSet) -> TensorSet:
+def _trunk_outputs(split: TrunkSplit, data: TensorSet) -> TensorSet:
     """The trunk's output for every input: the heads train on these, the trunk never changes."""
     return TensorSet(forward(split.trunk, data.x), data.y)
+
+
+def _penultimate(model: torch.nn.Module) -> TrunkSplit:
+    """M cut before its classifier layer, for the Mahalanobis rule's features."""
+    try:
+        return split_before_classifier(model)
+    except ValueError:
+        raise UserError("found no point in the model's graph just before its classifier layer where one "
+                        "activation carries everything (the Mahalanobis rule reads M's penultimate "
+                        "features there); with --shared-trunk, ask for a larger head share") from None
 
 
 def run_build(config: BuildConfig) -> dict:
@@ -99,7 +111,7 @@ def run_build(config: BuildConfig) -> dict:
         print(f"warning: the model is only {original_acc:.1%} accurate on the held-out clean data; "
               "check that the clean set is normalised as the model expects", file=sys.stderr)
     split = _shared_trunk(model, config)
-    tuned, tune_train, tune_heldout = ((split.head, _features(split, train), _features(split, heldout))
+    tuned, tune_train, tune_heldout = ((split.head, _trunk_outputs(split, train), _trunk_outputs(split, heldout))
                                        if split else (model, train, heldout))
     common = {"num_classes": num_classes, "seed": config.seed}
     expert, expert_report = backdoor_expert(tuned, tune_train, tune_heldout,
@@ -109,9 +121,12 @@ def run_build(config: BuildConfig) -> dict:
         auxiliary, auxiliary_report = tsbd_auxiliary(model, exposed, train, heldout, seed=config.seed)
     else:
         auxiliary, auxiliary_report = auxiliary_model(tuned, tune_train, tune_heldout, **common)
-    models = {"original": tuned, "expert": expert, "auxiliary": auxiliary, "exposed": exposed}
+    penultimate = _penultimate(tuned)
+    models = {"original": tuned, "expert": expert, "auxiliary": auxiliary, "exposed": exposed,
+              "features": penultimate.trunk}
     if split:
         models = {role: Composed(split.trunk, head) for role, head in models.items()}
+    gaussians = fit_class_gaussians(forward(models["features"], clean.x), clean.y, num_classes)
 
     with atomic_directory(config.out, config.force) as scratch:
         example = torch.from_numpy(clean.x[:2])
@@ -120,11 +135,14 @@ def run_build(config: BuildConfig) -> dict:
             path = scratch / MODEL_FILES[role]
             export_onnx(module, example, path)
             onnx_check[role] = check_export(module, path, heldout.x[:64])
-            (scratch / TORCH_FILES[role]).parent.mkdir(exist_ok=True)
-            save_pt2(module, example, scratch / TORCH_FILES[role])
-        onnx_check.update(export_fused(models, example, scratch, heldout.x[:64], split.trunk if split else None))
+            if role in TORCH_FILES:
+                (scratch / TORCH_FILES[role]).parent.mkdir(exist_ok=True)
+                save_pt2(module, example, scratch / TORCH_FILES[role])
+        onnx_check.update(export_fused(models, penultimate, gaussians, example, scratch, heldout.x[:64],
+                                       split.trunk if split else None))
         bank_rows = rng.choice(len(clean), size=min(config.strip_bank_size, len(clean)), replace=False)
         np.save(scratch / STRIP_BANK, clean.x[bank_rows].astype(np.float32), allow_pickle=False)
+        gaussians.save(scratch / CLASS_GAUSSIANS)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "name": config.name,
@@ -134,7 +152,8 @@ def run_build(config: BuildConfig) -> dict:
             "output": {"name": OUTPUT_NAME, "shape": [num_classes], "datatype": "FP32"},
             "num_classes": num_classes,
             "files": {f: {"sha256": sha256_file(scratch / f)}
-                      for f in [*MODEL_FILES.values(), *FUSED_FILES.values(), *TORCH_FILES.values(), STRIP_BANK]},
+                      for f in [*MODEL_FILES.values(), *FUSED_FILES.values(), *TORCH_FILES.values(), STRIP_BANK,
+                                CLASS_GAUSSIANS]},
             "source_model": {"spec": config.model,
                              "sha256": sha256_file(Path(config.model)) if Path(config.model).is_file() else None},
             "build": {"clean_data": str(config.clean_data), "clean_samples": len(clean),
@@ -147,6 +166,7 @@ def run_build(config: BuildConfig) -> dict:
                 "auxiliary": auxiliary_report.to_json(),
                 "exposed": exposed_report.to_json(),
             },
+            "mahalanobis": {"features_after": penultimate.cut, **gaussians.to_json()},
             "onnx_max_abs_diff": onnx_check,
         }
         (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2))

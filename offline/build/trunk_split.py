@@ -106,3 +106,10 @@ def split_trunk(model: fx.GraphModule, head_share: float) -> TrunkSplit:
     head = fx.GraphModule(model, _subgraph(graph, head_nodes, {cut: "h"}, _single_output(graph)))
     head_parameters = parameters_in(head_nodes)
     return TrunkSplit(trunk, head, cut.name, head_parameters, total - head_parameters)
+
+
+def split_before_classifier(model: fx.GraphModule) -> TrunkSplit:
+    """Cut `model` just before its last layer with parameters: the trunk's output is M's
+    penultimate features, which the Mahalanobis rule reads, and the head its classifier."""
+    total = sum(_parameter_sizes(model).values())
+    return split_trunk(model, 1.0 / max(total, 1))

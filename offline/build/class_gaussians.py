@@ -1,0 +1,57 @@
+"""The Mahalanobis rule's parameters: M's clean inputs as one Gaussian per class.
+
+Class means and one covariance shared by all classes, as in Lee et al.'s detector: a
+few hundred clean inputs cannot estimate a covariance per class in a space of 64 to
+512 features, and cannot quite estimate the shared one either (the sample covariance
+is near singular when the features outnumber a class's inputs). The Ledoit-Wolf
+estimate shrinks it toward a scaled identity by the amount that minimises its expected
+error, computed from the same clean data, so there is no knob to tune (measured on
+the 29 attack cells of docs/RESULTS.md: shrinkage 0.03-0.07, and fixed shrinkages of
+0.01, 0.1 and 0.3 gave the fused verdict the same mean AUROC within 0.002).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.covariance import ledoit_wolf
+
+from firewall.errors import UserError
+
+
+@dataclass(frozen=True)
+class ClassGaussians:
+    means: np.ndarray  # [K, d]
+    precision: np.ndarray  # [d, d], the inverse of the shrunk shared covariance
+    shrinkage: float
+    samples: int
+    classes_without_samples: tuple[int, ...]
+
+    def save(self, path: Path) -> None:
+        with open(path, "wb") as handle:
+            np.savez(handle, means=self.means, precision=self.precision)
+
+    def to_json(self) -> dict:
+        return {"feature_dim": int(self.means.shape[1]), "ledoit_wolf_shrinkage": self.shrinkage,
+                "samples": self.samples, "classes_without_samples": list(self.classes_without_samples)}
+
+
+def fit_class_gaussians(features: np.ndarray, labels: np.ndarray, num_classes: int) -> ClassGaussians:
+    """Class means and the shrunk shared precision of `features` [N, d] with true `labels`.
+
+    A class with no clean sample gets the mean of all features: its inputs are then
+    judged against the clean data as a whole rather than not at all.
+    """
+    features = np.asarray(features, np.float64).reshape(len(features), -1)
+    if not np.isfinite(features).all():
+        raise UserError("M's penultimate features on the clean set are not finite: check the clean data")
+    overall = features.mean(axis=0)
+    present = np.unique(labels)
+    means = np.stack([features[labels == k].mean(axis=0) if k in present else overall for k in range(num_classes)])
+    covariance, shrinkage = ledoit_wolf(features - means[labels], assume_centered=True)
+    precision = np.linalg.pinv(covariance, hermitian=True)
+    missing = tuple(int(k) for k in range(num_classes) if k not in present)
+    return ClassGaussians(means.astype(np.float32), precision.astype(np.float32), float(shrinkage),
+                          len(features), missing)
