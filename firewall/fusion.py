@@ -52,6 +52,7 @@ DEFAULT_EXPOSED_WEIGHT = 0.5
 # (0.9943 and 0.9940; worst 0.966 and 0.972): docs/METHODS.md, "The Mahalanobis
 # rule". `offline calibrate --mahalanobis-weight`.
 DEFAULT_MAHALANOBIS_WEIGHT = 0.5
+DEFAULT_WEIGHTS = {"exposed": DEFAULT_EXPOSED_WEIGHT, "mahalanobis": DEFAULT_MAHALANOBIS_WEIGHT}
 
 
 @dataclass(frozen=True)

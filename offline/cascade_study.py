@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from firewall.artifacts import load_artifacts
-from firewall.fusion import Fusion
+from firewall.fusion import DEFAULT_WEIGHTS, Fusion
 from firewall.scoring import FIRST_STAGE_RULES, SERVING_RULES, ScoringEngine
 from firewall.thresholds import fit_threshold
 from offline.metrics import auroc, rate_above, tpr_at_fpr
@@ -37,7 +37,7 @@ def study(case: Path) -> list[dict]:
     backdoor = {rule: values[hit] for rule, values in backdoor.items()}
     rows = []
     for band in BANDS:
-        fusion = Fusion.fit(calib, SERVING_RULES, band, len(FIRST_STAGE_RULES))
+        fusion = Fusion.fit(calib, SERVING_RULES, band, len(FIRST_STAGE_RULES), DEFAULT_WEIGHTS)
         threshold = fit_threshold(fusion.fuse(calib), TARGET_FPR).threshold
         c, b = fusion.fuse(clean), fusion.fuse(backdoor)
         rows.append({"case": case.name, "band": band, "auroc": auroc(c, b), "tpr_at_1": tpr_at_fpr(c, b, TARGET_FPR),

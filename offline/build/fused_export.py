@@ -1,7 +1,8 @@
 """The fused scoring graphs: the first-stage rules' classifiers and arithmetic in one ONNX run.
 
-Serving every request through four separate sessions pays four session overheads
-and four copies of the input; one graph with a shared input pays one. The graph
+Serving every request through separate sessions pays a session overhead and a copy
+of the input for each (and M's layers twice: for its prediction and for its features);
+one graph with a shared input pays once. The graph
 scores every class for each rule, `[N, K]` ("how suspicious if M predicted k"): the
 BaDExpert rule from B and M', the exposed rule from E's logit margins, the Mahalanobis
 rule from M's penultimate features and the clean class Gaussians, which the graph
