@@ -14,11 +14,11 @@ which is what the tail probabilities are read from.
 
 The first `first_stage` rules are the cheap ones (BaDExpert, the exposed model's
 margin, the Mahalanobis distance of M's features: one fused graph of small forward
-passes). The others (exposed STRIP: dozens of
-superimposed copies) are consulted only for inputs the cheap rules put in an uncertain
-band, at or above `band_low`; below it the fused score is the cheap rules' alone. That
-is the cascade: its cost is the band's share of clean traffic, and `offline evaluate`
-measures its detection with exactly this arithmetic.
+passes). The others (exposed STRIP: dozens of superimposed copies) are consulted only
+for inputs the cheap rules put in an uncertain band, at or above `band_low`; below it
+the fused score is the cheap rules' alone. That is the cascade: its cost is the band's
+share of clean traffic, and `offline evaluate` measures its detection with exactly
+this arithmetic.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ from firewall.rules.strip import ExposedEntropyRule, ExposedStripRule, StripOrig
 
 RULES: dict[str, type[Rule]] = {
     rule.name: rule
-    for rule in (BadExpertRule, ExposedRule, MahalanobisRule, ExposedStripRule, StripOriginalRule, ScaleUpRule, ExposedEntropyRule)
+    for rule in (BadExpertRule, ExposedRule, MahalanobisRule, ExposedStripRule, StripOriginalRule, ScaleUpRule,
+                 ExposedEntropyRule)
 }
 
-__all__ = ["RULES", "Batch", "Rule", "BadExpertRule", "ExposedRule", "MahalanobisRule", "ExposedStripRule", "StripOriginalRule",
-           "ScaleUpRule", "ExposedEntropyRule"]
+__all__ = ["RULES", "Batch", "Rule", "BadExpertRule", "ExposedRule", "MahalanobisRule", "ExposedStripRule",
+           "StripOriginalRule", "ScaleUpRule", "ExposedEntropyRule"]

@@ -6,8 +6,8 @@ few hundred clean inputs cannot estimate a covariance per class in a space of 64
 is near singular when the features outnumber a class's inputs). The Ledoit-Wolf
 estimate shrinks it toward a scaled identity by the amount that minimises its expected
 error, computed from the same clean data, so there is no knob to tune (measured on
-the 29 attack cells of docs/RESULTS.md: shrinkage 0.03-0.07, and fixed shrinkages of
-0.01, 0.1 and 0.3 gave the fused verdict the same mean AUROC within 0.002).
+the 29 attack cells of session 6's matrix: shrinkage 0.03-0.07, and fixed shrinkages
+of 0.01, 0.1 and 0.3 gave the fused verdict the same mean AUROC within 0.002).
 """
 
 from __future__ import annotations
