@@ -7,11 +7,11 @@ fusion of the serving rules, gets one fitted on the fused clean scores.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from firewall.artifacts import THRESHOLDS, load_artifacts
-from firewall.fusion import DEFAULT_CASCADE_BAND, DEFAULT_EXPOSED_WEIGHT, DEFAULT_MAHALANOBIS_WEIGHT, Fusion
+from firewall.fusion import DEFAULT_CASCADE_BAND, DEFAULT_WEIGHTS, Fusion
 from firewall.scoring import BASELINE_RULES, FIRST_STAGE_RULES, SERVING_RULES, ScoringEngine
 from firewall.thresholds import Thresholds
 from offline.data.tensorsets import load_tensor_set
@@ -25,8 +25,7 @@ class CalibrateConfig:
     clean_data: Path
     target_fpr: float = 0.01
     cascade_band: float = DEFAULT_CASCADE_BAND
-    exposed_weight: float = DEFAULT_EXPOSED_WEIGHT
-    mahalanobis_weight: float = DEFAULT_MAHALANOBIS_WEIGHT
+    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))  # rule -> evidence weight
 
 
 def run_calibrate(config: CalibrateConfig) -> Thresholds:
@@ -40,7 +39,7 @@ def run_calibrate(config: CalibrateConfig) -> Thresholds:
     engine = ScoringEngine(artifacts, rules=ALL_RULES)
     _, scores = engine.score(clean.x)
     fusion = Fusion.fit(scores, SERVING_RULES, config.cascade_band, len(FIRST_STAGE_RULES),
-                        weights={"exposed": config.exposed_weight, "mahalanobis": config.mahalanobis_weight})
+                        weights=config.weights)
     thresholds = Thresholds.fit(scores, config.target_fpr, fusion)
     thresholds.save(artifacts.path(THRESHOLDS))
     return thresholds

@@ -127,8 +127,9 @@ def run(args: argparse.Namespace) -> None:
         from offline.calibrate import CalibrateConfig, run_calibrate
 
         thresholds = run_calibrate(CalibrateConfig(args.artifacts, args.clean_data, args.target_fpr,
-                                                   args.cascade_band, args.exposed_weight,
-                                                   args.mahalanobis_weight))
+                                                   args.cascade_band,
+                                                   {"exposed": args.exposed_weight,
+                                                    "mahalanobis": args.mahalanobis_weight}))
         for rule, t in thresholds.rules.items():
             print(f"{rule:<22} threshold {t.threshold:+.6g}  FPR on {t.n} clean: {t.fpr:.2%}")
     elif args.command == "bench":

@@ -30,7 +30,6 @@ from firewall.rules.exposed import margin_by_class
 from firewall.rules.mahalanobis import mahalanobis_by_class
 from offline.build.class_gaussians import ClassGaussians
 from offline.build.onnx_export import INPUT_NAME, export_onnx
-from offline.build.trunk_split import TrunkSplit
 
 # The rule divides by probabilities that can be 1e-6: float32 rounding of b or a moves
 # such a score by parts in 1e4 (measured 1.6e-4 on shapes/blend). A wrong graph is off
@@ -109,19 +108,20 @@ class PredictingScorer(nn.Module):
         return self.classifier(features).argmax(dim=1), *self.scorer.scores(h, features)
 
 
-def export_fused(models: dict[str, nn.Module], penultimate: TrunkSplit, gaussians: ClassGaussians,
+def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians: ClassGaussians,
                  example: torch.Tensor, out: Path, check_x: np.ndarray, trunk: nn.Module | None = None) -> dict:
     """Write both fused graphs and check them against the numpy rules on real inputs.
 
     `models` are the whole networks by role; with a shared `trunk` they are
     `Composed(trunk, head)`, and the graphs run the trunk once and then the heads.
-    `penultimate` is M (or, with a shared trunk, M's head) cut before its classifier.
+    `models["features"]` is M up to its penultimate layer and `classifier` the rest of M,
+    which the graph with the prediction runs on those features.
     """
     parts = {role: model.head for role, model in models.items()} if trunk is not None else models
-    scorer = FirstStageScorer(parts["expert"], parts["auxiliary"], parts["exposed"], penultimate.trunk,
+    scorer = FirstStageScorer(parts["expert"], parts["auxiliary"], parts["exposed"], parts["features"],
                               gaussians, trunk)
     scores = list(BY_CLASS_OUTPUTS.values())
-    graphs = {"fused": (PredictingScorer(penultimate.head, scorer), [PREDICTION_OUTPUT, *scores]),
+    graphs = {"fused": (PredictingScorer(classifier, scorer), [PREDICTION_OUTPUT, *scores]),
               "fused_without_original": (scorer, scores)}
     for role, (module, outputs) in graphs.items():
         export_onnx(module, example, out / FUSED_FILES[role], output_names=outputs)

@@ -138,7 +138,7 @@ def run_build(config: BuildConfig) -> dict:
             if role in TORCH_FILES:
                 (scratch / TORCH_FILES[role]).parent.mkdir(exist_ok=True)
                 save_pt2(module, example, scratch / TORCH_FILES[role])
-        onnx_check.update(export_fused(models, penultimate, gaussians, example, scratch, heldout.x[:64],
+        onnx_check.update(export_fused(models, penultimate.head, gaussians, example, scratch, heldout.x[:64],
                                        split.trunk if split else None))
         bank_rows = rng.choice(len(clean), size=min(config.strip_bank_size, len(clean)), replace=False)
         np.save(scratch / STRIP_BANK, clean.x[bank_rows].astype(np.float32), allow_pickle=False)
