@@ -31,11 +31,14 @@ class CalibrateConfig:
 def run_calibrate(config: CalibrateConfig) -> Thresholds:
     artifacts = load_artifacts(config.artifacts)
     manifest = artifacts.manifest
-    if Path(manifest.raw["build"]["clean_data"]).resolve() == Path(config.clean_data).resolve():
-        print(f"warning: {config.clean_data} is the clean set the artifacts were built from; the models and class "
-              "Gaussians were fitted to it, so thresholds taken on it reject more than the target FPR on new "
-              "inputs. Calibrate on clean data the build did not see.", file=sys.stderr)
     clean = load_tensor_set(config.clean_data, num_classes=manifest.num_classes, input_shape=manifest.input_shape)
+    seen = set(manifest.raw["build"].get("clean_row_digests", ()))
+    reused = sum(digest in seen for digest in clean.row_digests())
+    if reused:
+        print(f"warning: {reused} of the {len(clean)} inputs in {config.clean_data} are in the clean set the "
+              "artifacts were built from; the models and class Gaussians were fitted to them, so thresholds taken "
+              "on them reject more than the target FPR on new inputs. Calibrate on clean data the build did not "
+              "see.", file=sys.stderr)
     engine = ScoringEngine(artifacts, rules=ALL_RULES)
     _, scores = engine.score(clean.x)
     fusion = Fusion.fit(scores, SERVING_RULES, config.cascade_band, len(FIRST_STAGE_RULES),

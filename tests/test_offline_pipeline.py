@@ -11,6 +11,7 @@ import onnxruntime as ort
 
 from firewall.artifacts import MODEL_FILES, load_artifacts
 from offline.cli import main as offline
+from offline.data.tensorsets import TensorSet, load_tensor_set
 
 
 def test_poison_writes_the_files_design_lists(tiny_case: Path):
@@ -81,14 +82,19 @@ def test_calibration_meets_the_target_on_the_calibration_set(tiny_artifacts: Pat
         assert entry["fpr"] <= 0.01 and entry["n"] > 100
 
 
-def test_calibrating_on_the_build_clean_set_warns(tiny_case: Path, tiny_artifacts: Path, tmp_path: Path, capsys):
-    """Every fitted part has seen the build's clean inputs; thresholds taken there would be too low."""
+def test_calibrating_on_inputs_the_build_saw_warns_with_their_count(tiny_case: Path, tiny_artifacts: Path,
+                                                                     tmp_path: Path, capsys):
+    """Every fitted part has seen the build's clean inputs; thresholds taken there would be too low.
+    The inputs are recognised by content, so a copy or a mixture with new inputs is caught too."""
     copy = tmp_path / "artifacts"
     shutil.copytree(tiny_artifacts, copy)
     assert offline(["calibrate", "--artifacts", str(copy), "--clean-data", str(tiny_case / "calib.npz")]) == 0
     assert "warning" not in capsys.readouterr().err
-    assert offline(["calibrate", "--artifacts", str(copy), "--clean-data", str(tiny_case / "clean.npz")]) == 0
-    assert "the clean set the artifacts were built from" in capsys.readouterr().err
+    built_from, calib = load_tensor_set(tiny_case / "clean.npz"), load_tensor_set(tiny_case / "calib.npz")
+    mixed = TensorSet(np.concatenate([calib.x, built_from.x[:7]]), np.concatenate([calib.y, built_from.y[:7]]))
+    mixed.save(tmp_path / "mixed.npz")
+    assert offline(["calibrate", "--artifacts", str(copy), "--clean-data", str(tmp_path / "mixed.npz")]) == 0
+    assert f"warning: 7 of the {len(mixed)} inputs" in capsys.readouterr().err
 
 
 def test_evaluate_writes_the_json_contract_and_plots(tiny_case: Path, tiny_artifacts: Path, tmp_path: Path):

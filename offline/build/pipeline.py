@@ -159,7 +159,8 @@ def run_build(config: BuildConfig) -> dict:
             "build": {"clean_data": str(config.clean_data), "clean_samples": len(clean),
                       "heldout_samples": len(heldout), "auxiliary_method": config.auxiliary,
                       "strip_bank_size": len(bank_rows), "seed": config.seed,
-                      "shared_trunk": ({"head_share": config.shared_trunk, **split.to_json()} if split else None)},
+                      "shared_trunk": ({"head_share": config.shared_trunk, **split.to_json()} if split else None),
+                      "clean_row_digests": clean.row_digests()},
             "models": {
                 "original": {"heldout_clean_accuracy": original_acc},
                 "expert": expert_report.to_json(),

@@ -3,6 +3,7 @@ and for a triggered set `target` int64 [N]. Loaded without pickle, validated up 
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,12 @@ class TensorSet:
     def subset(self, index: np.ndarray) -> "TensorSet":
         target = None if self.target is None else self.target[index]
         return TensorSet(self.x[index], self.y[index], target)
+
+    def row_digests(self) -> list[str]:
+        """A short digest of each input's float32 bytes, so that a later step can tell which
+        of its inputs a build has already seen, whatever file or format they came in."""
+        rows = np.ascontiguousarray(self.x, np.float32).reshape(len(self.x), -1)
+        return [hashlib.blake2b(row.tobytes(), digest_size=8).hexdigest() for row in rows]
 
     def save(self, path: Path) -> None:
         arrays = {"x": self.x.astype(np.float32), "y": self.y.astype(np.int64)}
