@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> None:
         from offline.bench import QUICK, BenchConfig, run_bench
         from offline.data.splits import DATASETS
         from offline.models import ARCHITECTURES
-        from offline.results_table import render, write_results
+        from offline.results_table import load_cells, render, write_results
 
         unknown = [a for a in args.attacks if a not in ATTACKS] + \
                   [a for a in args.archs if a not in ARCHITECTURES] + [d for d in args.datasets if d not in DATASETS]
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> None:
         run_bench(BenchConfig(out=args.out, datasets=tuple(grid["datasets"]), archs=tuple(grid["archs"]),
                               attacks=tuple(grid["attacks"]), seeds=tuple(grid["seeds"]), quick=args.quick,
                               force=args.force, rebuild=args.rebuild, width=args.width, epochs=args.epochs))
-        print(write_results(args.out, args.markdown) if args.markdown else render(args.out))
+        print(write_results(args.out, args.markdown) if args.markdown else render(load_cells(args.out)))
     elif args.command == "evaluate":
         from offline.evaluate import EvaluateConfig, format_table, run_evaluate
 

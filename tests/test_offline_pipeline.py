@@ -154,7 +154,7 @@ def test_bench_names_cells_poisoned_at_other_settings_after_those_settings():
 
 
 def test_results_table_keeps_cells_poisoned_at_different_settings_in_separate_sections(tmp_path: Path):
-    from offline.results_table import render
+    from offline.results_table import load_cells, render
 
     def cell(name: str, width: int, epochs: int, auroc: float) -> None:
         case = tmp_path / name
@@ -167,7 +167,7 @@ def test_results_table_keeps_cells_poisoned_at_different_settings_in_separate_se
     cell("shapes-all2all-vgg", 8, 20, 0.87)
     cell("shapes-all2all-vgg-w16e40", 16, 40, 0.99)
     cell("shapes-all2all-vgg-w16e40-s1", 16, 40, 0.97)
-    text = render(tmp_path)
+    text = render(load_cells(tmp_path))
     small, full = text.split("## shapes, vgg, width 8, 20 epochs (1 seed)")[1].split(
         "## shapes, vgg, width 16, 40 epochs (2 seeds)")
     assert "0.8700" in small and "0.9800 ± 0.0100" in full
