@@ -119,26 +119,35 @@ class Fusion:
         every clean score."""
         return _weighted_sum(self.clean, self.weights, (rule,), {rule: scores})
 
-    def _fuse_first(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+    def first_stage_evidence(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        """The first-stage rules' fused evidence: the whole verdict outside the band."""
         return _weighted_sum(self.clean, self.weights, self.first, scores)
 
-    def needs_later(self, scores: dict[str, np.ndarray]) -> np.ndarray:
-        """Which inputs the later (costly) rules must score, from the first-stage rules'
-        scores: those in the uncertain band."""
+    def in_band(self, first_evidence: np.ndarray) -> np.ndarray:
+        """Which inputs the later (costly) rules must score: those whose first-stage
+        evidence lies in the uncertain band."""
         if not self.band_open:
-            return np.zeros(len(scores[self.first[0]]), bool)
-        return self._fuse_first(scores) >= self.band_low
+            return np.zeros(len(first_evidence), bool)
+        return first_evidence >= self.band_low
 
-    def fuse(self, scores: dict[str, np.ndarray]) -> np.ndarray:
-        """The fused score. Later rules are read only where `needs_later` holds, so they
-        may hold anything (NaN, say) for the inputs the cascade skipped; with the band
-        shut (the default) they are not read at all."""
-        fused = self._fuse_first(scores)
-        band = fused >= self.band_low
+    def needs_later(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        return self.in_band(self.first_stage_evidence(scores))
+
+    def complete(self, first_evidence: np.ndarray, scores: dict[str, np.ndarray]) -> np.ndarray:
+        """The fused score from the first stage's evidence and the later rules' scores.
+        Later rules are read only inside the band, so they may hold anything (NaN, say)
+        for the inputs the cascade skipped; with the band shut (the default) they need
+        not be present at all."""
+        band = self.in_band(first_evidence)
+        fused = first_evidence
         for rule in self.reachable_later:
             later = self.evidence(rule, np.where(band, scores[rule], -np.inf))
             fused = np.where(band, fused + later, fused)
         return fused
+
+    def fuse(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        """The fused score of inputs every rule has scored (or every rule the band reaches)."""
+        return self.complete(self.first_stage_evidence(scores), scores)
 
     def weight_of_each_rule(self) -> dict[str, float]:
         return {rule: self.weights.get(rule, 1.0) for rule in self.rules}

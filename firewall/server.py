@@ -112,17 +112,18 @@ class Firewall:
         else:
             yhat = first[PREDICTION_OUTPUT]
         scores = {rule: prob_of(first[rule], yhat) for rule in self.fusion.first}
-        band = self.fusion.needs_later(scores)
-        for rule in self.fusion.later:
+        first_evidence = self.fusion.first_stage_evidence(scores)
+        band = self.fusion.in_band(first_evidence)
+        for rule in self.fusion.reachable_later:
             scores[rule] = np.full(len(x), np.nan)
         if band.any():
             started = time.perf_counter()
             _, later = await asyncio.get_running_loop().run_in_executor(
-                self.later_executor, self.engine.score, x[band], yhat[band], self.fusion.later)
+                self.later_executor, self.engine.score, x[band], yhat[band], self.fusion.reachable_later)
             self.metrics.scoring_duration.labels(self.model).observe(time.perf_counter() - started)
             for rule, values in later.items():
                 scores[rule][band] = values
-        scores[FIREWALL] = self.fusion.fuse(scores)
+        scores[FIREWALL] = self.fusion.complete(first_evidence, scores)
         return scores
 
     def _record(self, scores: dict[str, np.ndarray]) -> None:

@@ -72,6 +72,15 @@ def test_the_cascade_reads_later_rules_only_inside_its_band():
     assert np.array_equal(fusion.fuse(skipped), fusion.fuse(scores))
 
 
+def test_with_the_band_shut_the_later_rules_need_not_have_run_at_all():
+    scores = clean_scores()
+    fusion = Fusion.fit(scores, ("badexpert", "strip"), 0.0)
+    first_only = {"badexpert": scores["badexpert"]}
+    first = fusion.first_stage_evidence(first_only)
+    assert not fusion.in_band(first).any()
+    assert np.array_equal(fusion.complete(first, first_only), fusion.fuse(scores))
+
+
 def test_a_trigger_caught_only_by_the_later_rule_is_caught_inside_the_band():
     scores = clean_scores()
     fusion = Fusion.fit(scores, ("badexpert", "strip"), 0.1)
