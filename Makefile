@@ -59,7 +59,7 @@ bench-serving: venv
 
 # Regenerates docs/CASCADE.md from the cases `make results` left in runs/.
 cascade-study: venv
-	$(PY) -m offline.cascade_study $(RUNS)/*-resnet $(RUNS)/*-vgg > docs/CASCADE.md
+	$(PY) -m offline.cascade_study $(RUNS)/*-resnet $(RUNS)/*-vgg $(RUNS)/*-vgg-w16e40 > docs/CASCADE.md
 
 # Regenerates firewall/protocol/ from protos/ (a test fails when they drift apart).
 protos: venv
