@@ -125,6 +125,7 @@ def backdoor_expert(model: nn.Module, train: TensorSet, heldout: TensorSet, num_
     A run is abandoned once it has moved further than the best finished one.
     """
     best: tuple[nn.Module, StageReport, float] | None = None
+    closest: tuple[nn.Module, StageReport, float] | None = None  # kept in case no rate collapses
     search = []
     for lr in lrs:
         expert, report, change = _expert_at(model, train, heldout, num_classes, lr, target_accuracy, max_steps,
@@ -134,11 +135,9 @@ def backdoor_expert(model: nn.Module, train: TensorSet, heldout: TensorSet, num_
                        "heldout_clean_accuracy": report.heldout_clean_accuracy, "weight_change": change})
         if report.stopped_by == "criterion" and (best is None or change < best[2]):
             best = (expert, report, change)
-    if best is None:  # nothing collapsed: keep the run that came closest
-        lr = min(search, key=lambda r: r["heldout_clean_accuracy"])["lr"]
-        expert, report, change = _expert_at(model, train, heldout, num_classes, lr, target_accuracy, max_steps,
-                                            check_every, batch_size, seed, give_up_above=float("inf"))
-        best = (expert, report, change)
+        if best is None and (closest is None or report.heldout_clean_accuracy < closest[1].heldout_clean_accuracy):
+            closest = (expert, report, change)
+    best = best or closest
     expert, report, _ = best
     report.selection = {"criterion": "smallest weight change among the rates that collapse held-out accuracy",
                         "search": search}
