@@ -29,11 +29,11 @@ import numpy as np
 
 from firewall.errors import UserError
 
-# By default exposed STRIP does not run. Before the exposed margin joined the first
-# stage, a 5% band raised the mean TPR at the calibrated threshold only from 0.593 to
-# 0.615 over 13 cases, with mixed signs (docs/CASCADE.md), which did not pay for 64
-# forward passes on 5% of clean traffic (docs/PERFORMANCE.md). `offline calibrate
-# --cascade-band` opens the band.
+# By default exposed STRIP does not run. Over the 21 attack cells of docs/CASCADE.md a
+# band lowers the verdict's mean AUROC (0.9871 at band 0, 0.9865 at 0.1, 0.9816 at 1)
+# and its TPR at 1% FPR (0.786, 0.766, 0.747): STRIP helps where the first stage is
+# weakest and hurts where E is blind, and costs 64 forward passes on the band's share
+# of clean traffic (docs/PERFORMANCE.md). `offline calibrate --cascade-band` opens it.
 DEFAULT_CASCADE_BAND = 0.0
 
 # The exposed margin's evidence counts half of BaDExpert's. E is blind where clean
