@@ -131,6 +131,7 @@ class Fusion:
         return first_evidence >= self.band_low
 
     def needs_later(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        """`in_band` from the first-stage rules' scores, for callers that hold only those."""
         return self.in_band(self.first_stage_evidence(scores))
 
     def complete(self, first_evidence: np.ndarray, scores: dict[str, np.ndarray]) -> np.ndarray:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from firewall.errors import UserError
 from firewall.rules.mahalanobis import mahalanobis_by_class
 from offline.build.class_gaussians import fit_class_gaussians
 from offline.build.trunk_split import split_before_classifier
@@ -55,7 +56,5 @@ def test_a_class_without_clean_samples_is_judged_against_all_clean_data():
 
 
 def test_non_finite_features_are_refused():
-    from firewall.errors import UserError
-
     with pytest.raises(UserError, match="not finite"):
         fit_class_gaussians(np.full((10, 3), np.nan), np.zeros(10, int), num_classes=2)
