@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,11 @@ MODEL_FILES = {
     "auxiliary": "auxiliary.onnx",
     "exposed": "exposed.onnx",
     "features": "features.onnx",  # M up to its penultimate layer
+    "auxiliary_tsbd": "auxiliary_tsbd.onnx",  # TSBD's M' beside the fine-tuned one (`--auxiliary both`)
 }
+# Models only some builds have, and the first-stage rule that reads each: a build with
+# both auxiliaries scores BaDExpert's rule once with each M'.
+OPTIONAL_MODELS = {"auxiliary_tsbd": "badexpert_tsbd"}
 # The first-stage rules as one graph each (offline/build/fused_export.py): with M's
 # prediction inside, and without M for when the prediction comes from the upstream.
 FUSED_FILES = {
@@ -39,12 +44,19 @@ FUSED_FILES = {
 }
 PREDICTION_OUTPUT = "prediction"
 # The fused graphs' per-class score outputs, by the rule that reads them.
-BY_CLASS_OUTPUTS = {"badexpert": "badexpert_by_class", "exposed": "exposed_by_class",
-                    "mahalanobis": "mahalanobis_by_class"}
-# The four classifiers as torch.export programs, for the eager-PyTorch engine benchmark
+BY_CLASS_OUTPUTS = {"badexpert": "badexpert_by_class", "badexpert_tsbd": "badexpert_tsbd_by_class",
+                    "exposed": "exposed_by_class", "mahalanobis": "mahalanobis_by_class"}
+# The classifiers as torch.export programs, for the eager-PyTorch engine benchmark
 # (which cuts M's features from M itself). Listed and hashed like every file; the
 # sidecar never opens them.
-TORCH_FILES = {role: f"torch/{role}.pt2" for role in ("original", "expert", "auxiliary", "exposed")}
+TORCH_FILES = {role: f"torch/{role}.pt2"
+               for role in ("original", "expert", "auxiliary", "exposed", "auxiliary_tsbd")}
+
+
+def first_stage_rules_of(roles: Iterable[str]) -> tuple[str, ...]:
+    """The first-stage rules a build with these models computes, in BY_CLASS_OUTPUTS' order."""
+    absent = {rule for role, rule in OPTIONAL_MODELS.items() if role not in set(roles)}
+    return tuple(rule for rule in BY_CLASS_OUTPUTS if rule not in absent)
 
 
 def sha256_file(path: Path) -> str:
@@ -129,6 +141,14 @@ class Artifacts:
     def model_path(self, role: str) -> Path:
         return self.root / {**MODEL_FILES, **FUSED_FILES}[role]
 
+    def has_model(self, role: str) -> bool:
+        return MODEL_FILES[role] in self.manifest.files
+
+    @property
+    def first_stage_rules(self) -> tuple[str, ...]:
+        """The rules this set's fused graphs compute."""
+        return first_stage_rules_of([role for role in MODEL_FILES if self.has_model(role)])
+
     def strip_bank(self) -> np.ndarray:
         # allow_pickle=False: the bank is data, never code.
         return np.load(self.path(STRIP_BANK), allow_pickle=False)
@@ -150,7 +170,8 @@ def load_artifacts(root: str | Path) -> Artifacts:
     except (OSError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{manifest_path} is not valid JSON ({exc}): rebuild the artifacts") from exc
     manifest = Manifest.from_json(data)
-    required = set(MODEL_FILES.values()) | set(FUSED_FILES.values()) | {STRIP_BANK, CLASS_GAUSSIANS}
+    required = ({f for role, f in MODEL_FILES.items() if role not in OPTIONAL_MODELS} | set(FUSED_FILES.values())
+                | {STRIP_BANK, CLASS_GAUSSIANS})
     missing_entries = required - set(manifest.files)
     if missing_entries:
         raise ArtifactError(f"manifest.json lists no sha256 for {sorted(missing_entries)}: rebuild the artifacts")

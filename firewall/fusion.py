@@ -54,6 +54,17 @@ DEFAULT_EXPOSED_WEIGHT = 0.5
 DEFAULT_MAHALANOBIS_WEIGHT = 0.5
 DEFAULT_WEIGHTS = {"exposed": DEFAULT_EXPOSED_WEIGHT, "mahalanobis": DEFAULT_MAHALANOBIS_WEIGHT}
 
+# A build with both auxiliaries scores BaDExpert's rule once with each M'; the two
+# split BaDExpert's weight, so that together they count what one does
+# (docs/METHODS.md, "Two auxiliaries").
+BADEXPERT_RULES = ("badexpert", "badexpert_tsbd")
+
+
+def default_weights(rules: tuple[str, ...]) -> dict[str, float]:
+    """DEFAULT_WEIGHTS, and BaDExpert's weight of 1 shared among its rules in `rules`."""
+    experts = [rule for rule in rules if rule in BADEXPERT_RULES]
+    return {**DEFAULT_WEIGHTS, **{rule: 1.0 / len(experts) for rule in experts}}
+
 
 @dataclass(frozen=True)
 class Fusion:

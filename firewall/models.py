@@ -69,8 +69,8 @@ class ModelSet:
 
     def session(self, role: str) -> ort.InferenceSession:
         if role not in self.sessions:
-            if role not in (*MODEL_FILES, *FUSED_FILES):
-                raise KeyError(f"no model '{role}' in an artifacts set")
+            if role not in FUSED_FILES and not (role in MODEL_FILES and self._artifacts.has_model(role)):
+                raise KeyError(f"no model '{role}' in this artifacts set")
             with self._opening:
                 if role not in self.sessions:
                     opened = ort.InferenceSession(str(self._artifacts.model_path(role)), self._options,
@@ -91,7 +91,7 @@ class ModelSet:
 
         Without `predict` the graph without M runs: the prediction comes from elsewhere."""
         outputs = self.run("fused" if predict else "fused_without_original", x)
-        by_class = {rule: outputs[name] for rule, name in BY_CLASS_OUTPUTS.items()}
+        by_class = {rule: outputs[name] for rule, name in BY_CLASS_OUTPUTS.items() if name in outputs}
         return (outputs[PREDICTION_OUTPUT].astype(np.int64) if predict else None), by_class
 
     def logits(self, role: str, x: np.ndarray) -> np.ndarray:

@@ -13,32 +13,38 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from firewall.artifacts import BY_CLASS_OUTPUTS, PREDICTION_OUTPUT, Artifacts
+from firewall.artifacts import PREDICTION_OUTPUT, Artifacts
 from firewall.errors import UserError
 from firewall.models import ModelSet, SessionTuning
 from firewall.rules import RULES, Batch
 
 FIREWALL = "firewall"
-# The rules the sidecar serves, cheap first: the first-stage rules are those the fused
-# graph computes, in one run for every request; the rest run only in the cascade's band.
-FIRST_STAGE_RULES = tuple(BY_CLASS_OUTPUTS)
-SERVING_RULES = (*FIRST_STAGE_RULES, "strip")
+# The rules the sidecar serves, cheap first: the first-stage rules are those the
+# artifacts' fused graph computes (`Artifacts.first_stage_rules`), in one run for every
+# request; the later ones run only in the cascade's band.
+LATER_RULES = ("strip",)
 BASELINE_RULES = ("strip_original", "scaleup", "strip_exposed_entropy")
+
+
+def serving_rules(artifacts: Artifacts) -> tuple[str, ...]:
+    return (*artifacts.first_stage_rules, *LATER_RULES)
 
 
 class ScoringEngine:
     def __init__(
         self,
         artifacts: Artifacts,
-        rules: Sequence[str] = SERVING_RULES,
+        rules: Sequence[str] | None = None,  # default: the artifacts' serving rules
         providers: list[str] | None = None,
         chunk_size: int = 128,
         tuning: SessionTuning = SessionTuning(),
     ):
+        rules = serving_rules(artifacts) if rules is None else rules
         unknown = [r for r in rules if r not in RULES]
         if unknown:
             raise UserError(f"unknown rule(s) {unknown}; known rules: {sorted(RULES)}")
         self.manifest = artifacts.manifest
+        self.first_stage_rules = artifacts.first_stage_rules
         self.models = ModelSet(artifacts, providers=providers, tuning=tuning)
         self.bank = artifacts.strip_bank().astype(np.float32)
         self.rules = {name: RULES[name]() for name in rules}

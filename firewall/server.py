@@ -21,7 +21,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from firewall.artifacts import PREDICTION_OUTPUT, THRESHOLDS, load_artifacts
+from firewall.artifacts import PREDICTION_OUTPUT, THRESHOLDS, Artifacts, load_artifacts
 from firewall.audit import AuditLog
 from firewall.batcher import MicroBatcher
 from firewall.config import ServeConfig
@@ -32,7 +32,7 @@ from firewall.models import SessionTuning
 from firewall.probabilities import prob_of
 from firewall.protocol import grpc_predict_v2_pb2 as pb
 from firewall.rules import RULES
-from firewall.scoring import FIREWALL, FIRST_STAGE_RULES, ScoringEngine
+from firewall.scoring import FIREWALL, ScoringEngine
 from firewall.tensors import InvalidInput, decode_input
 from firewall.thresholds import Thresholds
 from firewall.upstream_prediction import prediction_from_response
@@ -48,13 +48,14 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-def _serving_fusion(thresholds: Thresholds) -> Fusion:
-    """The calibrated fusion, checked to start with rules the fused graph computes."""
+def _serving_fusion(thresholds: Thresholds, artifacts: Artifacts) -> Fusion:
+    """The calibrated fusion, checked to start with rules the artifacts' fused graph computes."""
     fusion = thresholds.fusion
-    if (fusion is None or any(rule not in FIRST_STAGE_RULES for rule in fusion.first)
+    first_stage = artifacts.first_stage_rules
+    if (fusion is None or any(rule not in first_stage for rule in fusion.first)
             or any(rule not in RULES for rule in fusion.later)):
         raise ArtifactError("thresholds.json holds no fusion this firewall can serve (its first stage must be "
-                            f"among {list(FIRST_STAGE_RULES)}): run `offline calibrate` again")
+                            f"among {list(first_stage)}): run `offline calibrate` again")
     return fusion
 
 
@@ -64,7 +65,7 @@ class Firewall:
         artifacts = load_artifacts(config.artifacts)
         self.manifest = artifacts.manifest
         self.thresholds = Thresholds.load(artifacts.path(THRESHOLDS))
-        self.fusion = _serving_fusion(self.thresholds)
+        self.fusion = _serving_fusion(self.thresholds, artifacts)
         tuning = SessionTuning(threads=config.threads, spinning=config.spinning)
         self.engine = ScoringEngine(artifacts, rules=self.fusion.rules, tuning=tuning)
         self.thresholds.require([*self.fusion.rules, FIREWALL])

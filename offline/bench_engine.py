@@ -29,12 +29,14 @@ import onnxruntime as ort
 import torch
 
 from firewall.artifacts import TORCH_FILES, load_artifacts
+from firewall.fusion import BADEXPERT_RULES
 from firewall.models import SessionTuning
 from firewall.probabilities import prob_of
+from firewall.rules import RULES
 from firewall.rules.badexpert import triangle_statistic
 from firewall.rules.exposed import margin_by_class
 from firewall.rules.mahalanobis import mahalanobis_by_class
-from firewall.scoring import FIRST_STAGE_RULES, ScoringEngine
+from firewall.scoring import ScoringEngine
 from offline.build.fused_export import MahalanobisByClass, badexpert_by_class, exposed_by_class
 from offline.build.trunk_split import split_before_classifier
 from offline.model_io import load_pt2
@@ -48,8 +50,10 @@ class EagerRules:
     """The serving rules written directly in PyTorch, run eagerly on the torch models."""
 
     def __init__(self, artifacts_dir: Path, bank: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...],
-                 gaussians: tuple[np.ndarray, np.ndarray]):
-        self.models = {role: load_pt2(artifacts_dir / path).module() for role, path in TORCH_FILES.items()}
+                 gaussians: tuple[np.ndarray, np.ndarray], auxiliaries: list[str]):
+        roles = ["original", "expert", "exposed", *auxiliaries]
+        self.models = {role: load_pt2(artifacts_dir / TORCH_FILES[role]).module() for role in roles}
+        self.auxiliaries = auxiliaries
         self.original = split_before_classifier(self.models["original"])
         self.mahalanobis = MahalanobisByClass(*gaussians)
         shape = (1, -1, 1, 1)
@@ -58,14 +62,15 @@ class EagerRules:
 
     @torch.inference_mode()
     def first_stage(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """M's prediction, and the BaDExpert, exposed-margin and Mahalanobis scores of it."""
+        """M's prediction, and the BaDExpert (with each auxiliary), exposed-margin and Mahalanobis
+        scores of it."""
         features = self.original.trunk(x)
         yhat = self.original.head(features).argmax(dim=1)
-        badexpert = badexpert_by_class(self.models["expert"](x).softmax(dim=1),
-                                       self.models["auxiliary"](x).softmax(dim=1))
+        b = self.models["expert"](x).softmax(dim=1)
+        badexpert = [badexpert_by_class(b, self.models[role](x).softmax(dim=1)) for role in self.auxiliaries]
         exposed = exposed_by_class(self.models["exposed"](x))
         mahalanobis = self.mahalanobis(features)
-        return yhat, *(scores.gather(1, yhat[:, None])[:, 0] for scores in (badexpert, exposed, mahalanobis))
+        return yhat, *(scores.gather(1, yhat[:, None])[:, 0] for scores in (*badexpert, exposed, mahalanobis))
 
     @torch.inference_mode()
     def strip(self, x: torch.Tensor, yhat: torch.Tensor) -> torch.Tensor:
@@ -91,31 +96,33 @@ def _median_seconds(call: Callable[[], object], seconds: float, max_calls: int =
 def run(case: Path, threads: int, seconds: float) -> dict:
     artifacts = load_artifacts(case / "artifacts")
     norm = artifacts.manifest.normalization
-    engine = ScoringEngine(artifacts, rules=(*FIRST_STAGE_RULES, "strip"), tuning=SessionTuning(threads=threads))
+    engine = ScoringEngine(artifacts, tuning=SessionTuning(threads=threads))  # the serving rules
+    first_stage = engine.first_stage_rules
+    auxiliaries = [RULES[rule].auxiliary for rule in first_stage if rule in BADEXPERT_RULES]
     torch.set_num_threads(threads)
     gaussians = artifacts.class_gaussians()
-    eager = EagerRules(artifacts.root, engine.bank, norm.mean, norm.std, gaussians)
+    eager = EagerRules(artifacts.root, engine.bank, norm.mean, norm.std, gaussians, auxiliaries)
     pool = np.load(case / "test_clean.npz")["x"]
     models = engine.models
 
     def separate_sessions(x: np.ndarray) -> tuple[np.ndarray, ...]:
         yhat = models.logits("original", x).argmax(axis=1)
-        badexpert = -triangle_statistic(prob_of(models.probs("expert", x), yhat),
-                                        prob_of(models.probs("auxiliary", x), yhat))
+        b = prob_of(models.probs("expert", x), yhat)
+        badexpert = [-triangle_statistic(b, prob_of(models.probs(role, x), yhat)) for role in auxiliaries]
         features = models.logits("features", x).reshape(len(x), -1)
-        return (badexpert, prob_of(margin_by_class(models.logits("exposed", x)), yhat),
+        return (*badexpert, prob_of(margin_by_class(models.logits("exposed", x)), yhat),
                 prob_of(mahalanobis_by_class(features, *gaussians), yhat))
 
     rows = []
     for batch in BATCHES:
         x = np.ascontiguousarray(pool[:batch], np.float32)
         tx = torch.from_numpy(x)
-        yhat = engine.score(x, rules=FIRST_STAGE_RULES)[0]
+        yhat = engine.score(x, rules=first_stage)[0]
         ty = torch.from_numpy(yhat)
         cells = {
             (FIRST_STAGE_ROW, EAGER): lambda: eager.first_stage(tx),
             (FIRST_STAGE_ROW, SEPARATE): lambda: separate_sessions(x),
-            (FIRST_STAGE_ROW, FUSED): lambda: engine.score(x, rules=FIRST_STAGE_RULES),
+            (FIRST_STAGE_ROW, FUSED): lambda: engine.score(x, rules=first_stage),
             ("strip", EAGER): lambda: eager.strip(tx, ty),
             ("strip", "onnxruntime"): lambda: engine.score(x, yhat=yhat, rules=("strip",)),
         }

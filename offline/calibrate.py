@@ -10,13 +10,16 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from firewall.artifacts import THRESHOLDS, load_artifacts
-from firewall.fusion import DEFAULT_CASCADE_BAND, DEFAULT_WEIGHTS, Fusion
-from firewall.scoring import BASELINE_RULES, FIRST_STAGE_RULES, SERVING_RULES, ScoringEngine
+from firewall.artifacts import THRESHOLDS, Artifacts, load_artifacts
+from firewall.fusion import DEFAULT_CASCADE_BAND, DEFAULT_WEIGHTS, Fusion, default_weights
+from firewall.scoring import BASELINE_RULES, ScoringEngine, serving_rules
 from firewall.thresholds import Thresholds
 from offline.data.tensorsets import load_tensor_set
 
-ALL_RULES = SERVING_RULES + BASELINE_RULES
+
+def every_rule(artifacts: Artifacts) -> tuple[str, ...]:
+    """The serving rules and the baselines: what calibrate and evaluate score."""
+    return (*serving_rules(artifacts), *BASELINE_RULES)
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,8 @@ class CalibrateConfig:
     clean_data: Path
     target_fpr: float = 0.01
     cascade_band: float = DEFAULT_CASCADE_BAND
-    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))  # rule -> evidence weight
+    # rule -> evidence weight, over default_weights (which also splits BaDExpert's between its auxiliaries)
+    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
 
 
 def run_calibrate(config: CalibrateConfig) -> Thresholds:
@@ -39,10 +43,11 @@ def run_calibrate(config: CalibrateConfig) -> Thresholds:
               "artifacts were built from; the models and class Gaussians were fitted to them, so thresholds taken "
               "on them reject more than the target FPR on new inputs. Calibrate on clean data the build did not "
               "see.", file=sys.stderr)
-    engine = ScoringEngine(artifacts, rules=ALL_RULES)
+    engine = ScoringEngine(artifacts, rules=every_rule(artifacts))
     _, scores = engine.score(clean.x)
-    fusion = Fusion.fit(scores, SERVING_RULES, config.cascade_band, len(FIRST_STAGE_RULES),
-                        weights=config.weights)
+    rules = serving_rules(artifacts)
+    fusion = Fusion.fit(scores, rules, config.cascade_band, len(engine.first_stage_rules),
+                        weights={**default_weights(rules), **config.weights})
     thresholds = Thresholds.fit(scores, config.target_fpr, fusion)
     thresholds.save(artifacts.path(THRESHOLDS))
     return thresholds

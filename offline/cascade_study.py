@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from firewall.artifacts import load_artifacts
-from firewall.fusion import DEFAULT_WEIGHTS, Fusion
-from firewall.scoring import FIRST_STAGE_RULES, SERVING_RULES, ScoringEngine
+from firewall.fusion import Fusion, default_weights
+from firewall.scoring import ScoringEngine
 from firewall.thresholds import fit_threshold
 from offline.metrics import auroc, rate_above, tpr_at_fpr
 
@@ -28,7 +28,7 @@ TARGET_FPR = 0.01
 
 
 def study(case: Path) -> list[dict]:
-    engine = ScoringEngine(load_artifacts(case / "artifacts"), rules=SERVING_RULES)
+    engine = ScoringEngine(load_artifacts(case / "artifacts"))
     calib = engine.score(np.load(case / "calib.npz")["x"])[1]
     clean = engine.score(np.load(case / "test_clean.npz")["x"])[1]
     triggered = np.load(case / "test_triggered.npz")
@@ -37,7 +37,8 @@ def study(case: Path) -> list[dict]:
     backdoor = {rule: values[hit] for rule, values in backdoor.items()}
     rows = []
     for band in BANDS:
-        fusion = Fusion.fit(calib, SERVING_RULES, band, len(FIRST_STAGE_RULES), DEFAULT_WEIGHTS)
+        fusion = Fusion.fit(calib, tuple(engine.rules), band, len(engine.first_stage_rules),
+                            default_weights(tuple(engine.rules)))
         threshold = fit_threshold(fusion.fuse(calib), TARGET_FPR).threshold
         c, b = fusion.fuse(clean), fusion.fuse(backdoor)
         rows.append({"case": case.name, "band": band, "auroc": auroc(c, b), "tpr_at_1": tpr_at_fpr(c, b, TARGET_FPR),

@@ -26,6 +26,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     from offline.attacks import ATTACKS
+    from offline.build.pipeline import AUXILIARY_METHODS
     from offline.data.splits import DATASETS
     from offline.models import ARCHITECTURES
 
@@ -50,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--clean-data", required=True, type=Path)
     b.add_argument("--out", required=True, type=Path)
     b.add_argument("--name", default="classifier", help="the model name the upstream serves")
-    b.add_argument("--auxiliary", default="finetune", choices=["finetune", "tsbd"],
-                   help="how M' is made: large-rate clean fine-tuning, or TSBD (reset what unlearning moved, then fine-tune)")
+    b.add_argument("--auxiliary", default="finetune", choices=AUXILIARY_METHODS,
+                   help="how M' is made: large-rate clean fine-tuning, TSBD (reset what unlearning moved, then "
+                        "fine-tune), or both, each scored by BaDExpert's rule at half weight (one more network "
+                        "per request; docs/METHODS.md)")
     b.add_argument("--weights", type=Path, help="safetensors weights for torchvision:<arch>")
     b.add_argument("--input-shape", type=_ints, help="C,H,W for torchvision:<arch> (default 3,224,224)")
     b.add_argument("--input-mean", type=_floats, default=(0.0,), help="per-channel mean the inputs are normalised with")
@@ -121,7 +124,7 @@ def run(args: argparse.Namespace) -> None:
                                          shared_trunk=args.shared_trunk, seed=args.seed, force=args.force))
         for role, info in manifest["models"].items():
             extra = f", {info['steps']} steps, stopped by {info['stopped_by']}" if "steps" in info else ""
-            print(f"{role:<10} held-out clean accuracy {info['heldout_clean_accuracy']:.2%}{extra}")
+            print(f"{role:<14} held-out clean accuracy {info['heldout_clean_accuracy']:.2%}{extra}")
         print(f"wrote {args.out}")
     elif args.command == "calibrate":
         from offline.calibrate import CalibrateConfig, run_calibrate

@@ -17,7 +17,7 @@ from firewall.artifacts import THRESHOLDS, load_artifacts
 from firewall.rules import BadExpertRule
 from firewall.scoring import FIREWALL, ScoringEngine
 from firewall.thresholds import Thresholds
-from offline.calibrate import ALL_RULES
+from offline.calibrate import every_rule
 from offline.data.tensorsets import load_tensor_set
 from offline.metrics import auroc, rate_above, tpr_at_fpr
 
@@ -45,7 +45,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     manifest = artifacts.manifest
     check = {"num_classes": manifest.num_classes, "input_shape": manifest.input_shape}
     clean = load_tensor_set(config.clean_data, **check)
-    engine = ScoringEngine(artifacts, rules=ALL_RULES)
+    engine = ScoringEngine(artifacts, rules=every_rule(artifacts))
     rule_names = [*engine.rule_names, FIREWALL]
     thresholds.require(rule_names)
 

@@ -22,7 +22,7 @@ import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2
 
 from firewall.artifacts import THRESHOLDS, load_artifacts
-from firewall.scoring import FIREWALL, SERVING_RULES, ScoringEngine
+from firewall.scoring import FIREWALL, ScoringEngine
 from firewall.thresholds import Thresholds
 from offline.live_stack import free_port, metric, read_metrics, start_firewall, start_mlserver
 
@@ -51,7 +51,7 @@ def firewall(tiny_artifacts, mlserver, logs):
 @pytest.fixture(scope="module")
 def inputs(tiny_case, tiny_artifacts):
     """Clean inputs the calibrated firewall accepts and triggered ones it rejects, offline."""
-    engine = ScoringEngine(load_artifacts(tiny_artifacts), rules=SERVING_RULES)
+    engine = ScoringEngine(load_artifacts(tiny_artifacts))  # the serving rules
     thresholds = Thresholds.load(tiny_artifacts / THRESHOLDS)
     clean = np.load(tiny_case / "test_clean.npz")["x"][:200]
     triggered = np.load(tiny_case / "test_triggered.npz")["x"][:200]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from firewall.errors import UserError
-from firewall.fusion import Fusion
+from firewall.fusion import DEFAULT_WEIGHTS, Fusion, default_weights
 from firewall.thresholds import Thresholds
 
 RNG = np.random.default_rng(0)
@@ -142,6 +142,14 @@ def test_a_rule_weight_scales_its_evidence_and_the_joint_rate_still_holds():
     # an input only the down-weighted rule finds odd needs more than one at weight 1 would
     only_exposed = {"badexpert": np.array([-3.0]), "exposed": np.array([calibration["exposed"].max() + 1])}
     assert halved.fuse(only_exposed)[0] < plain.fuse(only_exposed)[0]
+
+
+def test_badexperts_weight_of_one_is_shared_among_its_rules_and_the_others_keep_theirs():
+    alone = default_weights(("badexpert", "exposed", "mahalanobis", "strip"))
+    both = default_weights(("badexpert", "badexpert_tsbd", "exposed", "mahalanobis", "strip"))
+    assert alone["badexpert"] == 1.0 and "badexpert_tsbd" not in alone
+    assert both["badexpert"] == both["badexpert_tsbd"] == 0.5
+    assert alone["exposed"] == both["exposed"] == DEFAULT_WEIGHTS["exposed"]
 
 
 @pytest.mark.parametrize("weight", [0.0, -1.0, float("nan")])

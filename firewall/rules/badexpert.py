@@ -25,7 +25,17 @@ class BadExpertRule(FirstStageRule):
     """Served from the fused graph as -triangle_statistic for every class."""
 
     name = "badexpert"
+    auxiliary = "auxiliary"  # the artifacts' model that plays M'
 
     def confidences(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """(b, a): the expert's and the auxiliary's probability of M's prediction."""
-        return prob_of(batch.expert, batch.yhat), prob_of(batch.auxiliary, batch.yhat)
+        return prob_of(batch.probs("expert"), batch.yhat), prob_of(batch.probs(self.auxiliary), batch.yhat)
+
+
+class BadExpertTsbdRule(BadExpertRule):
+    """The same rule with TSBD's M' (builds with `--auxiliary both`). The fine-tuned and the
+    TSBD auxiliary forget different backdoors (docs/METHODS.md, "Two auxiliaries"), and
+    the fusion weighs the two rules' evidence half each."""
+
+    name = "badexpert_tsbd"
+    auxiliary = "auxiliary_tsbd"

@@ -29,6 +29,7 @@ class Batch:
         self.models = models
         self.bank = bank
         self.normalization = normalization
+        self._probs: dict[str, np.ndarray] = {}
         self._superimposed: dict[str, np.ndarray] = {}
 
     @cached_property
@@ -43,13 +44,11 @@ class Batch:
         """[N, K]: the first-stage rule's score for every class, from the fused graph."""
         return self._first_stage[1][rule]
 
-    @cached_property
-    def expert(self) -> np.ndarray:
-        return self.models.probs("expert", self.x)
-
-    @cached_property
-    def auxiliary(self) -> np.ndarray:
-        return self.models.probs("auxiliary", self.x)
+    def probs(self, role: str) -> np.ndarray:
+        """The `role` model's probabilities on the batch, run once however many rules read them."""
+        if role not in self._probs:
+            self._probs[role] = self.models.probs(role, self.x)
+        return self._probs[role]
 
     def superimposed(self, rows: slice) -> np.ndarray:
         """Inputs `rows` each added to every bank sample in pixel space, clipped like an image.

@@ -4,7 +4,7 @@ Serving every request through separate sessions pays a session overhead and a co
 of the input for each (and M's layers twice: for its prediction and for its features);
 one graph with a shared input pays once. The graph
 scores every class for each rule, `[N, K]` ("how suspicious if M predicted k"): the
-BaDExpert rule from B and M', the exposed rule from E's logit margins, the Mahalanobis
+BaDExpert rule from B and M' (once with each M' in a build with two), the exposed rule from E's logit margins, the Mahalanobis
 rule from M's penultimate features and the clean class Gaussians, which the graph
 holds as constants. M runs up to those features in both graphs; the one with the
 prediction adds M's classifier layer and the argmax. The same graph
@@ -23,8 +23,10 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from firewall.artifacts import BY_CLASS_OUTPUTS, FUSED_FILES, PREDICTION_OUTPUT
+from firewall.artifacts import BY_CLASS_OUTPUTS, FUSED_FILES, PREDICTION_OUTPUT, first_stage_rules_of
 from firewall.errors import UserError
+from firewall.fusion import BADEXPERT_RULES
+from firewall.rules import RULES
 from firewall.rules.badexpert import triangle_statistic
 from firewall.rules.exposed import margin_by_class
 from firewall.rules.mahalanobis import mahalanobis_by_class
@@ -71,25 +73,27 @@ class MahalanobisByClass(nn.Module):
 
 
 class FirstStageScorer(nn.Module):
-    """x -> the BaDExpert, exposed and Mahalanobis scores for every class.
+    """x -> the BaDExpert (once per auxiliary), exposed and Mahalanobis scores for every class.
 
-    With a shared trunk the three networks and M's feature layers are heads on the
-    trunk's output and the trunk runs once; without one the trunk is the identity and
-    they are whole models.
+    With a shared trunk the networks and M's feature layers are heads on the trunk's
+    output and the trunk runs once; without one the trunk is the identity and they are
+    whole models.
     """
 
-    def __init__(self, expert: nn.Module, auxiliary: nn.Module, exposed: nn.Module, features: nn.Module,
+    def __init__(self, expert: nn.Module, auxiliaries: list[nn.Module], exposed: nn.Module, features: nn.Module,
                  gaussians: ClassGaussians, trunk: nn.Module | None = None):
         super().__init__()
         self.trunk = trunk if trunk is not None else nn.Identity()
-        self.expert, self.auxiliary, self.exposed, self.features = expert, auxiliary, exposed, features
+        self.expert, self.exposed, self.features = expert, exposed, features
+        self.auxiliaries = nn.ModuleList(auxiliaries)
         self.mahalanobis = MahalanobisByClass(gaussians.means, gaussians.precision)
 
-    def scores(self, h: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        badexpert = badexpert_by_class(self.expert(h).softmax(dim=1), self.auxiliary(h).softmax(dim=1))
-        return badexpert, exposed_by_class(self.exposed(h)), self.mahalanobis(features)
+    def scores(self, h: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        b = self.expert(h).softmax(dim=1)
+        badexpert = [badexpert_by_class(b, auxiliary(h).softmax(dim=1)) for auxiliary in self.auxiliaries]
+        return *badexpert, exposed_by_class(self.exposed(h)), self.mahalanobis(features)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         h = self.trunk(x)
         return self.scores(h, self.features(h))
 
@@ -108,6 +112,11 @@ class PredictingScorer(nn.Module):
         return self.classifier(features).argmax(dim=1), *self.scorer.scores(h, features)
 
 
+def _auxiliaries(rules: tuple[str, ...]) -> list[str]:
+    """The M' of each BaDExpert rule among `rules`, in their order (the graph's outputs')."""
+    return [RULES[rule].auxiliary for rule in rules if rule in BADEXPERT_RULES]
+
+
 def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians: ClassGaussians,
                  example: torch.Tensor, out: Path, check_x: np.ndarray, trunk: nn.Module | None = None) -> dict:
     """Write both fused graphs and check them against the numpy rules on real inputs.
@@ -118,9 +127,10 @@ def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians:
     which the graph with the prediction runs on those features.
     """
     parts = {role: model.head for role, model in models.items()} if trunk is not None else models
-    scorer = FirstStageScorer(parts["expert"], parts["auxiliary"], parts["exposed"], parts["features"],
-                              gaussians, trunk)
-    scores = list(BY_CLASS_OUTPUTS.values())
+    rules = first_stage_rules_of(models)
+    scorer = FirstStageScorer(parts["expert"], [parts[role] for role in _auxiliaries(rules)],
+                              parts["exposed"], parts["features"], gaussians, trunk)
+    scores = [BY_CLASS_OUTPUTS[rule] for rule in rules]
     graphs = {"fused": (PredictingScorer(classifier, scorer), [PREDICTION_OUTPUT, *scores]),
               "fused_without_original": (scorer, scores)}
     for role, (module, outputs) in graphs.items():
@@ -136,10 +146,12 @@ def _check(models: dict[str, nn.Module], gaussians: ClassGaussians, path: Path, 
     outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {INPUT_NAME: x})))
     tx = torch.from_numpy(x)
     b = models["expert"](tx).softmax(dim=1).numpy()
-    a = models["auxiliary"](tx).softmax(dim=1).numpy()
     features = models["features"](tx).flatten(1).numpy().astype(np.float64)
-    expected = {"badexpert": -triangle_statistic(b, a), "exposed": margin_by_class(models["exposed"](tx).numpy()),
+    expected = {"exposed": margin_by_class(models["exposed"](tx).numpy()),
                 "mahalanobis": mahalanobis_by_class(features, gaussians.means, gaussians.precision)}
+    for rule in first_stage_rules_of(models):
+        if rule in BADEXPERT_RULES:
+            expected[rule] = -triangle_statistic(b, models[RULES[rule].auxiliary](tx).softmax(dim=1).numpy())
     if PREDICTION_OUTPUT in outputs and not np.array_equal(outputs[PREDICTION_OUTPUT],
                                                            models["original"](tx).argmax(dim=1).numpy()):
         raise UserError(f"{path.name}: the fused graph's predictions differ from the model's")

@@ -26,7 +26,8 @@ from offline.model_io import input_shape_of, load_model, save_pt2
 from offline.training import accuracy, forward
 
 MIN_CLEAN = 50
-AUXILIARY_METHODS = ("finetune", "tsbd")
+# How M' is made; "both" builds the two and scores BaDExpert's rule with each.
+AUXILIARY_METHODS = ("finetune", "tsbd", "both")
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,9 @@ def _shared_trunk(model: torch.nn.Module, config: BuildConfig) -> TrunkSplit | N
         return None
     if not 0.0 < config.shared_trunk < 1.0:
         raise UserError(f"--shared-trunk is the head's share of the parameters, in (0, 1); got {config.shared_trunk}")
-    if config.auxiliary == "tsbd":
-        raise UserError("--shared-trunk and --auxiliary tsbd do not combine: TSBD resets channels across the "
-                        "whole network, so the auxiliary would no longer share M's trunk")
+    if config.auxiliary != "finetune":
+        raise UserError(f"--shared-trunk and --auxiliary {config.auxiliary} do not combine: TSBD resets channels "
+                        "across the whole network, so its auxiliary would no longer share M's trunk")
     try:
         return split_trunk(model, config.shared_trunk)
     except ValueError as exc:
@@ -117,13 +118,15 @@ def run_build(config: BuildConfig) -> dict:
     expert, expert_report = backdoor_expert(tuned, tune_train, tune_heldout,
                                             target_accuracy=config.expert_target_accuracy, **common)
     exposed, exposed_report = exposed_model(tuned, tune_train, tune_heldout, **common)
-    if config.auxiliary == "tsbd":  # TSBD's clean unlearning is the exposure E already ran
-        auxiliary, auxiliary_report = tsbd_auxiliary(model, exposed, train, heldout, seed=config.seed)
-    else:
-        auxiliary, auxiliary_report = auxiliary_model(tuned, tune_train, tune_heldout, **common)
+    auxiliaries = {}  # role -> (M', its report); TSBD's clean unlearning is the exposure E already ran
+    if config.auxiliary in ("finetune", "both"):
+        auxiliaries["auxiliary"] = auxiliary_model(tuned, tune_train, tune_heldout, **common)
+    if config.auxiliary in ("tsbd", "both"):
+        role = "auxiliary_tsbd" if config.auxiliary == "both" else "auxiliary"
+        auxiliaries[role] = tsbd_auxiliary(model, exposed, train, heldout, seed=config.seed)
     penultimate = _penultimate(tuned)
-    models = {"original": tuned, "expert": expert, "auxiliary": auxiliary, "exposed": exposed,
-              "features": penultimate.trunk}
+    models = {"original": tuned, "expert": expert, "exposed": exposed, "features": penultimate.trunk,
+              **{role: auxiliary for role, (auxiliary, _) in auxiliaries.items()}}
     if split:
         models = {role: Composed(split.trunk, head) for role, head in models.items()}
     gaussians = fit_class_gaussians(forward(models["features"], clean.x), clean.y, num_classes)
@@ -152,7 +155,8 @@ def run_build(config: BuildConfig) -> dict:
             "output": {"name": OUTPUT_NAME, "shape": [num_classes], "datatype": "FP32"},
             "num_classes": num_classes,
             "files": {f: {"sha256": sha256_file(scratch / f)}
-                      for f in [*MODEL_FILES.values(), *FUSED_FILES.values(), *TORCH_FILES.values(), STRIP_BANK,
+                      for f in [*(MODEL_FILES[role] for role in models), *FUSED_FILES.values(),
+                                *(TORCH_FILES[role] for role in models if role in TORCH_FILES), STRIP_BANK,
                                 CLASS_GAUSSIANS]},
             "source_model": {"spec": config.model,
                              "sha256": sha256_file(Path(config.model)) if Path(config.model).is_file() else None},
@@ -164,8 +168,8 @@ def run_build(config: BuildConfig) -> dict:
             "models": {
                 "original": {"heldout_clean_accuracy": original_acc},
                 "expert": expert_report.to_json(),
-                "auxiliary": auxiliary_report.to_json(),
                 "exposed": exposed_report.to_json(),
+                **{role: report.to_json() for role, (_, report) in auxiliaries.items()},
             },
             "mahalanobis": {"features_after": penultimate.cut, **gaussians.to_json()},
             "onnx_max_abs_diff": onnx_check,

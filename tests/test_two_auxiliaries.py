@@ -1,0 +1,63 @@
+"""`offline build --auxiliary both`: BaDExpert's rule once with the fine-tuned M' and once
+with TSBD's, fused at half weight each; builds without it keep the three first-stage rules."""
+
+import json
+
+import numpy as np
+import pytest
+
+from firewall.artifacts import THRESHOLDS, load_artifacts
+from firewall.probabilities import prob_of
+from firewall.rules.badexpert import triangle_statistic
+from firewall.scoring import ScoringEngine
+from firewall.thresholds import Thresholds
+from offline.cli import main as offline
+
+BOTH_FIRST_STAGE = ("badexpert", "badexpert_tsbd", "exposed", "mahalanobis")
+
+
+@pytest.fixture(scope="module")
+def both_artifacts(tiny_case, tmp_path_factory):
+    out = tmp_path_factory.mktemp("both") / "artifacts"
+    assert offline(["build", "--model", str(tiny_case / "model.pt2"), "--clean-data", str(tiny_case / "clean.npz"),
+                    "--out", str(out), "--auxiliary", "both"]) == 0
+    assert offline(["calibrate", "--artifacts", str(out), "--clean-data", str(tiny_case / "calib.npz")]) == 0
+    return out
+
+
+def test_a_default_build_has_one_auxiliary_and_three_first_stage_rules(tiny_artifacts):
+    artifacts = load_artifacts(tiny_artifacts)
+    assert artifacts.first_stage_rules == ("badexpert", "exposed", "mahalanobis")
+    assert not artifacts.has_model("auxiliary_tsbd")
+
+
+def test_a_build_with_both_ships_both_auxiliaries_and_their_reports(both_artifacts):
+    manifest = json.loads((both_artifacts / "manifest.json").read_text())
+    assert manifest["build"]["auxiliary_method"] == "both"
+    assert {"auxiliary.onnx", "auxiliary_tsbd.onnx", "torch/auxiliary_tsbd.pt2"} <= set(manifest["files"])
+    assert manifest["models"]["auxiliary"]["optimizer"] != manifest["models"]["auxiliary_tsbd"]["optimizer"]
+    assert "chosen_share" in manifest["models"]["auxiliary_tsbd"]["selection"]
+    assert load_artifacts(both_artifacts).first_stage_rules == BOTH_FIRST_STAGE
+
+
+def test_the_fused_graph_scores_the_tsbd_rule_as_the_rule_on_the_separate_models(both_artifacts, tiny_case):
+    engine = ScoringEngine(load_artifacts(both_artifacts), rules=BOTH_FIRST_STAGE)
+    x = np.load(tiny_case / "test_triggered.npz")["x"][:64]
+    yhat, scores = engine.score(x)
+    models = engine.models
+    b, a = prob_of(models.probs("expert", x), yhat), prob_of(models.probs("auxiliary_tsbd", x), yhat)
+    np.testing.assert_allclose(scores["badexpert_tsbd"], -triangle_statistic(b, a), rtol=1e-3, atol=1e-5)
+    assert not np.allclose(scores["badexpert_tsbd"], scores["badexpert"])
+
+
+def test_calibration_fuses_both_badexpert_rules_at_half_weight_each(both_artifacts):
+    fusion = Thresholds.load(both_artifacts / THRESHOLDS).fusion
+    assert fusion.first == BOTH_FIRST_STAGE
+    weights = fusion.weight_of_each_rule()
+    assert weights["badexpert"] == weights["badexpert_tsbd"] == 0.5
+
+
+def test_the_shared_trunk_does_not_combine_with_tsbd(tiny_case, tmp_path, capsys):
+    assert offline(["build", "--model", str(tiny_case / "model.pt2"), "--clean-data", str(tiny_case / "clean.npz"),
+                    "--out", str(tmp_path / "art"), "--auxiliary", "both", "--shared-trunk", "0.5"]) != 0
+    assert "do not combine" in capsys.readouterr().err
