@@ -29,10 +29,9 @@ import onnxruntime as ort
 import torch
 
 from firewall.artifacts import TORCH_FILES, load_artifacts
-from firewall.fusion import BADEXPERT_RULES
 from firewall.models import SessionTuning
 from firewall.probabilities import prob_of
-from firewall.rules import RULES
+from firewall.rules import auxiliary_roles
 from firewall.rules.badexpert import triangle_statistic
 from firewall.rules.exposed import margin_by_class
 from firewall.rules.mahalanobis import mahalanobis_by_class
@@ -98,7 +97,7 @@ def run(case: Path, threads: int, seconds: float) -> dict:
     norm = artifacts.manifest.normalization
     engine = ScoringEngine(artifacts, tuning=SessionTuning(threads=threads))  # the serving rules
     first_stage = engine.first_stage_rules
-    auxiliaries = [RULES[rule].auxiliary for rule in first_stage if rule in BADEXPERT_RULES]
+    auxiliaries = auxiliary_roles(first_stage)
     torch.set_num_threads(threads)
     gaussians = artifacts.class_gaussians()
     eager = EagerRules(artifacts.root, engine.bank, norm.mean, norm.std, gaussians, auxiliaries)

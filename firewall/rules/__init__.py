@@ -14,5 +14,11 @@ RULES: dict[str, type[Rule]] = {
                  StripOriginalRule, ScaleUpRule, ExposedEntropyRule)
 }
 
-__all__ = ["RULES", "Batch", "Rule", "BadExpertRule", "BadExpertTsbdRule", "ExposedRule", "MahalanobisRule",
-           "ExposedStripRule", "StripOriginalRule", "ScaleUpRule", "ExposedEntropyRule"]
+
+def auxiliary_roles(rules: tuple[str, ...]) -> list[str]:
+    """The M' that each BaDExpert rule among `rules` reads, in the rules' order."""
+    return [RULES[rule].auxiliary for rule in rules if issubclass(RULES[rule], BadExpertRule)]
+
+
+__all__ = ["RULES", "auxiliary_roles", "Batch", "Rule", "BadExpertRule", "BadExpertTsbdRule", "ExposedRule",
+           "MahalanobisRule", "ExposedStripRule", "StripOriginalRule", "ScaleUpRule", "ExposedEntropyRule"]

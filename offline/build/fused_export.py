@@ -4,9 +4,9 @@ Serving every request through separate sessions pays a session overhead and a co
 of the input for each (and M's layers twice: for its prediction and for its features);
 one graph with a shared input pays once. The graph
 scores every class for each rule, `[N, K]` ("how suspicious if M predicted k"): the
-BaDExpert rule from B and M' (once with each M' in a build with two), the exposed rule from E's logit margins, the Mahalanobis
-rule from M's penultimate features and the clean class Gaussians, which the graph
-holds as constants. M runs up to those features in both graphs; the one with the
+BaDExpert rule from B and M' (once with each M' in a build with two), the exposed rule
+from E's logit margins, the Mahalanobis rule from M's penultimate features and the
+clean class Gaussians, which the graph holds as constants. M runs up to those features in both graphs; the one with the
 prediction adds M's classifier layer and the argmax. The same graph
 serves whether the prediction comes from M inside the graph or, with
 `--prediction-from-upstream`, from the production server's own answer, which can
@@ -25,9 +25,8 @@ from torch import nn
 
 from firewall.artifacts import BY_CLASS_OUTPUTS, FUSED_FILES, PREDICTION_OUTPUT, first_stage_rules_of
 from firewall.errors import UserError
-from firewall.fusion import BADEXPERT_RULES
-from firewall.rules import RULES
-from firewall.rules.badexpert import triangle_statistic
+from firewall.rules import RULES, auxiliary_roles
+from firewall.rules.badexpert import BadExpertRule, triangle_statistic
 from firewall.rules.exposed import margin_by_class
 from firewall.rules.mahalanobis import mahalanobis_by_class
 from offline.build.class_gaussians import ClassGaussians
@@ -112,11 +111,6 @@ class PredictingScorer(nn.Module):
         return self.classifier(features).argmax(dim=1), *self.scorer.scores(h, features)
 
 
-def _auxiliaries(rules: tuple[str, ...]) -> list[str]:
-    """The M' of each BaDExpert rule among `rules`, in their order (the graph's outputs')."""
-    return [RULES[rule].auxiliary for rule in rules if rule in BADEXPERT_RULES]
-
-
 def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians: ClassGaussians,
                  example: torch.Tensor, out: Path, check_x: np.ndarray, trunk: nn.Module | None = None) -> dict:
     """Write both fused graphs and check them against the numpy rules on real inputs.
@@ -128,7 +122,7 @@ def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians:
     """
     parts = {role: model.head for role, model in models.items()} if trunk is not None else models
     rules = first_stage_rules_of(models)
-    scorer = FirstStageScorer(parts["expert"], [parts[role] for role in _auxiliaries(rules)],
+    scorer = FirstStageScorer(parts["expert"], [parts[role] for role in auxiliary_roles(rules)],
                               parts["exposed"], parts["features"], gaussians, trunk)
     scores = [BY_CLASS_OUTPUTS[rule] for rule in rules]
     graphs = {"fused": (PredictingScorer(classifier, scorer), [PREDICTION_OUTPUT, *scores]),
@@ -150,7 +144,7 @@ def _check(models: dict[str, nn.Module], gaussians: ClassGaussians, path: Path, 
     expected = {"exposed": margin_by_class(models["exposed"](tx).numpy()),
                 "mahalanobis": mahalanobis_by_class(features, gaussians.means, gaussians.precision)}
     for rule in first_stage_rules_of(models):
-        if rule in BADEXPERT_RULES:
+        if issubclass(RULES[rule], BadExpertRule):
             expected[rule] = -triangle_statistic(b, models[RULES[rule].auxiliary](tx).softmax(dim=1).numpy())
     if PREDICTION_OUTPUT in outputs and not np.array_equal(outputs[PREDICTION_OUTPUT],
                                                            models["original"](tx).argmax(dim=1).numpy()):
