@@ -6,7 +6,7 @@ import torch
 
 from firewall.errors import UserError
 from offline.attacks import ATTACKS
-from offline.build.onnx_export import check_export, export_onnx
+from offline.build.onnx_export import MAX_RELATIVE_DIFF, check_export, export_onnx, relative_difference
 from offline.models import ARCHITECTURES, create_model
 from offline.poison import PoisonConfig, run_poison
 
@@ -64,6 +64,14 @@ def test_every_architecture_exports_to_onnx_with_a_dynamic_batch(arch, shape, tm
     example = torch.rand(2, *shape)
     export_onnx(model, example, tmp_path / "m.onnx")
     assert check_export(model, tmp_path / "m.onnx", np.random.rand(5, *shape).astype(np.float32)) < 1e-4
+
+
+def test_the_export_check_allows_float32_rounding_of_large_logits_but_not_a_wrong_value():
+    # an exposed model's logits reach the thousands, where two float32 steps are 2.4e-4
+    large = np.float32([[1764.5627]])
+    assert relative_difference(np.nextafter(np.nextafter(large, np.inf), np.inf), large) <= MAX_RELATIVE_DIFF
+    assert relative_difference(np.float32([[0.5012]]), np.float32([[0.5]])) > MAX_RELATIVE_DIFF
+    assert relative_difference(large * 1.01, large) > MAX_RELATIVE_DIFF
 
 
 def test_dynamic_triggers_differ_per_input_and_train_with_the_model():

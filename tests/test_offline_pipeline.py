@@ -33,7 +33,7 @@ def test_build_writes_a_verified_manifest_with_the_contract_keys(tiny_artifacts:
         info = manifest["models"][role]
         assert info["steps"] >= 1 and info["stopped_by"] in {"criterion", "budget"}
         assert 0.0 <= info["heldout_clean_accuracy"] <= 1.0
-    assert all(diff <= 1e-4 for diff in manifest["onnx_max_abs_diff"].values())
+    assert all(diff <= 1e-4 for diff in manifest["onnx_max_relative_diff"].values())
     gaussians = manifest["mahalanobis"]  # M's penultimate features, the Mahalanobis rule's clean fit
     assert gaussians["samples"] == manifest["build"]["clean_samples"] and gaussians["feature_dim"] >= 1
     assert 0.0 <= gaussians["ledoit_wolf_shrinkage"] <= 1.0 and gaussians["classes_without_samples"] == []

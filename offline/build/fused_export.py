@@ -30,7 +30,7 @@ from firewall.rules.badexpert import BadExpertRule, triangle_statistic
 from firewall.rules.exposed import margin_by_class
 from firewall.rules.mahalanobis import mahalanobis_by_class
 from offline.build.class_gaussians import ClassGaussians
-from offline.build.onnx_export import INPUT_NAME, export_onnx
+from offline.build.onnx_export import INPUT_NAME, export_onnx, relative_difference
 
 # The rule divides by probabilities that can be 1e-6: float32 rounding of b or a moves
 # such a score by parts in 1e4 (measured 1.6e-4 on shapes/blend). A wrong graph is off
@@ -149,8 +149,7 @@ def _check(models: dict[str, nn.Module], gaussians: ClassGaussians, path: Path, 
     if PREDICTION_OUTPUT in outputs and not np.array_equal(outputs[PREDICTION_OUTPUT],
                                                            models["original"](tx).argmax(dim=1).numpy()):
         raise UserError(f"{path.name}: the fused graph's predictions differ from the model's")
-    diff = max(float((np.abs(outputs[BY_CLASS_OUTPUTS[rule]] - want) / np.maximum(1.0, np.abs(want))).max())
-               for rule, want in expected.items())
+    diff = max(relative_difference(outputs[BY_CLASS_OUTPUTS[rule]], want) for rule, want in expected.items())
     if not diff <= MAX_RELATIVE_DIFF:
         raise UserError(f"{path.name}: fused scores differ from the rule by {diff:.3g} (> {MAX_RELATIVE_DIFF})")
     return diff
