@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +32,9 @@ MODEL_FILES = {
     "features": "features.onnx",  # M up to its penultimate layer
     "auxiliary_tsbd": "auxiliary_tsbd.onnx",  # TSBD's M' beside the fine-tuned one (`--auxiliary both`)
 }
-# Models only some builds have, and the first-stage rule that reads each: a build with
-# both auxiliaries scores BaDExpert's rule once with each M'.
-OPTIONAL_MODELS = {"auxiliary_tsbd": "badexpert_tsbd"}
+# Models only some builds have (a first-stage rule that needs one is computed only where
+# it is: firewall.rules.first_stage_rules).
+OPTIONAL_MODELS = ("auxiliary_tsbd",)
 # The first-stage rules as one graph each (offline/build/fused_export.py): with M's
 # prediction inside, and without M for when the prediction comes from the upstream.
 FUSED_FILES = {
@@ -52,11 +51,6 @@ BY_CLASS_OUTPUTS = {"badexpert": "badexpert_by_class", "badexpert_tsbd": "badexp
 TORCH_FILES = {role: f"torch/{role}.pt2"
                for role in ("original", "expert", "auxiliary", "exposed", "auxiliary_tsbd")}
 
-
-def first_stage_rules_of(roles: Iterable[str]) -> tuple[str, ...]:
-    """The first-stage rules a build with these models computes, in BY_CLASS_OUTPUTS' order."""
-    absent = {rule for role, rule in OPTIONAL_MODELS.items() if role not in set(roles)}
-    return tuple(rule for rule in BY_CLASS_OUTPUTS if rule not in absent)
 
 
 def sha256_file(path: Path) -> str:
@@ -141,13 +135,10 @@ class Artifacts:
     def model_path(self, role: str) -> Path:
         return self.root / {**MODEL_FILES, **FUSED_FILES}[role]
 
-    def has_model(self, role: str) -> bool:
-        return MODEL_FILES[role] in self.manifest.files
-
     @property
-    def first_stage_rules(self) -> tuple[str, ...]:
-        """The rules this set's fused graphs compute."""
-        return first_stage_rules_of([role for role in MODEL_FILES if self.has_model(role)])
+    def model_roles(self) -> tuple[str, ...]:
+        """The models this set has: every one of MODEL_FILES but the optional ones it was built without."""
+        return tuple(role for role, filename in MODEL_FILES.items() if filename in self.manifest.files)
 
     def strip_bank(self) -> np.ndarray:
         # allow_pickle=False: the bank is data, never code.

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from firewall.errors import UserError
+from firewall.rules import badexpert_rules
 
 # By default exposed STRIP does not run. Over the 21 attack cells of docs/CASCADE.md a
 # band lowers the verdict's mean AUROC (0.9871 at band 0, 0.9865 at 0.1, 0.9816 at 1)
@@ -54,15 +55,13 @@ DEFAULT_EXPOSED_WEIGHT = 0.5
 DEFAULT_MAHALANOBIS_WEIGHT = 0.5
 DEFAULT_WEIGHTS = {"exposed": DEFAULT_EXPOSED_WEIGHT, "mahalanobis": DEFAULT_MAHALANOBIS_WEIGHT}
 
-# A build with both auxiliaries scores BaDExpert's rule once with each M'; the two
-# split BaDExpert's weight, so that together they count what one does
-# (docs/METHODS.md, "Two auxiliaries").
-BADEXPERT_RULES = ("badexpert", "badexpert_tsbd")
 
 
 def default_weights(rules: tuple[str, ...]) -> dict[str, float]:
-    """DEFAULT_WEIGHTS, and BaDExpert's weight of 1 shared among its rules in `rules`."""
-    experts = [rule for rule in rules if rule in BADEXPERT_RULES]
+    """DEFAULT_WEIGHTS, and BaDExpert's weight of 1 shared among its rules in `rules`: a
+    build with both auxiliaries scores BaDExpert's rule once with each M', and together
+    they count what one does (docs/METHODS.md, "Two auxiliaries")."""
+    experts = badexpert_rules(rules)
     return {**DEFAULT_WEIGHTS, **{rule: 1.0 / len(experts) for rule in experts}}
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from firewall.artifacts import BY_CLASS_OUTPUTS, FUSED_FILES, MODEL_FILES, PREDICTION_OUTPUT, Artifacts
+from firewall.artifacts import BY_CLASS_OUTPUTS, FUSED_FILES, PREDICTION_OUTPUT, Artifacts
 from firewall.probabilities import softmax
 
 
@@ -69,7 +69,7 @@ class ModelSet:
 
     def session(self, role: str) -> ort.InferenceSession:
         if role not in self.sessions:
-            if role not in FUSED_FILES and not (role in MODEL_FILES and self._artifacts.has_model(role)):
+            if role not in FUSED_FILES and role not in self._artifacts.model_roles:
                 raise KeyError(f"no model '{role}' in this artifacts set")
             with self._opening:
                 if role not in self.sessions:

@@ -16,18 +16,18 @@ import numpy as np
 from firewall.artifacts import PREDICTION_OUTPUT, Artifacts
 from firewall.errors import UserError
 from firewall.models import ModelSet, SessionTuning
-from firewall.rules import RULES, Batch
+from firewall.rules import RULES, Batch, first_stage_rules
 
 FIREWALL = "firewall"
 # The rules the sidecar serves, cheap first: the first-stage rules are those the
-# artifacts' fused graph computes (`Artifacts.first_stage_rules`), in one run for every
+# artifacts' fused graph computes (`firewall.rules.first_stage_rules`), in one run for every
 # request; the later ones run only in the cascade's band.
 LATER_RULES = ("strip",)
 BASELINE_RULES = ("strip_original", "scaleup", "strip_exposed_entropy")
 
 
 def serving_rules(artifacts: Artifacts) -> tuple[str, ...]:
-    return (*artifacts.first_stage_rules, *LATER_RULES)
+    return (*first_stage_rules(artifacts.model_roles), *LATER_RULES)
 
 
 class ScoringEngine:
@@ -44,7 +44,7 @@ class ScoringEngine:
         if unknown:
             raise UserError(f"unknown rule(s) {unknown}; known rules: {sorted(RULES)}")
         self.manifest = artifacts.manifest
-        self.first_stage_rules = artifacts.first_stage_rules
+        self.first_stage_rules = first_stage_rules(artifacts.model_roles)
         self.models = ModelSet(artifacts, providers=providers, tuning=tuning)
         self.bank = artifacts.strip_bank().astype(np.float32)
         self.rules = {name: RULES[name]() for name in rules}

@@ -31,7 +31,7 @@ from firewall.metrics import FirewallMetrics
 from firewall.models import SessionTuning
 from firewall.probabilities import prob_of
 from firewall.protocol import grpc_predict_v2_pb2 as pb
-from firewall.rules import RULES
+from firewall.rules import RULES, first_stage_rules
 from firewall.scoring import FIREWALL, ScoringEngine
 from firewall.tensors import InvalidInput, decode_input
 from firewall.thresholds import Thresholds
@@ -51,7 +51,7 @@ def _identity(data: bytes) -> bytes:
 def _serving_fusion(thresholds: Thresholds, artifacts: Artifacts) -> Fusion:
     """The calibrated fusion, checked to start with rules the artifacts' fused graph computes."""
     fusion = thresholds.fusion
-    first_stage = artifacts.first_stage_rules
+    first_stage = first_stage_rules(artifacts.model_roles)
     if (fusion is None or any(rule not in first_stage for rule in fusion.first)
             or any(rule not in RULES for rule in fusion.later)):
         raise ArtifactError("thresholds.json holds no fusion this firewall can serve (its first stage must be "

@@ -8,6 +8,7 @@ import pytest
 
 from firewall.artifacts import THRESHOLDS, load_artifacts
 from firewall.probabilities import prob_of
+from firewall.rules import first_stage_rules
 from firewall.rules.badexpert import triangle_statistic
 from firewall.scoring import ScoringEngine
 from firewall.thresholds import Thresholds
@@ -27,8 +28,8 @@ def both_artifacts(tiny_case, tmp_path_factory):
 
 def test_a_default_build_has_one_auxiliary_and_three_first_stage_rules(tiny_artifacts):
     artifacts = load_artifacts(tiny_artifacts)
-    assert artifacts.first_stage_rules == ("badexpert", "exposed", "mahalanobis")
-    assert not artifacts.has_model("auxiliary_tsbd")
+    assert first_stage_rules(artifacts.model_roles) == ("badexpert", "exposed", "mahalanobis")
+    assert "auxiliary_tsbd" not in artifacts.model_roles
 
 
 def test_a_build_with_both_ships_both_auxiliaries_and_their_reports(both_artifacts):
@@ -37,7 +38,7 @@ def test_a_build_with_both_ships_both_auxiliaries_and_their_reports(both_artifac
     assert {"auxiliary.onnx", "auxiliary_tsbd.onnx", "torch/auxiliary_tsbd.pt2"} <= set(manifest["files"])
     assert manifest["models"]["auxiliary"]["optimizer"] != manifest["models"]["auxiliary_tsbd"]["optimizer"]
     assert "chosen_share" in manifest["models"]["auxiliary_tsbd"]["selection"]
-    assert load_artifacts(both_artifacts).first_stage_rules == BOTH_FIRST_STAGE
+    assert first_stage_rules(load_artifacts(both_artifacts).model_roles) == BOTH_FIRST_STAGE
 
 
 def test_the_fused_graph_scores_the_tsbd_rule_as_the_rule_on_the_separate_models(both_artifacts, tiny_case):

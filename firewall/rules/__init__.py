@@ -1,6 +1,9 @@
 """Suspicion rules. Each maps a batch of inputs to one score per input, higher = more
 suspicious; a rule rejects when its score exceeds the threshold learnt on clean data."""
 
+from collections.abc import Iterable
+
+from firewall.artifacts import BY_CLASS_OUTPUTS
 from firewall.rules.badexpert import BadExpertRule, BadExpertTsbdRule
 from firewall.rules.base import Batch, Rule
 from firewall.rules.exposed import ExposedRule
@@ -15,10 +18,23 @@ RULES: dict[str, type[Rule]] = {
 }
 
 
-def auxiliary_roles(rules: tuple[str, ...]) -> list[str]:
+def badexpert_rules(rules: Iterable[str]) -> list[str]:
+    """The BaDExpert rules among `rules` (one per M'), in their order."""
+    return [rule for rule in rules if issubclass(RULES[rule], BadExpertRule)]
+
+
+def auxiliary_roles(rules: Iterable[str]) -> list[str]:
     """The M' that each BaDExpert rule among `rules` reads, in the rules' order."""
-    return [RULES[rule].auxiliary for rule in rules if issubclass(RULES[rule], BadExpertRule)]
+    return [RULES[rule].auxiliary for rule in badexpert_rules(rules)]
 
 
-__all__ = ["RULES", "auxiliary_roles", "Batch", "Rule", "BadExpertRule", "BadExpertTsbdRule", "ExposedRule",
+def first_stage_rules(model_roles: Iterable[str]) -> tuple[str, ...]:
+    """The first-stage rules that a build with these models computes, in BY_CLASS_OUTPUTS'
+    order: a BaDExpert rule exists where its M' does."""
+    roles = set(model_roles)
+    return tuple(rule for rule in BY_CLASS_OUTPUTS
+                 if not issubclass(RULES[rule], BadExpertRule) or RULES[rule].auxiliary in roles)
+
+
+__all__ = ["RULES", "auxiliary_roles", "badexpert_rules", "first_stage_rules", "Batch", "Rule", "BadExpertRule", "BadExpertTsbdRule", "ExposedRule",
            "MahalanobisRule", "ExposedStripRule", "StripOriginalRule", "ScaleUpRule", "ExposedEntropyRule"]

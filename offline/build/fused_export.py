@@ -23,10 +23,10 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from firewall.artifacts import BY_CLASS_OUTPUTS, FUSED_FILES, PREDICTION_OUTPUT, first_stage_rules_of
+from firewall.artifacts import BY_CLASS_OUTPUTS, FUSED_FILES, PREDICTION_OUTPUT
 from firewall.errors import UserError
-from firewall.rules import RULES, auxiliary_roles
-from firewall.rules.badexpert import BadExpertRule, triangle_statistic
+from firewall.rules import RULES, auxiliary_roles, badexpert_rules, first_stage_rules
+from firewall.rules.badexpert import triangle_statistic
 from firewall.rules.exposed import margin_by_class
 from firewall.rules.mahalanobis import mahalanobis_by_class
 from offline.build.class_gaussians import ClassGaussians
@@ -121,7 +121,7 @@ def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians:
     which the graph with the prediction runs on those features.
     """
     parts = {role: model.head for role, model in models.items()} if trunk is not None else models
-    rules = first_stage_rules_of(models)
+    rules = first_stage_rules(models)
     scorer = FirstStageScorer(parts["expert"], [parts[role] for role in auxiliary_roles(rules)],
                               parts["exposed"], parts["features"], gaussians, trunk)
     scores = [BY_CLASS_OUTPUTS[rule] for rule in rules]
@@ -143,9 +143,8 @@ def _check(models: dict[str, nn.Module], gaussians: ClassGaussians, path: Path, 
     features = models["features"](tx).flatten(1).numpy().astype(np.float64)
     expected = {"exposed": margin_by_class(models["exposed"](tx).numpy()),
                 "mahalanobis": mahalanobis_by_class(features, gaussians.means, gaussians.precision)}
-    for rule in first_stage_rules_of(models):
-        if issubclass(RULES[rule], BadExpertRule):
-            expected[rule] = -triangle_statistic(b, models[RULES[rule].auxiliary](tx).softmax(dim=1).numpy())
+    for rule in badexpert_rules(first_stage_rules(models)):
+        expected[rule] = -triangle_statistic(b, models[RULES[rule].auxiliary](tx).softmax(dim=1).numpy())
     if PREDICTION_OUTPUT in outputs and not np.array_equal(outputs[PREDICTION_OUTPUT],
                                                            models["original"](tx).argmax(dim=1).numpy()):
         raise UserError(f"{path.name}: the fused graph's predictions differ from the model's")
