@@ -52,7 +52,6 @@ TORCH_FILES = {role: f"torch/{role}.pt2"
                for role in ("original", "expert", "auxiliary", "exposed", "auxiliary_tsbd")}
 
 
-
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -36,5 +36,6 @@ def first_stage_rules(model_roles: Iterable[str]) -> tuple[str, ...]:
                  if not issubclass(RULES[rule], BadExpertRule) or RULES[rule].auxiliary in roles)
 
 
-__all__ = ["RULES", "auxiliary_roles", "badexpert_rules", "first_stage_rules", "Batch", "Rule", "BadExpertRule", "BadExpertTsbdRule", "ExposedRule",
-           "MahalanobisRule", "ExposedStripRule", "StripOriginalRule", "ScaleUpRule", "ExposedEntropyRule"]
+__all__ = ["RULES", "auxiliary_roles", "badexpert_rules", "first_stage_rules", "Batch", "Rule", "BadExpertRule",
+           "BadExpertTsbdRule", "ExposedRule", "MahalanobisRule", "ExposedStripRule", "StripOriginalRule",
+           "ScaleUpRule", "ExposedEntropyRule"]
