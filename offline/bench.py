@@ -3,7 +3,8 @@
 Every cell is the whole red-team story in-process: poison, build, calibrate at 1% FPR,
 evaluate. A cell whose eval.json exists is reused (pass --force to measure again from
 scratch, or --rebuild to keep the poisoned model and data and build again), so an
-interrupted matrix resumes where it stopped. The table in
+interrupted matrix resumes where it stopped. --auxiliary X builds each cell's model once
+more with M' made that way, beside the default build (offline/cells.py). The table in
 docs/RESULTS.md is rendered from whatever cells exist (offline/results_table.py).
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from offline.build.pipeline import BuildConfig, run_build
 from offline.calibrate import CalibrateConfig, run_calibrate
+from offline.cells import artifacts_dir, eval_path
 from offline.evaluate import EvaluateConfig, run_evaluate
 from offline.poison import DEFAULT_EPOCHS, PoisonConfig, run_poison
 
@@ -40,6 +42,7 @@ class BenchConfig:
     rebuild: bool = False
     width: int | None = None
     epochs: int | None = None
+    auxiliary: str | None = None  # None: the build's default, in artifacts/ and eval.json (offline/cells.py)
 
     def poison_settings(self, dataset: str) -> dict:
         if self.quick:
@@ -61,16 +64,19 @@ def cell_dir(out: Path, dataset: str, attack: str, arch: str, seed: int, tag: st
     return out / (f"{dataset}-{attack}-{arch}{tag}" + (f"-s{seed}" if seed else ""))
 
 
-def run_cell(case: Path, dataset: str, attack: str, arch: str, seed: int, poison: dict, repoison: bool) -> dict:
+def run_cell(case: Path, dataset: str, attack: str, arch: str, seed: int, poison: dict, repoison: bool,
+             auxiliary: str | None = None) -> dict:
     if repoison or not (case / "attack.json").is_file():
         run_poison(PoisonConfig(dataset=dataset, attack=attack, out=case, arch=arch, seed=seed, force=True,
                                 **poison))
-    run_build(BuildConfig(model=str(case / "model.pt2"), clean_data=case / "clean.npz", out=case / "artifacts",
-                          seed=seed, force=True))
-    run_calibrate(CalibrateConfig(case / "artifacts", case / "calib.npz"))
+    artifacts = artifacts_dir(case, auxiliary)
+    build_options = {} if auxiliary is None else {"auxiliary": auxiliary}
+    run_build(BuildConfig(model=str(case / "model.pt2"), clean_data=case / "clean.npz", out=artifacts,
+                          seed=seed, force=True, **build_options))
+    run_calibrate(CalibrateConfig(artifacts, case / "calib.npz"))
     backdoor = None if attack == "none" else case / "test_triggered.npz"
-    return run_evaluate(EvaluateConfig(case / "artifacts", case / "test_clean.npz", backdoor,
-                                       json_out=case / "eval.json"))
+    return run_evaluate(EvaluateConfig(artifacts, case / "test_clean.npz", backdoor,
+                                       json_out=eval_path(case, auxiliary)))
 
 
 def run_bench(config: BenchConfig) -> list[Path]:
@@ -79,13 +85,13 @@ def run_bench(config: BenchConfig) -> list[Path]:
     done = []
     for index, (dataset, attack, arch, seed) in enumerate(cells, 1):
         case = cell_dir(config.out, dataset, attack, arch, seed, config.settings_tag(dataset))
-        label = f"[{index}/{len(cells)}] {case.name}"
-        if (case / "eval.json").is_file() and not (config.force or config.rebuild):
+        label = f"[{index}/{len(cells)}] {case.name}" + (f" --auxiliary {config.auxiliary}" if config.auxiliary else "")
+        if eval_path(case, config.auxiliary).is_file() and not (config.force or config.rebuild):
             print(f"{label}: measured already, reused", file=sys.stderr, flush=True)
         else:
             started = time.monotonic()
             report = run_cell(case, dataset, attack, arch, seed, config.poison_settings(dataset),
-                              repoison=config.force)
+                              repoison=config.force, auxiliary=config.auxiliary)
             firewall = report["rules"]["firewall"]
             summary = (f"AUROC {firewall['auroc']:.4f}" if "auroc" in firewall
                        else f"FPR {firewall['threshold_fpr']:.4f}")

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seeds", type=_ints, default=(0,))
     m.add_argument("--width", type=int, help="poison at this width instead of the matrix's (cells named -w<W>e<E>)")
     m.add_argument("--epochs", type=int, help="poison for this many epochs instead of the matrix's")
+    m.add_argument("--auxiliary", choices=AUXILIARY_METHODS,
+                   help="build every cell with M' made this way, kept beside the cell's default build "
+                        "(artifacts-<auxiliary>/, eval-<auxiliary>.json); the results document compares the two")
     m.add_argument("--markdown", type=Path, help="write the results document here (e.g. docs/RESULTS.md)")
     m.add_argument("--force", action="store_true", help="measure cells again from scratch, poisoning included")
     m.add_argument("--rebuild", action="store_true",
@@ -140,7 +143,7 @@ def run(args: argparse.Namespace) -> None:
         from offline.bench import QUICK, BenchConfig, run_bench
         from offline.data.splits import DATASETS
         from offline.models import ARCHITECTURES
-        from offline.results_table import load_cells, render, write_results
+        from offline.results_table import results_document
 
         unknown = [a for a in args.attacks if a not in ATTACKS] + \
                   [a for a in args.archs if a not in ARCHITECTURES] + [d for d in args.datasets if d not in DATASETS]
@@ -152,8 +155,9 @@ def run(args: argparse.Namespace) -> None:
                                          "seeds": args.seeds}
         run_bench(BenchConfig(out=args.out, datasets=tuple(grid["datasets"]), archs=tuple(grid["archs"]),
                               attacks=tuple(grid["attacks"]), seeds=tuple(grid["seeds"]), quick=args.quick,
-                              force=args.force, rebuild=args.rebuild, width=args.width, epochs=args.epochs))
-        print(write_results(args.out, args.markdown) if args.markdown else render(load_cells(args.out)))
+                              force=args.force, rebuild=args.rebuild, width=args.width, epochs=args.epochs,
+                              auxiliary=args.auxiliary))
+        print(results_document(args.out, args.markdown))
     elif args.command == "evaluate":
         from offline.evaluate import EvaluateConfig, format_table, run_evaluate
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from offline.cells import built_variants, eval_path
+
 RULES = ("firewall", "badexpert", "exposed", "mahalanobis", "strip", "strip_original", "scaleup")
 TARGETS = {"mean_auroc": 0.99, "min_auroc": 0.97, "mean_tpr": 0.95, "fpr_slack": 0.01}
 TARGET_FPR = 0.01  # what `offline bench` calibrates at
@@ -23,17 +25,19 @@ _CELL = re.compile(r"(?P<dataset>[a-z]+)-(?P<attack>[a-z0-9_]+)-(?P<arch>[a-z]+)
 Group = tuple[str, str, int, int]  # dataset, arch, width, epochs: cells measured alike
 
 
-def load_cells(runs: Path) -> dict[Group, dict[str, list[dict]]]:
-    """{(dataset, arch, width, epochs): {attack: [one record per seed]}} for every cell with an eval.json."""
+def load_cells(runs: Path, auxiliary: str | None = None) -> dict[Group, dict[str, list[dict]]]:
+    """{(dataset, arch, width, epochs): {attack: [one record per seed]}} for every cell evaluated with this build:
+    the default one, or `--auxiliary <auxiliary>` (offline/cells.py)."""
     table: dict[Group, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for case in sorted(runs.iterdir()):
         match = _CELL.fullmatch(case.name)
-        if not match or not (case / "eval.json").is_file() or not (case / "attack.json").is_file():
+        report_path = eval_path(case, auxiliary)
+        if not match or not report_path.is_file() or not (case / "attack.json").is_file():
             continue
         attack = json.loads((case / "attack.json").read_text())
-        report = json.loads((case / "eval.json").read_text())
+        report = json.loads(report_path.read_text())
         group = (match["dataset"], match["arch"], attack["width"], attack["epochs"])
-        table[group][match["attack"]].append({"attack": attack, "eval": report})
+        table[group][match["attack"]].append({"attack": attack, "eval": report, "cell": case.name})
     return table
 
 
@@ -82,30 +86,79 @@ def group_summary(attacks: dict) -> str:
             f"worst {worst[1]:.4f} ({worst[0]}), mean TPR at 1% FPR {np.mean([r[2] for r in rows]):.3f}.")
 
 
-def summary(table: dict) -> list[str]:
-    """The issue's targets, for the firewall's verdict, over every attack cell measured."""
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def target_quantities(table: dict) -> dict | None:
+    """The quantities the issue's targets are stated in, for the firewall's verdict over every attack cell."""
     attack_rows, clean_rows = _firewall_rows((_label(group), attacks) for group, attacks in sorted(table.items()))
     if not attack_rows:
+        return None
+    return {"cells": len(attack_rows), "mean_auroc": float(np.mean([r[1] for r in attack_rows])),
+            "worst": min(attack_rows, key=lambda r: r[1])[:2], "mean_tpr": float(np.mean([r[2] for r in attack_rows])),
+            "clean": clean_rows, "missed": [r for r in attack_rows if r[1] < TARGETS["min_auroc"]]}
+
+
+def summary(table: dict) -> list[str]:
+    """The issue's targets, for the firewall's verdict, over every attack cell measured."""
+    q = target_quantities(table)
+    if q is None:
         return []
-    aurocs, tprs = [r[1] for r in attack_rows], [r[2] for r in attack_rows]
-    worst = min(attack_rows, key=lambda r: r[1])
+    worst_name, worst = q["worst"]
     lines = ["## The firewall's verdict against the targets", "",
              "| target | wanted | measured | met |", "|---|---|---|---|",
-             f"| mean AUROC over {len(attack_rows)} attack cells | ≥ {TARGETS['mean_auroc']} | {np.mean(aurocs):.4f} | "
-             f"{'yes' if np.mean(aurocs) >= TARGETS['mean_auroc'] else '**no**'} |",
-             f"| AUROC on every attack (worst: {worst[0]}) | ≥ {TARGETS['min_auroc']} | {worst[1]:.4f} | "
-             f"{'yes' if worst[1] >= TARGETS['min_auroc'] else '**no**'} |",
-             f"| mean TPR at 1% FPR | ≥ {TARGETS['mean_tpr']} | {np.mean(tprs):.3f} | "
-             f"{'yes' if np.mean(tprs) >= TARGETS['mean_tpr'] else '**no**'} |"]
-    for name, fpr in clean_rows:
-        ok = abs(fpr - TARGET_FPR) <= TARGETS["fpr_slack"]
+             f"| mean AUROC over {q['cells']} attack cells | ≥ {TARGETS['mean_auroc']} | {q['mean_auroc']:.4f} | "
+             f"{_met(q['mean_auroc'] >= TARGETS['mean_auroc'])} |",
+             f"| AUROC on every attack (worst: {worst_name}) | ≥ {TARGETS['min_auroc']} | {worst:.4f} | "
+             f"{_met(worst >= TARGETS['min_auroc'])} |",
+             f"| mean TPR at 1% FPR | ≥ {TARGETS['mean_tpr']} | {q['mean_tpr']:.3f} | "
+             f"{_met(q['mean_tpr'] >= TARGETS['mean_tpr'])} |"]
+    for name, fpr in q["clean"]:
         lines.append(f"| achieved FPR on the clean model {name} (target {TARGET_FPR:.0%}) | within 1 point | "
-                     f"{fpr:.4f} | {'yes' if ok else '**no**'} |")
-    missed = [r for r in attack_rows if r[1] < TARGETS["min_auroc"]]
-    if missed:
+                     f"{fpr:.4f} | {_met(abs(fpr - TARGET_FPR) <= TARGETS['fpr_slack'])} |")
+    if q["missed"]:
         lines += ["", "Attack cells below AUROC " + f"{TARGETS['min_auroc']}: "
-                  + ", ".join(f"{name} ({auroc:.3f})" for name, auroc, _ in missed)
+                  + ", ".join(f"{name} ({auroc:.3f})" for name, auroc, _ in q["missed"])
                   + ". docs/METHODS.md says what is known about why."]
+    return lines + [""]
+
+
+def _only_cells(table: dict, names: set[str]) -> dict:
+    return {group: kept for group, attacks in table.items()
+            if (kept := {attack: [r for r in records if r["cell"] in names] for attack, records in attacks.items()
+                         if any(r["cell"] in names for r in records)})}
+
+
+def variant_comparison(runs: Path, default: dict, auxiliary: str) -> list[str]:
+    """The firewall built with `--auxiliary <auxiliary>` against the default build, on the cells measured both ways."""
+    variant = load_cells(runs, auxiliary)
+    names = ({r["cell"] for attacks in variant.values() for records in attacks.values() for r in records}
+             & {r["cell"] for attacks in default.values() for records in attacks.values() for r in records})
+    default, variant = _only_cells(default, names), _only_cells(variant, names)
+    base, other = target_quantities(default), target_quantities(variant)
+    if base is None or other is None:
+        return []
+    flag = f"`--auxiliary {auxiliary}`"
+    lines = [f"## The firewall built with {flag}, against the default build", "",
+             f"The same poisoned models, built a second time with `offline build --auxiliary {auxiliary}` "
+             f"(`offline bench --auxiliary {auxiliary}`), calibrated and evaluated alike; only cells measured "
+             "both ways count here.", "",
+             f"| target | wanted | default build | {flag} |", "|---|---|---|---|",
+             f"| mean AUROC over {base['cells']} attack cells | ≥ {TARGETS['mean_auroc']} | {base['mean_auroc']:.4f} "
+             f"| {other['mean_auroc']:.4f} |",
+             f"| worst attack cell's AUROC | ≥ {TARGETS['min_auroc']} | {base['worst'][1]:.4f} ({base['worst'][0]}) "
+             f"| {other['worst'][1]:.4f} ({other['worst'][0]}) |",
+             f"| mean TPR at 1% FPR | ≥ {TARGETS['mean_tpr']} | {base['mean_tpr']:.3f} | {other['mean_tpr']:.3f} |"]
+    lines += [f"| achieved FPR on the clean model {name} | {TARGET_FPR:.0%} ± 1 point | {fpr:.4f} | {fpr_other:.4f} |"
+              for (name, fpr), (_, fpr_other) in zip(base["clean"], other["clean"])]
+    lines += ["", f"Firewall cells (AUROC / TPR at 1% FPR / achieved FPR), default build and {flag}:", "",
+              f"| cell | seeds | default build | {flag} |", "|---|---|---|---|"]
+    for group, attacks in sorted(default.items()):
+        for attack in sorted(attacks, key=lambda a: (a == "none", a)):
+            lines.append(f"| {_label(group)} {attack} | {len(attacks[attack])} | "
+                         f"{_rule_cell(attacks[attack], 'firewall')} | "
+                         f"{_rule_cell(variant[group][attack], 'firewall')} |")
     return lines + [""]
 
 
@@ -123,8 +176,9 @@ def auroc_matrix(table: dict) -> tuple[list[str], np.ndarray]:
     return labels, np.array(rows, np.float64).reshape(len(rows), len(RULES))
 
 
-def render(table: dict, figure: str | None = None) -> str:
-    """The results document for `load_cells`' table; `figure`, if given, is the AUROC map's path relative to it."""
+def render(table: dict, figure: str | None = None, comparisons: list[str] = ()) -> str:
+    """The results document for `load_cells`' table; `figure`, if given, is the AUROC map's path relative to it;
+    `comparisons` are `variant_comparison` sections, which close it."""
     lines = ["# Detection results", "",
              "Generated by `offline bench` (`make results`) or `python -m offline.results_table runs "
              "docs/RESULTS.md`; do not edit by hand. Each cell: `offline poison`, `build` (learning rates chosen "
@@ -150,21 +204,26 @@ def render(table: dict, figure: str | None = None) -> str:
                          f"| {_mean_sd(asr)} | " + " | ".join(_rule_cell(records, rule) for rule in RULES) + " |")
         closing = group_summary(attacks)
         lines += ["", closing, ""] if closing else [""]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + list(comparisons)) + "\n"
 
 
-def write_results(runs: Path, markdown: Path) -> str:
-    """docs/RESULTS.md and, beside it, its AUROC map (results.png)."""
+def results_document(runs: Path, markdown: Path | None = None) -> str:
+    """The results document for a runs directory: the default builds, then one comparison per named build
+    (`offline bench --auxiliary X`). Written to `markdown`, with its AUROC map (results.png) beside it, if given."""
+    table = load_cells(runs)
+    variants = sorted({v for case in runs.iterdir() if case.is_dir() for v in built_variants(case)})
+    comparisons = [line for auxiliary in variants for line in variant_comparison(runs, table, auxiliary)]
+    if markdown is None:
+        return render(table, comparisons=comparisons)
     from offline.plots import auroc_map
 
-    table = load_cells(runs)
     labels, values = auroc_matrix(table)
     figure = auroc_map(labels, list(RULES), values, markdown.with_name("results.png")) if labels else None
-    document = render(table, figure.name if figure else None)
+    document = render(table, figure.name if figure else None, comparisons)
     markdown.write_text(document)
     return document
 
 
 if __name__ == "__main__":
     runs = Path(sys.argv[1] if len(sys.argv) > 1 else "runs")
-    sys.stdout.write(write_results(runs, Path(sys.argv[2])) if len(sys.argv) > 2 else render(load_cells(runs)))
+    sys.stdout.write(results_document(runs, Path(sys.argv[2]) if len(sys.argv) > 2 else None))

@@ -136,6 +136,24 @@ def test_bench_quick_runs_the_ci_matrix_and_renders_the_results_table(tmp_path: 
     assert "](results.png)" in text and (tmp_path / "results.png").stat().st_size > 0
     report = json.loads((tmp_path / "runs" / "digits-badnets-resnet" / "eval.json").read_text())
     assert f"{report['rules']['firewall']['auroc']:.4f}" in text
+    assert "--auxiliary" not in text
+
+    # A second build of a cell, named by its auxiliary, sits beside the first on the same poisoned model; asked for
+    # with the default method it reproduces the default build's evaluation, so a comparison isolates the auxiliary.
+    from offline.bench import BenchConfig, run_bench
+    from offline.results_table import results_document
+
+    cell = tmp_path / "runs" / "digits-badnets-resnet"
+    default_report, model = (cell / "eval.json").read_bytes(), (cell / "model.pt2").read_bytes()
+    run_bench(BenchConfig(out=tmp_path / "runs", datasets=("digits",), archs=("resnet",), attacks=("badnets",),
+                          quick=True, auxiliary="finetune"))
+    assert (cell / "eval.json").read_bytes() == default_report and (cell / "model.pt2").read_bytes() == model
+    assert (cell / "artifacts-finetune" / "thresholds.json").is_file()
+    assert json.loads((cell / "eval-finetune.json").read_text())["rules"] == report["rules"]
+    text = results_document(tmp_path / "runs")
+    assert "## The firewall built with `--auxiliary finetune`, against the default build" in text
+    auroc = f"{report['rules']['firewall']['auroc']:.4f}"
+    assert f"| digits/resnet w8 e4 badnets | 1 | {auroc} / " in text and text.count(auroc) >= 3
 
 
 def test_bench_names_cells_poisoned_at_other_settings_after_those_settings():
@@ -173,3 +191,25 @@ def test_results_table_keeps_cells_poisoned_at_different_settings_in_separate_se
         "## shapes, vgg, width 16, 40 epochs (2 seeds)")
     assert "0.8700" in small and "0.9800 ± 0.0100" in full
     assert "mean AUROC over 2 attack cells" in text and "worst: shapes/vgg w8 e20 all2all" in text
+
+
+def test_results_table_compares_a_named_build_only_on_the_cells_measured_both_ways(tmp_path: Path):
+    from offline.results_table import results_document
+
+    def cell(name: str, reports: dict[str, float]) -> None:
+        case = tmp_path / name
+        case.mkdir()
+        (case / "attack.json").write_text(json.dumps({"width": 16, "epochs": 30, "clean_accuracy": 0.9,
+                                                      "attack_success_rate": 0.5}))
+        for file, auroc in reports.items():
+            rule = {"auroc": auroc, "tpr_at_fpr": {"0.01": auroc / 2}, "threshold_fpr": 0.01}
+            (case / file).write_text(json.dumps({"rules": {"firewall": rule}}))
+
+    cell("digits-sig-resnet", {"eval.json": 0.90, "eval-both.json": 0.96})
+    cell("digits-wanet-resnet", {"eval.json": 0.98})
+    text = results_document(tmp_path)
+    main, comparison = text.split("## The firewall built with `--auxiliary both`, against the default build")
+    assert "mean AUROC over 2 attack cells | ≥ 0.99 | 0.9400 |" in main
+    assert "| mean AUROC over 1 attack cells | ≥ 0.99 | 0.9000 | 0.9600 |" in comparison
+    assert "| digits/resnet w16 e30 sig | 1 | 0.9000 / 0.450 / 0.010 | 0.9600 / 0.480 / 0.010 |" in comparison
+    assert "wanet" not in comparison
