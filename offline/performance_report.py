@@ -10,7 +10,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from offline.bench_engine import EAGER, FIRST_STAGE_ROW, FUSED, SEPARATE
+from offline.bench_engine import EAGER, FIRST_STAGE, FUSED, SEPARATE
 from offline.bench_serving import TARGET_RUNG
 
 TARGETS = {"p50_ratio_at_c1": 1.5, "throughput_ratio_at_c32": 0.6, "engine_speedup_b1": 3.0, "engine_speedup_b64": 1.5}
@@ -23,7 +23,14 @@ def _machine(report: dict) -> str:
             f"providers {', '.join(m['providers'])}")
 
 
+def _engine_labels(report: dict) -> dict[str, str]:
+    """Row names that say what the artifacts set's first stage computed, and in how many separate sessions."""
+    return {FIRST_STAGE: f"{FIRST_STAGE} ({' + '.join(report['first_stage_rules'])})",
+            SEPARATE: f"onnxruntime, {report['separate_sessions']} sessions"}
+
+
 def engine_section(report: dict) -> list[str]:
+    labels = _engine_labels(report)
     cells = {(r["rule"], r["implementation"], r["batch"]): r for r in report["results"]}
     batches = sorted({r["batch"] for r in report["results"]})
     implementations = list(dict.fromkeys((r["rule"], r["implementation"]) for r in report["results"]))
@@ -32,14 +39,15 @@ def engine_section(report: dict) -> list[str]:
     for rule, impl in implementations:
         row = [f"{cells[rule, impl, b]['ms_per_call']:.3f} ({cells[rule, impl, b]['inputs_per_s']:,.0f})"
                for b in batches]
-        lines.append(f"| {rule} | {impl} | " + " | ".join(row) + " |")
+        lines.append(f"| {labels.get(rule, rule)} | {labels.get(impl, impl)} | " + " | ".join(row) + " |")
     lines += ["", "Speed-up of the served engine over eager PyTorch, same rules, same models, same threads:", ""]
-    for rule, ours in ((FIRST_STAGE_ROW, FUSED), ("strip", "onnxruntime")):
+    for rule, ours in ((FIRST_STAGE, FUSED), ("strip", "onnxruntime")):
         ratios = [cells[rule, EAGER, b]["ms_per_call"] / cells[rule, ours, b]["ms_per_call"] for b in batches]
-        lines.append(f"- {rule}: " + ", ".join(f"batch {b} **{r:.2f}x**" for b, r in zip(batches, ratios)))
-    fused_gain = [cells[FIRST_STAGE_ROW, SEPARATE, b]["ms_per_call"]
-                  / cells[FIRST_STAGE_ROW, FUSED, b]["ms_per_call"] for b in batches]
-    lines.append(f"- fused graph over {SEPARATE.removeprefix('onnxruntime, ')}: "
+        lines.append(f"- {labels.get(rule, rule)}: "
+                     + ", ".join(f"batch {b} **{r:.2f}x**" for b, r in zip(batches, ratios)))
+    fused_gain = [cells[FIRST_STAGE, SEPARATE, b]["ms_per_call"]
+                  / cells[FIRST_STAGE, FUSED, b]["ms_per_call"] for b in batches]
+    lines.append(f"- fused graph over {labels[SEPARATE].removeprefix('onnxruntime, ')}: "
                  + ", ".join(f"batch {b} {r:.2f}x" for b, r in zip(batches, fused_gain)))
     return lines
 
@@ -67,8 +75,8 @@ def targets_section(engine: dict, serving: dict) -> list[str]:
     measured = {
         "p50_ratio_at_c1": by[TARGET_RUNG][1]["p50_ratio"] if 1 in by[TARGET_RUNG] else None,
         "throughput_ratio_at_c32": by[TARGET_RUNG][32]["throughput_ratio"] if 32 in by[TARGET_RUNG] else None,
-        "engine_speedup_b1": cells[FIRST_STAGE_ROW, EAGER, 1] / cells[FIRST_STAGE_ROW, FUSED, 1],
-        "engine_speedup_b64": cells[FIRST_STAGE_ROW, EAGER, 64] / cells[FIRST_STAGE_ROW, FUSED, 64],
+        "engine_speedup_b1": cells[FIRST_STAGE, EAGER, 1] / cells[FIRST_STAGE, FUSED, 1],
+        "engine_speedup_b64": cells[FIRST_STAGE, EAGER, 64] / cells[FIRST_STAGE, FUSED, 64],
     }
     floor = next((rows for label, rows in by.items() if "pass-through" in label), {})
     names = {"p50_ratio_at_c1": "p50 latency through the firewall / bare upstream, concurrency 1 (at most)",
