@@ -84,3 +84,23 @@ def auroc_map(cells: list[str], rules: list[str], values: np.ndarray, path: Path
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def build_comparison(cells: list[str], default: np.ndarray, variant: np.ndarray, variant_name: str,
+                     target: float, path: Path) -> Path:
+    """Each attack cell's firewall AUROC with the default build and with another, joined by a
+    line: which cells the change moves, which way, and where they land against the target."""
+    fig, ax = plt.subplots(figsize=(7.5, 0.3 * len(cells) + 1.6))
+    rows = np.arange(len(cells))
+    ax.hlines(rows, np.minimum(default, variant), np.maximum(default, variant), color="0.7", lw=2)
+    ax.scatter(default, rows, color="tab:blue", zorder=3, label="default build")
+    ax.scatter(variant, rows, color="tab:orange", marker="D", zorder=3, label=variant_name)
+    ax.axvline(target, color="tab:red", ls="--", lw=1, label=f"per-attack target {target}")
+    ax.set_yticks(rows, cells, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("firewall AUROC, mean over seeds")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

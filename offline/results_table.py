@@ -130,12 +130,16 @@ def _only_cells(table: dict, names: set[str]) -> dict:
                          if any(r["cell"] in names for r in records)})}
 
 
-def variant_comparison(runs: Path, default: dict, auxiliary: str) -> list[str]:
-    """The firewall built with `--auxiliary <auxiliary>` against the default build, on the cells measured both ways."""
+def paired_builds(runs: Path, default: dict, auxiliary: str) -> tuple[dict, dict]:
+    """The default build's table and the `--auxiliary <auxiliary>` build's, both cut to the cells measured both ways."""
     variant = load_cells(runs, auxiliary)
     names = ({r["cell"] for attacks in variant.values() for records in attacks.values() for r in records}
              & {r["cell"] for attacks in default.values() for records in attacks.values() for r in records})
-    default, variant = _only_cells(default, names), _only_cells(variant, names)
+    return _only_cells(default, names), _only_cells(variant, names)
+
+
+def variant_comparison(default: dict, variant: dict, auxiliary: str, figure: str | None = None) -> list[str]:
+    """The firewall built with `--auxiliary <auxiliary>` against the default build (`paired_builds`' tables)."""
     base, other = target_quantities(default), target_quantities(variant)
     if base is None or other is None:
         return []
@@ -152,7 +156,8 @@ def variant_comparison(runs: Path, default: dict, auxiliary: str) -> list[str]:
              f"| mean TPR at 1% FPR | ≥ {TARGETS['mean_tpr']} | {base['mean_tpr']:.3f} | {other['mean_tpr']:.3f} |"]
     lines += [f"| achieved FPR on the clean model {name} | {TARGET_FPR:.0%} ± 1 point | {fpr:.4f} | {fpr_other:.4f} |"
               for (name, fpr), (_, fpr_other) in zip(base["clean"], other["clean"])]
-    lines += ["", f"Firewall cells (AUROC / TPR at 1% FPR / achieved FPR), default build and {flag}:", "",
+    lines += ["", *([f"![firewall AUROC per cell, default build and {flag}]({figure})", ""] if figure else []),
+              f"Firewall cells (AUROC / TPR at 1% FPR / achieved FPR), default build and {flag}:", "",
               f"| cell | seeds | default build | {flag} |", "|---|---|---|---|"]
     for group, attacks in sorted(default.items()):
         for attack in sorted(attacks, key=lambda a: (a == "none", a)):
@@ -207,20 +212,38 @@ def render(table: dict, figure: str | None = None, comparisons: list[str] = ()) 
     return "\n".join(lines + list(comparisons)) + "\n"
 
 
-def results_document(runs: Path, markdown: Path | None = None) -> str:
-    """The results document for a runs directory: the default builds, then one comparison per named build
-    (`offline bench --auxiliary X`). Written to `markdown`, with its AUROC map (results.png) beside it, if given."""
-    table = load_cells(runs)
-    variants = sorted({v for case in runs.iterdir() if case.is_dir() for v in built_variants(case)})
-    comparisons = [line for auxiliary in variants for line in variant_comparison(runs, table, auxiliary)]
-    if markdown is None:
-        return render(table, comparisons=comparisons)
+def _overview_figure(table: dict, markdown: Path) -> str | None:
     from offline.plots import auroc_map
 
     labels, values = auroc_matrix(table)
-    figure = auroc_map(labels, list(RULES), values, markdown.with_name("results.png")) if labels else None
-    document = render(table, figure.name if figure else None, comparisons)
-    markdown.write_text(document)
+    return auroc_map(labels, list(RULES), values, markdown.with_name("results.png")).name if labels else None
+
+
+def _comparison_figure(default: dict, variant: dict, auxiliary: str, markdown: Path) -> str | None:
+    from offline.plots import build_comparison
+
+    cells, before = auroc_matrix(default)
+    _, after = auroc_matrix(variant)
+    if not cells:
+        return None
+    firewall = RULES.index("firewall")
+    return build_comparison(cells, before[:, firewall], after[:, firewall], f"--auxiliary {auxiliary}",
+                            TARGETS["min_auroc"], markdown.with_name(f"results-{auxiliary}.png")).name
+
+
+def results_document(runs: Path, markdown: Path | None = None) -> str:
+    """The results document for a runs directory: the default builds, then one comparison per named build
+    (`offline bench --auxiliary X`). Written to `markdown`, with its figures (results.png, results-X.png) beside
+    it, if given."""
+    table = load_cells(runs)
+    comparisons = []
+    for auxiliary in sorted({v for case in runs.iterdir() if case.is_dir() for v in built_variants(case)}):
+        default, variant = paired_builds(runs, table, auxiliary)
+        figure = _comparison_figure(default, variant, auxiliary, markdown) if markdown else None
+        comparisons += variant_comparison(default, variant, auxiliary, figure)
+    document = render(table, _overview_figure(table, markdown) if markdown else None, comparisons)
+    if markdown:
+        markdown.write_text(document)
     return document
 
 

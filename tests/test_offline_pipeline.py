@@ -150,8 +150,9 @@ def test_bench_quick_runs_the_ci_matrix_and_renders_the_results_table(tmp_path: 
     assert (cell / "eval.json").read_bytes() == default_report and (cell / "model.pt2").read_bytes() == model
     assert (cell / "artifacts-finetune" / "thresholds.json").is_file()
     assert json.loads((cell / "eval-finetune.json").read_text())["rules"] == report["rules"]
-    text = results_document(tmp_path / "runs")
+    text = results_document(tmp_path / "runs", markdown)
     assert "## The firewall built with `--auxiliary finetune`, against the default build" in text
+    assert "](results-finetune.png)" in text and (tmp_path / "results-finetune.png").stat().st_size > 0
     auroc = f"{report['rules']['firewall']['auroc']:.4f}"
     assert f"| digits/resnet w8 e4 badnets | 1 | {auroc} / " in text and text.count(auroc) >= 3
 
