@@ -48,7 +48,8 @@ FROM_UPSTREAM = (*PARALLEL, "--prediction-from-upstream", "logits")
 LADDER = (
     FirewallConfig("every rule on every input (session 1)", 1.0, UNTUNED),
     FirewallConfig("cascade: exposed STRIP in a 10% band", 0.1, UNTUNED),
-    FirewallConfig("first stage alone: BaDExpert + exposed margin + Mahalanobis (band 0, the default)", 0.0, UNTUNED),
+    FirewallConfig("first stage alone: the BaDExpert rules, exposed margin, Mahalanobis (band 0, the default)", 0.0,
+                   UNTUNED),
     FirewallConfig("+ tuned sessions (1 thread, no spinning)", 0.0, WAIT),
     FirewallConfig("+ no batching wait when the scorer is idle (all defaults)", 0.0),
     FirewallConfig("+ parallel forwarding", 0.0, PARALLEL),

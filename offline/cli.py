@@ -26,7 +26,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     from offline.attacks import ATTACKS
-    from offline.build.pipeline import AUXILIARY_METHODS
+    from offline.build.pipeline import AUXILIARY_METHODS, DEFAULT_AUXILIARY
     from offline.data.splits import DATASETS
     from offline.models import ARCHITECTURES
 
@@ -51,10 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--clean-data", required=True, type=Path)
     b.add_argument("--out", required=True, type=Path)
     b.add_argument("--name", default="classifier", help="the model name the upstream serves")
-    b.add_argument("--auxiliary", default="finetune", choices=AUXILIARY_METHODS,
+    b.add_argument("--auxiliary", default=DEFAULT_AUXILIARY, choices=AUXILIARY_METHODS,
                    help="how M' is made: large-rate clean fine-tuning, TSBD (reset what unlearning moved, then "
-                        "fine-tune), or both, each scored by BaDExpert's rule at half weight (one more network "
-                        "per request; docs/METHODS.md)")
+                        "fine-tune), or both, each scored by BaDExpert's rule at half weight (the default; "
+                        "finetune scores one network less per request; docs/METHODS.md)")
     b.add_argument("--weights", type=Path, help="safetensors weights for torchvision:<arch>")
     b.add_argument("--input-shape", type=_ints, help="C,H,W for torchvision:<arch> (default 3,224,224)")
     b.add_argument("--input-mean", type=_floats, default=(0.0,), help="per-channel mean the inputs are normalised with")

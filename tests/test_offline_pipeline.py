@@ -146,13 +146,13 @@ def test_bench_quick_runs_the_ci_matrix_and_renders_the_results_table(tmp_path: 
     cell = tmp_path / "runs" / "digits-badnets-resnet"
     default_report, model = (cell / "eval.json").read_bytes(), (cell / "model.pt2").read_bytes()
     run_bench(BenchConfig(out=tmp_path / "runs", datasets=("digits",), archs=("resnet",), attacks=("badnets",),
-                          quick=True, auxiliary="finetune"))
+                          quick=True, auxiliary="both"))
     assert (cell / "eval.json").read_bytes() == default_report and (cell / "model.pt2").read_bytes() == model
-    assert (cell / "artifacts-finetune" / "thresholds.json").is_file()
-    assert json.loads((cell / "eval-finetune.json").read_text())["rules"] == report["rules"]
+    assert (cell / "artifacts-both" / "thresholds.json").is_file()
+    assert json.loads((cell / "eval-both.json").read_text())["rules"] == report["rules"]
     text = results_document(tmp_path / "runs", markdown)
-    assert "## The firewall built with `--auxiliary finetune`, against the default build" in text
-    assert "](results-finetune.png)" in text and (tmp_path / "results-finetune.png").stat().st_size > 0
+    assert "## The firewall built with `--auxiliary both`, against the default build" in text
+    assert "](results-both.png)" in text and (tmp_path / "results-both.png").stat().st_size > 0
     auroc = f"{report['rules']['firewall']['auroc']:.4f}"
     assert f"| digits/resnet w8 e4 badnets | 1 | {auroc} / " in text and text.count(auroc) >= 3
 

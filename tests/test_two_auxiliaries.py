@@ -1,10 +1,9 @@
-"""`offline build --auxiliary both`: BaDExpert's rule once with the fine-tuned M' and once
-with TSBD's, fused at half weight each; builds without it keep the three first-stage rules."""
+"""`offline build --auxiliary both`, the default: BaDExpert's rule once with the fine-tuned M'
+and once with TSBD's, fused at half weight each; a build with one M' keeps three first-stage rules."""
 
 import json
 
 import numpy as np
-import pytest
 
 from firewall.artifacts import THRESHOLDS, load_artifacts
 from firewall.probabilities import prob_of
@@ -17,32 +16,26 @@ from offline.cli import main as offline
 BOTH_FIRST_STAGE = ("badexpert", "badexpert_tsbd", "exposed", "mahalanobis")
 
 
-@pytest.fixture(scope="module")
-def both_artifacts(tiny_case, tmp_path_factory):
-    out = tmp_path_factory.mktemp("both") / "artifacts"
+def test_a_build_with_the_fine_tuned_auxiliary_alone_has_three_first_stage_rules(tiny_case, tmp_path):
+    out = tmp_path / "artifacts"
     assert offline(["build", "--model", str(tiny_case / "model.pt2"), "--clean-data", str(tiny_case / "clean.npz"),
-                    "--out", str(out), "--auxiliary", "both"]) == 0
-    assert offline(["calibrate", "--artifacts", str(out), "--clean-data", str(tiny_case / "calib.npz")]) == 0
-    return out
-
-
-def test_a_default_build_has_one_auxiliary_and_three_first_stage_rules(tiny_artifacts):
-    artifacts = load_artifacts(tiny_artifacts)
+                    "--out", str(out), "--auxiliary", "finetune"]) == 0
+    artifacts = load_artifacts(out)
     assert first_stage_rules(artifacts.model_roles) == ("badexpert", "exposed", "mahalanobis")
     assert "auxiliary_tsbd" not in artifacts.model_roles
 
 
-def test_a_build_with_both_ships_both_auxiliaries_and_their_reports(both_artifacts):
-    manifest = json.loads((both_artifacts / "manifest.json").read_text())
+def test_a_default_build_ships_both_auxiliaries_and_their_reports(tiny_artifacts):
+    manifest = json.loads((tiny_artifacts / "manifest.json").read_text())
     assert manifest["build"]["auxiliary_method"] == "both"
     assert {"auxiliary.onnx", "auxiliary_tsbd.onnx", "torch/auxiliary_tsbd.pt2"} <= set(manifest["files"])
     assert manifest["models"]["auxiliary"]["optimizer"] != manifest["models"]["auxiliary_tsbd"]["optimizer"]
     assert "chosen_share" in manifest["models"]["auxiliary_tsbd"]["selection"]
-    assert first_stage_rules(load_artifacts(both_artifacts).model_roles) == BOTH_FIRST_STAGE
+    assert first_stage_rules(load_artifacts(tiny_artifacts).model_roles) == BOTH_FIRST_STAGE
 
 
-def test_the_fused_graph_scores_the_tsbd_rule_as_the_rule_on_the_separate_models(both_artifacts, tiny_case):
-    engine = ScoringEngine(load_artifacts(both_artifacts), rules=BOTH_FIRST_STAGE)
+def test_the_fused_graph_scores_the_tsbd_rule_as_the_rule_on_the_separate_models(tiny_artifacts, tiny_case):
+    engine = ScoringEngine(load_artifacts(tiny_artifacts), rules=BOTH_FIRST_STAGE)
     x = np.load(tiny_case / "test_triggered.npz")["x"][:64]
     yhat, scores = engine.score(x)
     models = engine.models
@@ -51,8 +44,8 @@ def test_the_fused_graph_scores_the_tsbd_rule_as_the_rule_on_the_separate_models
     assert not np.allclose(scores["badexpert_tsbd"], scores["badexpert"])
 
 
-def test_calibration_fuses_both_badexpert_rules_at_half_weight_each(both_artifacts):
-    fusion = Thresholds.load(both_artifacts / THRESHOLDS).fusion
+def test_calibration_fuses_both_badexpert_rules_at_half_weight_each(tiny_artifacts):
+    fusion = Thresholds.load(tiny_artifacts / THRESHOLDS).fusion
     assert fusion.first == BOTH_FIRST_STAGE
     weights = fusion.weight_of_each_rule()
     assert weights["badexpert"] == weights["badexpert_tsbd"] == 0.5

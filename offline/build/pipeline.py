@@ -26,8 +26,10 @@ from offline.model_io import input_shape_of, load_model, save_pt2
 from offline.training import accuracy, forward
 
 MIN_CLEAN = 50
-# How M' is made; "both" builds the two and scores BaDExpert's rule with each.
+# How M' is made; "both" builds the two and scores BaDExpert's rule with each (the default
+# since session 10: docs/METHODS.md, "Two auxiliaries").
 AUXILIARY_METHODS = ("finetune", "tsbd", "both")
+DEFAULT_AUXILIARY = "both"
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class BuildConfig:
     clean_data: Path
     out: Path
     name: str = "classifier"
-    auxiliary: str = "finetune"
+    auxiliary: str = DEFAULT_AUXILIARY
     weights: Path | None = None
     input_shape: tuple[int, ...] | None = None
     input_mean: tuple[float, ...] = (0.0,)
@@ -68,7 +70,8 @@ def _shared_trunk(model: torch.nn.Module, config: BuildConfig) -> TrunkSplit | N
         raise UserError(f"--shared-trunk is the head's share of the parameters, in (0, 1); got {config.shared_trunk}")
     if config.auxiliary != "finetune":
         raise UserError(f"--shared-trunk and --auxiliary {config.auxiliary} do not combine: TSBD resets channels "
-                        "across the whole network, so its auxiliary would no longer share M's trunk")
+                        "across the whole network, so its auxiliary would no longer share M's trunk; add "
+                        "--auxiliary finetune")
     try:
         return split_trunk(model, config.shared_trunk)
     except ValueError as exc:
