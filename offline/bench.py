@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from offline.build.pipeline import BuildConfig, run_build
+from offline.build.pipeline import DEFAULT_AUXILIARY, BuildConfig, run_build
 from offline.calibrate import CalibrateConfig, run_calibrate
-from offline.cells import artifacts_dir, eval_path
+from offline.cells import artifacts_dir, built_auxiliary, eval_path
 from offline.evaluate import EvaluateConfig, run_evaluate
 from offline.poison import DEFAULT_EPOCHS, PoisonConfig, run_poison
 
@@ -79,6 +79,13 @@ def run_cell(case: Path, dataset: str, attack: str, arch: str, seed: int, poison
                                        json_out=eval_path(case, auxiliary)))
 
 
+def measured_already(case: Path, config: BenchConfig) -> bool:
+    """A cell is reused only if it was evaluated after a build made the way this run would make it: a default
+    build from before the default changed is built again."""
+    return (eval_path(case, config.auxiliary).is_file() and not (config.force or config.rebuild)
+            and built_auxiliary(case, config.auxiliary) == (config.auxiliary or DEFAULT_AUXILIARY))
+
+
 def run_bench(config: BenchConfig) -> list[Path]:
     cells = [(d, a, arch, s) for d in config.datasets for arch in config.archs for a in config.attacks
              for s in config.seeds]
@@ -86,7 +93,7 @@ def run_bench(config: BenchConfig) -> list[Path]:
     for index, (dataset, attack, arch, seed) in enumerate(cells, 1):
         case = cell_dir(config.out, dataset, attack, arch, seed, config.settings_tag(dataset))
         label = f"[{index}/{len(cells)}] {case.name}" + (f" --auxiliary {config.auxiliary}" if config.auxiliary else "")
-        if eval_path(case, config.auxiliary).is_file() and not (config.force or config.rebuild):
+        if measured_already(case, config):
             print(f"{label}: measured already, reused", file=sys.stderr, flush=True)
         else:
             started = time.monotonic()
