@@ -70,9 +70,8 @@ def run_cell(case: Path, dataset: str, attack: str, arch: str, seed: int, poison
         run_poison(PoisonConfig(dataset=dataset, attack=attack, out=case, arch=arch, seed=seed, force=True,
                                 **poison))
     artifacts = artifacts_dir(case, auxiliary)
-    build_options = {} if auxiliary is None else {"auxiliary": auxiliary}
     run_build(BuildConfig(model=str(case / "model.pt2"), clean_data=case / "clean.npz", out=artifacts,
-                          seed=seed, force=True, **build_options))
+                          auxiliary=auxiliary or DEFAULT_AUXILIARY, seed=seed, force=True))
     run_calibrate(CalibrateConfig(artifacts, case / "calib.npz"))
     backdoor = None if attack == "none" else case / "test_triggered.npz"
     return run_evaluate(EvaluateConfig(artifacts, case / "test_clean.npz", backdoor,
@@ -92,7 +91,7 @@ def run_bench(config: BenchConfig) -> list[Path]:
     done = []
     for index, (dataset, attack, arch, seed) in enumerate(cells, 1):
         case = cell_dir(config.out, dataset, attack, arch, seed, config.settings_tag(dataset))
-        label = f"[{index}/{len(cells)}] {case.name}" + (f" --auxiliary {config.auxiliary}" if config.auxiliary else "")
+        label = f"[{index}/{len(cells)}] {case.name}{f' --auxiliary {config.auxiliary}' if config.auxiliary else ''}"
         if measured_already(case, config):
             print(f"{label}: measured already, reused", file=sys.stderr, flush=True)
         else:

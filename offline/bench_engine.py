@@ -131,7 +131,8 @@ def run(case: Path, threads: int, seconds: float) -> dict:
                          "ms_per_call": per_call * 1e3, "inputs_per_s": batch / per_call})
             print(f"batch {batch:>3} {rule:<34} {implementation:<26} {per_call * 1e3:8.3f} ms", flush=True)
     return {"case": str(case), "threads": threads, "seconds_per_cell": seconds,
-            "first_stage_rules": list(first_stage), "separate_sessions": 4 + len(auxiliaries),
+            "first_stage_rules": list(first_stage),
+            "separate_sessions": sum(role in artifacts.model_roles for role in models.sessions),  # what ran
             "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                         "onnxruntime": ort.__version__, "torch": torch.__version__,
                         "providers": engine.models.providers},

@@ -124,6 +124,10 @@ def summary(table: dict) -> list[str]:
     return lines + [""]
 
 
+def _cell_names(table: dict) -> set[str]:
+    return {r["cell"] for attacks in table.values() for records in attacks.values() for r in records}
+
+
 def _only_cells(table: dict, names: set[str]) -> dict:
     return {group: kept for group, attacks in table.items()
             if (kept := {attack: [r for r in records if r["cell"] in names] for attack, records in attacks.items()
@@ -133,8 +137,7 @@ def _only_cells(table: dict, names: set[str]) -> dict:
 def paired_builds(runs: Path, default: dict, auxiliary: str) -> tuple[dict, dict]:
     """The default build's table and the `--auxiliary <auxiliary>` build's, both cut to the cells measured both ways."""
     variant = load_cells(runs, auxiliary)
-    names = ({r["cell"] for attacks in variant.values() for records in attacks.values() for r in records}
-             & {r["cell"] for attacks in default.values() for records in attacks.values() for r in records})
+    names = _cell_names(variant) & _cell_names(default)
     return _only_cells(default, names), _only_cells(variant, names)
 
 

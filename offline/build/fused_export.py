@@ -2,13 +2,12 @@
 
 Serving every request through separate sessions pays a session overhead and a copy
 of the input for each (and M's layers twice: for its prediction and for its features);
-one graph with a shared input pays once. The graph
-scores every class for each rule, `[N, K]` ("how suspicious if M predicted k"): the
-BaDExpert rule from B and M' (once with each M' in a build with two), the exposed rule
-from E's logit margins, the Mahalanobis rule from M's penultimate features and the
-clean class Gaussians, which the graph holds as constants. M runs up to those features in both graphs; the one with the
-prediction adds M's classifier layer and the argmax. The same graph
-serves whether the prediction comes from M inside the graph or, with
+one graph with a shared input pays once. The graph scores every class for each rule,
+`[N, K]` ("how suspicious if M predicted k"): the BaDExpert rule from B and M' (once
+with each M' in a build with two), the exposed rule from E's logit margins, the
+Mahalanobis rule from M's penultimate features and the clean class Gaussians, which the
+graph holds as constants. M runs up to those features in both graphs; the one with the
+prediction adds M's classifier layer and the argmax. The same graph serves whether the prediction comes from M inside the graph or, with
 `--prediction-from-upstream`, from the production server's own answer, which can
 arrive after scoring has finished. Built with a shared trunk (`offline build
 --shared-trunk`), the graph runs M's frozen early layers once and feeds all four heads.
