@@ -54,7 +54,8 @@ results: venv
 
 # Regenerates docs/PERFORMANCE.md: the engine against eager PyTorch, then bare MLServer
 # against MLServer behind the firewall in each configuration, the same tritonclient load
-# at concurrency 1, 8 and 32 (about 10 minutes; run it alone on the machine).
+# at concurrency 1, 8 and 32, and the issue's configuration again against an upstream
+# pinned to one onnxruntime thread (about 12 minutes; run it alone on the machine).
 bench-serving: venv
 	test -f $(RUNS)/digits-badnets-resnet/artifacts/thresholds.json || \
 	  OFFLINE=$(OFFLINE) scripts/run_case.sh digits badnets resnet $(RUNS)

@@ -7,8 +7,13 @@ in time. The firewall is measured in a ladder of configurations, from the first
 session's (every rule on every input, onnxruntime's default threads) to every cost cut
 on, so each cut's effect is read against the same bare upstream.
 
+The upstream runs onnxruntime as it comes (a thread per core, idle threads spinning),
+and then, for the issue's configuration and the floor, pinned to one thread: on a
+machine the firewall shares, the spinning upstream takes CPU from it
+(docs/PERFORMANCE_NOTES.md).
+
 usage: python -m offline.bench_serving CASE_DIR [--concurrency 1,8,32] [--seconds 5] [--rounds 2]
-       [--configs 0,1,2,3,4] [--json OUT.json]
+       [--configs 0,1,2,3,4] [--pinned-upstream-configs 6,7] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +64,8 @@ LADDER = (
 )
 # The issue's targets are for `--forwarding parallel --prediction-from-upstream` with every other flag default.
 TARGET_RUNG = next(config.label for config in LADDER if config.flags == FROM_UPSTREAM)
+FLOOR_RUNG = next(config.label for config in LADDER if config.passthrough)
+PINNED_UPSTREAM_THREADS = 1
 
 MAX_REQUESTS_PER_ROUND = 20000
 
@@ -140,11 +148,11 @@ def _measure(upstream_port: int, port: int, metrics_port: int | None, model: str
     return row
 
 
-def run(case: Path, configs: list[FirewallConfig], concurrencies: list[int], seconds: float, rounds: int) -> dict:
-    model = json.loads((case / "artifacts" / "manifest.json").read_text())["name"]
-    x = np.load(case / "test_clean.npz")["x"][:512]
-    scratch = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    upstream, upstream_port, _ = start_mlserver(case / "artifacts", scratch, model)
+def _against_upstream(case: Path, model: str, x: np.ndarray, threads: int, configs: Sequence[FirewallConfig],
+                      concurrencies: list[int], seconds: float, rounds: int, scratch: Path) -> list[dict]:
+    """Every configuration's rows against one MLServer whose model runs on `threads`
+    onnxruntime threads (0: onnxruntime's default)."""
+    upstream, upstream_port, _ = start_mlserver(case / "artifacts", scratch, model, threads=threads)
     results = []
     try:
         closed_loop(upstream_port, model, x, 4, 1.0)  # warm up
@@ -160,13 +168,29 @@ def run(case: Path, configs: list[FirewallConfig], concurrencies: list[int], sec
                 for concurrency in concurrencies:
                     row = _measure(upstream_port, port, metrics_port, model, x, concurrency, seconds, rounds)
                     results.append({"config": config.label, "cascade_band": config.cascade_band,
-                                    "flags": list(config.flags), **row})
-                    print(f"{config.label:<48} c={concurrency:<3} p50 {row['p50_ratio']:.2f}x "
-                          f"throughput {row['throughput_ratio']:.2f}x", flush=True)
+                                    "flags": list(config.flags), "upstream_threads": threads, **row})
+                    print(f"{config.label:<48} upstream threads {threads} c={concurrency:<3} "
+                          f"p50 {row['p50_ratio']:.2f}x throughput {row['throughput_ratio']:.2f}x", flush=True)
             finally:
                 firewall.stop()
     finally:
         upstream.stop()
+    return results
+
+
+def run(case: Path, configs: Sequence[FirewallConfig], concurrencies: list[int], seconds: float, rounds: int,
+        pinned_upstream_configs: Sequence[FirewallConfig] = ()) -> dict:
+    """The ladder against the upstream at onnxruntime's defaults, then
+    `pinned_upstream_configs` against an upstream pinned to one thread."""
+    model = json.loads((case / "artifacts" / "manifest.json").read_text())["name"]
+    x = np.load(case / "test_clean.npz")["x"][:512]
+    scratch = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    try:
+        results = _against_upstream(case, model, x, 0, configs, concurrencies, seconds, rounds, scratch)
+        if pinned_upstream_configs:
+            results += _against_upstream(case, model, x, PINNED_UPSTREAM_THREADS, pinned_upstream_configs,
+                                         concurrencies, seconds, rounds, scratch)
+    finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return {"case": str(case), "seconds_per_round": seconds, "rounds": rounds,
             "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
@@ -182,10 +206,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--configs", default=",".join(map(str, range(len(LADDER)))),
                         help="which rungs of the ladder to measure, by index")
+    parser.add_argument("--pinned-upstream-configs", default=",".join(
+                            str(i) for i, c in enumerate(LADDER) if c.label in (TARGET_RUNG, FLOOR_RUNG)),
+                        help="rungs measured again against an upstream pinned to one onnxruntime thread, by "
+                             "index ('' for none)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    configs = [LADDER[int(i)] for i in args.configs.split(",")]
-    report = run(args.case, configs, [int(c) for c in args.concurrency.split(",")], args.seconds, args.rounds)
+    rungs = lambda indices: [LADDER[int(i)] for i in indices.split(",") if i]
+    report = run(args.case, rungs(args.configs), [int(c) for c in args.concurrency.split(",")], args.seconds,
+                 args.rounds, rungs(args.pinned_upstream_configs))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

@@ -111,12 +111,13 @@ def _wait_model_ready(port: int, process: Process, model: str, timeout: float) -
 
 
 def start_mlserver(artifacts: Path, logs: Path, model: str = "classifier", timeout: float = 120.0,
-                   grpc_port: int | None = None) -> tuple[Process, int, int]:
-    """Returns (process, grpc port, metrics port)."""
+                   grpc_port: int | None = None, threads: int = 0) -> tuple[Process, int, int]:
+    """Returns (process, grpc port, metrics port); `threads` is the model's onnxruntime
+    intra-op threads (0: onnxruntime's default)."""
     grpc_port, http_port, metrics_port = grpc_port or free_port(), free_port(), free_port()
     process = Process([str(MLSERVER_SERVE), str(artifacts), "--grpc-port", str(grpc_port), "--http-port",
-                       str(http_port), "--metrics-port", str(metrics_port)], logs / f"mlserver-{grpc_port}.log",
-                      env={"PYTHON": sys.executable})
+                       str(http_port), "--metrics-port", str(metrics_port), "--threads", str(threads)],
+                      logs / f"mlserver-{grpc_port}.log", env={"PYTHON": sys.executable})
     _wait_model_ready(grpc_port, process, model, timeout)
     return process, grpc_port, metrics_port
 

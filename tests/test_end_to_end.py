@@ -232,6 +232,15 @@ def test_upstream_down_is_unavailable_and_the_firewall_recovers(tiny_artifacts, 
         upstream.stop()
 
 
+def test_an_upstream_pinned_to_one_thread_answers_like_the_default_one(tiny_artifacts, mlserver, logs, inputs):
+    clean, _ = inputs
+    upstream, upstream_port, _ = start_mlserver(tiny_artifacts, logs, threads=1)
+    try:
+        assert np.allclose(infer(upstream_port, clean[:8]), infer(mlserver[0], clean[:8]), atol=1e-5)
+    finally:
+        upstream.stop()
+
+
 def test_sigterm_drains_in_flight_requests(tiny_artifacts, mlserver, logs, inputs):
     clean, _ = inputs
     process, port, _ = start_firewall(tiny_artifacts, mlserver[0], logs)

@@ -1,7 +1,8 @@
 """An MLServer runtime that serves one ONNX classifier with onnxruntime.
 
 The demo's and the end-to-end tests' upstream: the production model server as a
-team would run it, with no knowledge of the firewall in front of it.
+team would run it, with no knowledge of the firewall in front of it. `intra_op_threads`
+in the model's extra parameters pins onnxruntime's threads (session_options.py).
 """
 
 import numpy as np
@@ -9,12 +10,15 @@ import onnxruntime as ort
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
 from mlserver.types import InferenceRequest, InferenceResponse
+from session_options import session_options
 
 
 class OnnxClassifier(MLModel):
     async def load(self) -> bool:
-        uri = self.settings.parameters.uri
-        self._session = ort.InferenceSession(uri, providers=ort.get_available_providers())
+        parameters = self.settings.parameters
+        threads = int((parameters.extra or {}).get("intra_op_threads", 0))
+        self._session = ort.InferenceSession(parameters.uri, session_options(threads),
+                                             providers=ort.get_available_providers())
         self._input = self._session.get_inputs()[0].name
         self._output = self._session.get_outputs()[0].name
         return True
