@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from offline.build.divergence import DivergenceGuard, finite_accuracy
 from offline.data.tensorsets import TensorSet
 from offline.graph_mode import set_batchnorm_training
 from offline.training import accuracy, batches
@@ -49,8 +50,8 @@ def _run(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, train: Ten
          schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
          batchnorm_training: bool = False, give_up=None,
          trajectory: list[float] | None = None) -> tuple[int, str, float]:
-    """Step until `done(heldout_accuracy)`, `give_up()` or the budget; returns (steps, stopped_by,
-    accuracy). Every held-out accuracy checked is appended to `trajectory`.
+    """Step until `done(heldout_accuracy)`, `give_up()`, divergence or the budget; returns (steps,
+    stopped_by, accuracy). Every held-out accuracy checked is appended to `trajectory`.
 
     The model is always left with eval-mode batch norm, as it will be exported.
     """
@@ -64,19 +65,26 @@ def _run(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, train: Ten
         return 0, "criterion", acc
     try:
         set_batchnorm_training(model, batchnorm_training)
+        guard = DivergenceGuard(model)
         with tqdm(total=max_steps, desc=desc, unit="step", disable=None) as bar:
             for step in range(1, max_steps + 1):
                 inputs, labels = next(stream)
                 loss = loss_fn(model(inputs), labels)
+                if not guard.keep(loss, step - 1):
+                    return _diverged(model, guard, heldout, trajectory)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if not guard.weights_finite():
+                    return _diverged(model, guard, heldout, trajectory)
                 if schedule is not None:
                     schedule.step()
                 bar.update()
                 if step % check_every == 0 or step == max_steps:
                     set_batchnorm_training(model, False)
-                    acc = accuracy(model, heldout.x, heldout.y)
+                    acc = finite_accuracy(model, heldout)
+                    if acc is None:
+                        return _diverged(model, guard, heldout, trajectory)
                     trajectory.append(acc)
                     bar.set_postfix(heldout_acc=f"{acc:.3f}", refresh=False)
                     if done(acc):
@@ -87,6 +95,15 @@ def _run(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, train: Ten
         return max_steps, "budget", acc
     finally:
         set_batchnorm_training(model, False)
+
+
+def _diverged(model: nn.Module, guard: DivergenceGuard, heldout: TensorSet,
+              trajectory: list[float]) -> tuple[int, str, float]:
+    steps = guard.restore()
+    set_batchnorm_training(model, False)
+    acc = accuracy(model, heldout.x, heldout.y)
+    trajectory.append(acc)
+    return steps, "divergence", acc
 
 
 EXPERT_LRS = (1e-3, 3e-4, 3e-3, 1e-4)  # tried in this order: the usual winner first
@@ -197,8 +214,10 @@ def auxiliary_model(model: nn.Module, train: TensorSet, heldout: TensorSet, num_
     for lr in sorted(lrs, reverse=True):
         auxiliary, report, trajectory = _auxiliary_at(model, train, heldout, lr, epochs, min_epoch_steps,
                                                       batch_size, seed)
+        diverged = report.stopped_by == "divergence"
         evidence = {"lr": lr, "trajectory": [round(a, 4) for a in trajectory], "dip": min(trajectory),
-                    "final": trajectory[-1], "recovered": trajectory[-1] >= start - margin}
+                    "final": trajectory[-1], "diverged": diverged,
+                    "recovered": not diverged and trajectory[-1] >= start - margin}
         runs.append((auxiliary, report, evidence))
         if evidence["recovered"]:
             break  # rates are tried largest first: the first that recovers is the largest that does

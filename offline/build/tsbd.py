@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from offline.build.divergence import DivergenceGuard, finite_accuracy
 from offline.build.stages import StageReport
 from offline.data.tensorsets import TensorSet
 from offline.graph_mode import set_batchnorm_training
@@ -70,19 +71,26 @@ def zero_reinit(model: nn.Module, unlearned: nn.Module, share: float,
 
 def activeness_aware_finetune(model: nn.Module, train: TensorSet, heldout: TensorSet, *, steps: int,
                               check_every: int, lr: float = 0.01, r: float = 0.05, alpha: float = 0.7,
-                              batch_size: int = 64, seed: int = 0, desc: str = "TSBD fine-tune") -> list[float]:
-    """Fine-tune in place; returns held-out accuracy at the start and at every check."""
+                              batch_size: int = 64, seed: int = 0,
+                              desc: str = "TSBD fine-tune") -> tuple[list[float], int]:
+    """Fine-tune in place; returns held-out accuracy at the start and at every check, and
+    the steps taken, fewer than `steps` if the run diverged and stopped at its last finite
+    weights (offline/build/divergence.py)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     stream = batches(train.x, train.y, min(batch_size, len(train)), rng)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
     trajectory = [accuracy(model, heldout.x, heldout.y)]
+    guard = DivergenceGuard(model)
     try:
         set_batchnorm_training(model, True)
         for step in tqdm(range(1, steps + 1), desc=desc, unit="step", disable=None):
             inputs, labels = next(stream)
-            g1 = torch.autograd.grad(F.cross_entropy(model(inputs), labels), params)
+            loss = F.cross_entropy(model(inputs), labels)
+            if not guard.keep(loss, step - 1):
+                break
+            g1 = torch.autograd.grad(loss, params)
             with torch.no_grad():
                 moves = [r * g / g.norm().clamp_min(1e-12) for g in g1]
                 for p, e in zip(params, moves):
@@ -93,13 +101,23 @@ def activeness_aware_finetune(model: nn.Module, train: TensorSet, heldout: Tenso
                     p.sub_(e)
                     p.grad = (1 - alpha) * a + alpha * b
             optimizer.step()
+            if not guard.weights_finite():
+                break
             if step % check_every == 0 or step == steps:
                 set_batchnorm_training(model, False)
-                trajectory.append(accuracy(model, heldout.x, heldout.y))
+                acc = finite_accuracy(model, heldout)
+                if acc is None:
+                    break
+                trajectory.append(acc)
                 set_batchnorm_training(model, True)
+        else:
+            return trajectory, steps
+        taken = guard.restore()
+        set_batchnorm_training(model, False)
+        trajectory.append(accuracy(model, heldout.x, heldout.y))
+        return trajectory, taken
     finally:
         set_batchnorm_training(model, False)
-    return trajectory
 
 
 def tsbd_auxiliary(model: nn.Module, unlearned: nn.Module, train: TensorSet, heldout: TensorSet, *,
@@ -111,18 +129,19 @@ def tsbd_auxiliary(model: nn.Module, unlearned: nn.Module, train: TensorSet, hel
     for share in shares:
         repaired, channels = zero_reinit(model, unlearned, share)
         after_reset = accuracy(repaired, heldout.x, heldout.y)
-        trajectory = activeness_aware_finetune(repaired, train, heldout, steps=epochs * epoch_steps,
-                                               check_every=epoch_steps, batch_size=batch_size, seed=seed,
-                                               desc=f"TSBD fine-tune (top {share:.0%} channels reset)")
+        trajectory, taken = activeness_aware_finetune(repaired, train, heldout, steps=epochs * epoch_steps,
+                                                      check_every=epoch_steps, batch_size=batch_size, seed=seed,
+                                                      desc=f"TSBD fine-tune (top {share:.0%} channels reset)")
+        diverged = taken < epochs * epoch_steps
         run = {"share": share, "channels_reset": channels, "heldout_after_reset": after_reset,
-               "trajectory": [round(a, 4) for a in trajectory], "final": trajectory[-1],
-               "recovered": trajectory[-1] >= start - TSBD_MARGIN}
+               "trajectory": [round(a, 4) for a in trajectory], "final": trajectory[-1], "steps": taken,
+               "diverged": diverged, "recovered": not diverged and trajectory[-1] >= start - TSBD_MARGIN}
         runs.append((repaired, run))
         if run["recovered"]:
             break  # shares are tried largest first: the first that recovers is the largest that does
     repaired, run = runs[-1] if runs[-1][1]["recovered"] else max(runs, key=lambda r: r[1]["final"])
     report = StageReport("tsbd: zero reinit + activeness-aware sgd", 0.01, f"{epochs} epochs of {epoch_steps} steps",
-                         "budget", epochs * epoch_steps, run["final"])
+                         "divergence" if run["diverged"] else "budget", run["steps"], run["final"])
     report.selection = {"criterion": f"largest reset share whose fine-tuned model recovers to within "
                                      f"{TSBD_MARGIN} of M's held-out accuracy ({start:.4f})",
                         "chosen_share": run["share"], "search": [r for _, r in runs]}

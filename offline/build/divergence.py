@@ -1,0 +1,54 @@
+"""Stopping a fine-tune at its last finite weights when it diverges.
+
+Gradient ascent has no floor: EBYD's clean unlearning drives a small vision transformer
+to NaN weights within a dozen steps at the rate that suits convolutional networks, and
+a NaN model's held-out accuracy (argmax of NaN logits) can even pass the stop criterion.
+Every fine-tune of the build therefore keeps the weights of its last step whose loss
+was finite, and a step that makes the loss, a weight or a held-out output non-finite
+ends the run there;
+the manifest says it stopped by "divergence". Runs that never diverge are unchanged, bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from offline.data.tensorsets import TensorSet
+from offline.training import forward
+
+
+def finite_accuracy(model: nn.Module, heldout: TensorSet) -> float | None:
+    """Held-out accuracy, or None when an output is not finite: the argmax of NaN logits
+    names a class, so a broken model would otherwise score like a model at chance."""
+    logits = forward(model, heldout.x)
+    if not np.isfinite(logits).all():
+        return None
+    return float((logits.argmax(1) == heldout.y).mean())
+
+
+class DivergenceGuard:
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self._state: dict[str, torch.Tensor] | None = None
+        self.steps = 0  # optimizer steps taken by the kept weights
+
+    def keep(self, loss: torch.Tensor, steps_taken: int) -> bool:
+        """Before a step: remember the weights if their loss is finite; False if it is not."""
+        if not bool(torch.isfinite(loss)):
+            return False
+        self._state = {name: value.detach().clone() for name, value in self.model.state_dict().items()}
+        self.steps = steps_taken
+        return True
+
+    def weights_finite(self) -> bool:
+        """After a step: False if it made any weight non-finite."""
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+
+    def restore(self) -> int:
+        """Back to the kept weights; returns their step count."""
+        if self._state is None:
+            raise ValueError("the model's loss was not finite before any step: check the model and the clean data")
+        self.model.load_state_dict(self._state)
+        return self.steps
