@@ -5,10 +5,12 @@ architecture sends weights to infinity, and a NaN model's held-out accuracy can 
 stop criterion. The build must notice, keep finite weights and say why it stopped."""
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from firewall.errors import UserError
 from offline.build import stages
 from offline.build.tsbd import activeness_aware_finetune
 from offline.data.tensorsets import TensorSet
@@ -97,3 +99,8 @@ def test_tsbd_fine_tuning_that_diverges_returns_finite_weights_and_the_steps_it_
                                                   check_every=5, lr=1e30)
     assert taken < 20 and finite(model)
     assert len(trajectory) >= 2
+
+
+def test_a_model_whose_loss_is_never_finite_is_refused_with_a_clear_error():
+    with pytest.raises(UserError, match="not finite before any fine-tuning"):
+        run(tiny_model(), lambda out, y: out.sum() * float("inf"))

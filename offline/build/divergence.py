@@ -1,12 +1,12 @@
 """Stopping a fine-tune at its last finite weights when it diverges.
 
-Gradient ascent has no floor: EBYD's clean unlearning drives a small vision transformer
-to NaN weights within a dozen steps at the rate that suits convolutional networks, and
-a NaN model's held-out accuracy (argmax of NaN logits) can even pass the stop criterion.
+Gradient ascent has no floor: EBYD's clean unlearning drove a small vision transformer
+to NaN weights within 60 steps at the rate that suits convolutional networks, and a
+NaN model's held-out accuracy (argmax of NaN logits) can even pass a stop criterion.
 Every fine-tune of the build therefore keeps the weights of its last step whose loss
 was finite, and a step that makes the loss, a weight or a held-out output non-finite
-ends the run there;
-the manifest says it stopped by "divergence". Runs that never diverge are unchanged, bit for bit.
+ends the run there; the manifest says it stopped by "divergence". Runs that never
+diverge are unchanged, bit for bit.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from firewall.errors import UserError
 from offline.data.tensorsets import TensorSet
 from offline.training import forward
 
@@ -29,6 +30,8 @@ def finite_accuracy(model: nn.Module, heldout: TensorSet) -> float | None:
 
 
 class DivergenceGuard:
+    """The weights a diverged run falls back to: a copy taken before every step."""
+
     def __init__(self, model: nn.Module):
         self.model = model
         self._state: dict[str, torch.Tensor] | None = None
@@ -49,6 +52,7 @@ class DivergenceGuard:
     def restore(self) -> int:
         """Back to the kept weights; returns their step count."""
         if self._state is None:
-            raise ValueError("the model's loss was not finite before any step: check the model and the clean data")
+            raise UserError("the model's loss on the clean data is not finite before any fine-tuning: check the "
+                            "model and the clean data")
         self.model.load_state_dict(self._state)
         return self.steps
