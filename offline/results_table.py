@@ -81,6 +81,9 @@ def group_summary(attacks: dict) -> str:
     rows, _ = _firewall_rows([("", attacks)])
     if not rows:
         return ""
+    if len(rows) == 1:
+        (attack, auroc, tpr), = rows
+        return f"Firewall on this one attack cell ({attack}): AUROC {auroc:.4f}, TPR at 1% FPR {tpr:.3f}."
     worst = min(rows, key=lambda r: r[1])
     return (f"Firewall over these {len(rows)} attack cells: mean AUROC {np.mean([r[1] for r in rows]):.4f}, "
             f"worst {worst[1]:.4f} ({worst[0]}), mean TPR at 1% FPR {np.mean([r[2] for r in rows]):.3f}.")
