@@ -79,10 +79,12 @@ def test_an_exposure_that_diverges_keeps_finite_weights_and_says_so(monkeypatch)
     assert finite(exposed)
 
 
-def test_a_fine_tune_that_does_not_diverge_is_untouched_by_the_guard():
-    exposed, report = stages.exposed_model(tiny_model(), tiny_task(60, 0), tiny_task(30, 1), num_classes=3,
+def test_a_fine_tune_that_does_not_diverge_runs_its_whole_budget():
+    model = tiny_model()
+    exposed, report = stages.exposed_model(model, tiny_task(60, 0), tiny_task(30, 1), num_classes=3,
                                            lr=1e-3, max_steps=5)
-    assert report.stopped_by in ("criterion", "budget")
+    assert (report.stopped_by, report.steps) == ("budget", 5)
+    assert stages.weight_change(exposed, model) > 0
 
 
 def test_an_auxiliary_rate_that_diverges_never_counts_as_recovered():
