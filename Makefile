@@ -39,7 +39,7 @@ demo: venv
 # epochs: the issue's check); each cell built twice, by default (both auxiliaries) and
 # with `--auxiliary finetune` (the fine-tuned M' alone, the default until session 10),
 # which the document compares; and shapes on MobileNet (badnets and a clean model, the
-# default build only: MobileNet fine-tunes slowly on the CPU). Cells already measured in
+# default build only). Cells already measured in
 # runs/ are reused; from nothing this takes about eight hours on 2 cores.
 SHAPES_VGG_ATTACKS := wanet,sig,lowfreq,dynamic,adaptive_blend,all2all
 results: venv
