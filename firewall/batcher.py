@@ -1,24 +1,32 @@
 """A dynamic micro-batcher: requests that arrive together are scored together.
 
 Like Triton's dynamic batcher: the first waiting request opens a batch, which closes
-when it holds `max_batch_size` inputs or `max_wait_us` has passed. Scoring runs in a
-worker thread (onnxruntime releases the GIL), and requests that arrive meanwhile form
-the next batch. The default wait is 0: batches still form under load, from the
-requests that queued while the previous batch was scored, and an idle firewall
-scores a lone request at once instead of holding it: with sequential forwarding at
-concurrency 1 the wait cost a millisecond of p50 (docs/PERFORMANCE_NOTES.md).
+when it holds `max_batch_size` inputs or `max_wait_us` has passed. The default wait is
+0: batches still form under load, from the requests that queued while the previous
+batch was scored, and an idle firewall scores a lone request at once instead of
+holding it: with sequential forwarding at concurrency 1 the wait cost a millisecond of
+p50 (docs/PERFORMANCE_NOTES.md).
+
+The batches are collected and scored on a thread of their own (onnxruntime releases
+the GIL), fed by a thread-safe queue; the event loop is woken once per batch, to hand
+each request its rows. Collecting on the loop instead cost a task wake-up per request
+and an executor round trip per batch, CPU the sidecar shares with the model server
+(docs/PERFORMANCE_NOTES.md, "The sidecar's own Python").
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 Scores = dict[str, np.ndarray]
+_Item = tuple[np.ndarray, asyncio.Future]
+_STOP = None  # the queue's sentinel: every request queued before it is still scored
 
 
 class MicroBatcher:
@@ -28,61 +36,70 @@ class MicroBatcher:
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_us / 1e6
         self._on_batch = on_batch
-        self._queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future]] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")
-        self._task: asyncio.Task | None = None
+        self._pending: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="scoring", daemon=True)
+        self._thread.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        self._executor.shutdown(wait=True)
+        """Score what is queued, then end the scoring thread."""
+        if self._thread is not None:
+            self._pending.put(_STOP)
+            await asyncio.to_thread(self._thread.join)
 
     async def score(self, x: np.ndarray) -> Scores:
-        future = asyncio.get_running_loop().create_future()
-        await self._queue.put((x, future))
+        future = self._loop.create_future()
+        self._pending.put((x, future))
         return await future
 
-    async def _collect(self) -> list[tuple[np.ndarray, asyncio.Future]]:
-        items = [await self._queue.get()]
-        rows = len(items[0][0])
+    # -- the scoring thread ----------------------------------------------------------
+    def _collect(self) -> list[_Item] | None:
+        """The next batch, or None once the batcher is stopping and nothing is left."""
+        first = self._pending.get()
+        if first is _STOP:
+            return None
+        items, rows = [first], len(first[0])
         deadline = time.monotonic() + self.max_wait
         while rows < self.max_batch_size:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 and self._queue.empty():
-                break
             try:
-                item = self._queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self._queue.get(), remaining)
-            except (asyncio.TimeoutError, asyncio.QueueEmpty):
+                item = self._pending.get_nowait() if remaining <= 0 else self._pending.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if item is _STOP:
+                self._pending.put(_STOP)  # seen again once this batch is scored
                 break
             items.append(item)
             rows += len(item[0])
         return items
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            items = await self._collect()
-            live = [(x, f) for x, f in items if not f.cancelled()]
+    def _run(self) -> None:
+        while (items := self._collect()) is not None:
+            live = [(x, f) for x, f in items if not f.cancelled()]  # a client that hung up is not scored
             if not live:
                 continue
-            batch = np.concatenate([x for x, _ in live])
             started = time.perf_counter()
             try:
-                scores = await loop.run_in_executor(self._executor, self._score, batch)
-            except Exception as exc:  # every waiter learns of the failure; the loop goes on
-                for _, future in live:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            if self._on_batch is not None:
-                self._on_batch(len(batch), time.perf_counter() - started)
-            start = 0
-            for x, future in live:
-                part = {rule: values[start : start + len(x)] for rule, values in scores.items()}
-                start += len(x)
-                if not future.done():
-                    future.set_result(part)
+                outcome: Scores | Exception = self._score(np.concatenate([x for x, _ in live]))
+            except Exception as exc:  # every waiter learns of the failure; the thread goes on
+                outcome = exc
+            else:
+                if self._on_batch is not None:
+                    self._on_batch(sum(len(x) for x, _ in live), time.perf_counter() - started)
+            self._loop.call_soon_threadsafe(_deliver, live, outcome)
+
+
+def _deliver(items: list[_Item], outcome: Scores | Exception) -> None:
+    """On the event loop: each request's own rows of the batch's scores, or the failure."""
+    start = 0
+    for x, future in items:
+        if not future.done():
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result({rule: values[start : start + len(x)] for rule, values in outcome.items()})
+        start += len(x)

@@ -41,6 +41,7 @@ SERVICE = "inference.GRPCInferenceService"
 PASSTHROUGH = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata")
 MAX_MESSAGE = 256 * 1024 * 1024
 _HOP_BY_HOP = ("content-type", "user-agent", "te", "grpc-", ":")
+_FIRST_STAGE_EVIDENCE = "first stage evidence"  # a key no rule is named
 _CHANNEL_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]
 
 
@@ -72,6 +73,10 @@ class Firewall:
         self.model = self.manifest.name
         self.metrics = FirewallMetrics()
         self.metrics.artifacts_info.labels(self.model, artifacts.manifest_sha256).set(1)
+        self.rule_metrics = {rule: (self.metrics.score.labels(self.model, rule),
+                                    self.metrics.rejections.labels(self.model, rule),
+                                    self.thresholds.rules[rule].threshold)
+                             for rule in (*self.fusion.first, *self.fusion.reachable_later, FIREWALL)}
         self.audit = AuditLog(config.audit_log)
         self.health = health.aio.HealthServicer()
         self.batcher: MicroBatcher | None = None
@@ -87,7 +92,12 @@ class Firewall:
         return self.config.prediction_from_upstream is None
 
     def _first_stage(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        return self.engine.first_stage(x, predict=self._predicts)
+        """One batch's first stage, on the scoring thread: every rule's score for every
+        class and their fused evidence for every class, so that each request only picks
+        its predicted class's column (the prediction may arrive later, from the upstream)."""
+        first = self.engine.first_stage(x, predict=self._predicts)
+        first[_FIRST_STAGE_EVIDENCE] = self.fusion.first_stage_evidence(first)
+        return first
 
     def warm_up(self) -> None:
         """Open what requests will use before the server reports SERVING: the served
@@ -113,7 +123,7 @@ class Firewall:
         else:
             yhat = first[PREDICTION_OUTPUT]
         scores = {rule: prob_of(first[rule], yhat) for rule in self.fusion.first}
-        first_evidence = self.fusion.first_stage_evidence(scores)
+        first_evidence = prob_of(first[_FIRST_STAGE_EVIDENCE], yhat)
         band = self.fusion.in_band(first_evidence)
         for rule in self.fusion.reachable_later:
             scores[rule] = np.full(len(x), np.nan)
@@ -129,13 +139,15 @@ class Firewall:
 
     def _record(self, scores: dict[str, np.ndarray]) -> None:
         for rule, values in scores.items():
-            computed = values[~np.isnan(values)]  # the cascade skips costly rules outside its band
-            histogram = self.metrics.score.labels(self.model, rule)
-            for value in computed:
-                histogram.observe(float(value))
-            over = int(self.thresholds.rejects(rule, computed).sum())
+            histogram, rejections, threshold = self.rule_metrics[rule]
+            over = 0
+            for value in values.tolist():
+                if value != value:  # NaN: the cascade skipped this costly rule for this input
+                    continue
+                histogram.observe(value)
+                over += value > threshold  # a rule rejects above its threshold (Thresholds.rejects)
             if over:
-                self.metrics.rejections.labels(self.model, rule).inc(over)
+                rejections.inc(over)
 
     # -- forwarding --------------------------------------------------------------
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:

@@ -7,6 +7,8 @@ could not score would be a bypass.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from firewall.artifacts import Manifest
@@ -35,7 +37,7 @@ def decode_input(request: pb.ModelInferRequest, manifest: Manifest) -> np.ndarra
     shape = tuple(tensor.shape)
     if len(shape) != 1 + len(manifest.input_shape) or shape[1:] != manifest.input_shape or shape[0] < 1:
         raise InvalidInput(f"input shape is {list(shape)}, expected [N, {', '.join(map(str, manifest.input_shape))}]")
-    count = int(np.prod(shape))
+    count = math.prod(shape)
     if request.raw_input_contents:
         if len(request.raw_input_contents) != 1:
             raise InvalidInput(f"{len(request.raw_input_contents)} raw input buffers for one input")

@@ -8,6 +8,8 @@ prediction) or class indices `[N]` / `[N, 1]`.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from google.protobuf.message import Message
@@ -39,12 +41,12 @@ def prediction_from_response(response: Message, output: str, batch: int, num_cla
         values = np.asarray(getattr(tensor.contents, field), dtype=dtype)
     else:
         raise UnreadablePrediction(f"output '{output}' is {tensor.datatype} without raw contents")
-    if values.size != int(np.prod(shape)):
+    if values.size != math.prod(shape):
         raise UnreadablePrediction(f"output '{output}' has {values.size} values for shape {list(shape)}")
     values = values.reshape(shape)
-    if np.issubdtype(values.dtype, np.floating) and shape == (batch, num_classes):
+    if values.dtype.kind == "f" and shape == (batch, num_classes):
         return values.argmax(axis=1).astype(np.int64)
-    if np.issubdtype(values.dtype, np.integer) and shape in ((batch,), (batch, 1)):
+    if values.dtype.kind in "iu" and shape in ((batch,), (batch, 1)):
         labels = values.reshape(batch).astype(np.int64)
         if labels.min() < 0 or labels.max() >= num_classes:
             raise UnreadablePrediction(f"output '{output}' holds class indices outside [0, {num_classes})")

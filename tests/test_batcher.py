@@ -98,3 +98,37 @@ def test_a_scoring_failure_reaches_every_request_of_the_batch_and_the_batcher_go
         return after
 
     assert run(scenario())["rule"].tolist() == [1.0]
+
+
+def test_stopping_scores_every_request_already_queued():
+    scorer = SlowScorer(0.02)
+
+    async def scenario():
+        batcher = MicroBatcher(scorer, max_batch_size=2)
+        batcher.start()
+        pending = [asyncio.create_task(batcher.score(np.full((1, 2), float(k), np.float32))) for k in range(6)]
+        await asyncio.sleep(0)  # every request is queued
+        await batcher.stop()
+        return [task.result()["rule"].tolist() for task in pending]
+
+    assert run(scenario()) == [[float(k)] for k in range(6)]
+    assert sum(scorer.sizes) == 6
+
+
+def test_a_request_cancelled_while_it_waits_is_not_scored():
+    scorer = SlowScorer(0.05)
+
+    async def scenario():
+        batcher = MicroBatcher(scorer)
+        batcher.start()
+        busy = asyncio.create_task(batcher.score(np.zeros((1, 2), np.float32)))
+        await asyncio.sleep(0.01)  # the first batch is being scored now
+        gone = asyncio.create_task(batcher.score(np.ones((3, 2), np.float32)))
+        kept = asyncio.create_task(batcher.score(np.ones((1, 2), np.float32)))
+        await asyncio.sleep(0)
+        gone.cancel()  # a client that hung up
+        await asyncio.gather(busy, kept)
+        await batcher.stop()
+
+    run(scenario())
+    assert scorer.sizes == [1, 1]

@@ -23,7 +23,7 @@ from tritonclient.grpc import service_pb2
 
 from firewall.artifacts import THRESHOLDS, load_artifacts
 from firewall.scoring import FIREWALL, ScoringEngine
-from firewall.thresholds import Thresholds
+from firewall.thresholds import RuleThreshold, Thresholds
 from offline.live_stack import free_port, metric, read_metrics, start_firewall, start_mlserver
 
 MODEL = "classifier"
@@ -212,6 +212,37 @@ def test_monitor_mode_forwards_everything_but_counts(tiny_artifacts, mlserver, l
         assert len(audit) == 3 and all(entry["mode"] == "monitor" for entry in audit)
     finally:
         process.stop()
+
+
+@pytest.mark.parametrize("flags", [(), ("--forwarding", "parallel", "--prediction-from-upstream", "logits")],
+                         ids=["own prediction", "upstream's prediction"])
+def test_the_sidecar_scores_what_offline_scoring_scores(tiny_artifacts, mlserver, logs, inputs, tmp_path, flags):
+    """Every rule's score and the fused one, as the audit log records them, are the offline
+    engine's for the same input: what `offline calibrate` and `evaluate` measured is what
+    runs. A verdict threshold below every score makes the sidecar audit every input."""
+    clean, triggered = inputs
+    engine = ScoringEngine(load_artifacts(tiny_artifacts))
+    thresholds = Thresholds.load(tiny_artifacts / THRESHOLDS)
+    audit_everything = tmp_path / "artifacts"
+    shutil.copytree(tiny_artifacts, audit_everything)
+    Thresholds(thresholds.target_fpr, {**thresholds.rules, FIREWALL: RuleThreshold(-np.inf, 1.0, 1)},
+               thresholds.fusion).save(audit_everything / THRESHOLDS)
+    sent = np.concatenate([clean[:6], triggered[:4]])
+    process, port, _ = start_firewall(audit_everything, mlserver[0], logs, "--mode", "monitor", *flags)
+    try:
+        for row in sent:
+            infer(port, row[None])
+        audit = [json.loads(line) for line in (logs / f"audit-{port}.jsonl").read_text().splitlines()]
+    finally:
+        process.stop()
+    assert len(audit) == len(sent)
+    for row, entry in zip(sent, audit):
+        offline = engine.score(row[None], rules=list(thresholds.fusion.first))[1]
+        offline[FIREWALL] = thresholds.fused(offline)
+        served = {rule: values[0] for rule, values in entry["scores"].items() if values[0] is not None}
+        assert set(served) == set(offline)
+        for rule, value in offline.items():
+            assert served[rule] == pytest.approx(float(value[0]), rel=1e-5, abs=1e-6), rule
 
 
 def test_upstream_down_is_unavailable_and_the_firewall_recovers(tiny_artifacts, logs, inputs):
