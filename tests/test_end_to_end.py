@@ -203,6 +203,10 @@ def test_monitor_mode_forwards_everything_but_counts(tiny_artifacts, mlserver, l
     _, triggered = inputs
     process, port, metrics_port = start_firewall(tiny_artifacts, mlserver[0], logs, "--mode", "monitor")
     try:
+        at_start = read_metrics(metrics_port)  # every served rule's series exists before any request, at 0
+        for rule in ("firewall", "badexpert", "exposed", "mahalanobis"):
+            for series in ("firewall_rejections_total", "firewall_score_count"):
+                assert at_start[f'{series}{{model="{MODEL}",rule="{rule}"}}'] == 0
         for row in triggered[:3]:
             assert np.array_equal(infer(port, row[None]), infer(mlserver[0], row[None]))
         values = read_metrics(metrics_port)
