@@ -40,19 +40,22 @@ demo: venv
 # with `--auxiliary finetune` (the fine-tuned M' alone, the default until session 10),
 # which the document compares; and shapes on MobileNet (badnets and a clean model, the
 # default build only). Cells already measured in
-# runs/ are reused; from nothing this takes about eight hours on 2 cores.
+# runs/ are reused; from nothing this takes about eight hours on 2 cores. Each cell's
+# measurement records (a few KB) are kept in docs/cells as it finishes, and the document
+# is rendered from there: commit docs/cells, and an interrupted run loses nothing.
 SHAPES_VGG_ATTACKS := wanet,sig,lowfreq,dynamic,adaptive_blend,all2all
+RECORDS := docs/cells
 results: venv
 	for build in "" "--auxiliary finetune"; do \
-	  $(OFFLINE) bench --out $(RUNS) $$build --datasets digits --archs resnet \
+	  $(OFFLINE) bench --out $(RUNS) --records $(RECORDS) $$build --datasets digits --archs resnet \
 	    --attacks badnets,blend,sig,trojan,wanet,none --seeds 0,1,2 > /dev/null && \
-	  $(OFFLINE) bench --out $(RUNS) $$build --datasets shapes --archs resnet --attacks badnets,blend,none > /dev/null && \
-	  $(OFFLINE) bench --out $(RUNS) $$build --datasets shapes --archs vgg --attacks $(SHAPES_VGG_ATTACKS) > /dev/null && \
-	  $(OFFLINE) bench --out $(RUNS) $$build --datasets shapes --archs vgg --attacks $(SHAPES_VGG_ATTACKS) \
+	  $(OFFLINE) bench --out $(RUNS) --records $(RECORDS) $$build --datasets shapes --archs resnet --attacks badnets,blend,none > /dev/null && \
+	  $(OFFLINE) bench --out $(RUNS) --records $(RECORDS) $$build --datasets shapes --archs vgg --attacks $(SHAPES_VGG_ATTACKS) > /dev/null && \
+	  $(OFFLINE) bench --out $(RUNS) --records $(RECORDS) $$build --datasets shapes --archs vgg --attacks $(SHAPES_VGG_ATTACKS) \
 	    --width 16 --epochs 40 > /dev/null || exit 1; \
 	done
-	$(OFFLINE) bench --out $(RUNS) --datasets shapes --archs mobilenet --attacks badnets,none > /dev/null
-	$(PY) -m offline.results_table $(RUNS) docs/RESULTS.md > /dev/null
+	$(OFFLINE) bench --out $(RUNS) --records $(RECORDS) --datasets shapes --archs mobilenet --attacks badnets,none > /dev/null
+	$(PY) -m offline.results_table $(RECORDS) docs/RESULTS.md > /dev/null
 
 # Regenerates docs/PERFORMANCE.md: the engine against eager PyTorch, then bare MLServer
 # against MLServer behind the firewall in each configuration, the same tritonclient load

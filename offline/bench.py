@@ -3,7 +3,8 @@
 Every cell is the whole red-team story in-process: poison, build, calibrate at 1% FPR,
 evaluate. A cell whose eval.json exists is reused (pass --force to measure again from
 scratch, or --rebuild to keep the poisoned model and data and build again), so an
-interrupted matrix resumes where it stopped. --auxiliary X builds each cell's model once
+interrupted matrix resumes where it stopped; with --records, a cell whose records were
+kept is reused too, though runs/ be gone. --auxiliary X builds each cell's model once
 more with M' made that way, beside the default build (offline/cells.py). The table in
 docs/RESULTS.md is rendered from whatever cells exist (offline/results_table.py).
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from offline.build.pipeline import DEFAULT_AUXILIARY, BuildConfig, run_build
 from offline.calibrate import CalibrateConfig, run_calibrate
-from offline.cells import artifacts_dir, built_auxiliary, eval_path
+from offline.cells import artifacts_dir, built_auxiliary, eval_path, keep_records
 from offline.evaluate import EvaluateConfig, run_evaluate
 from offline.poison import DEFAULT_EPOCHS, PoisonConfig, run_poison
 
@@ -43,6 +44,7 @@ class BenchConfig:
     width: int | None = None
     epochs: int | None = None
     auxiliary: str | None = None  # None: the build's default, in artifacts/ and eval.json (offline/cells.py)
+    records: Path | None = None  # where each cell's measurement records are kept too (offline/cells.py)
 
     def poison_settings(self, dataset: str) -> dict:
         if self.quick:
@@ -80,9 +82,14 @@ def run_cell(case: Path, dataset: str, attack: str, arch: str, seed: int, poison
 
 def measured_already(case: Path, config: BenchConfig) -> bool:
     """A cell is reused only if it was evaluated after a build made the way this run would make it: a default
-    build from before the default changed is built again."""
-    return (eval_path(case, config.auxiliary).is_file() and not (config.force or config.rebuild)
-            and built_auxiliary(case, config.auxiliary) == (config.auxiliary or DEFAULT_AUXILIARY))
+    build from before the default changed is built again. Its records count as much as the cell itself, so a
+    matrix whose runs/ is gone resumes from its committed records."""
+    if config.force or config.rebuild:
+        return False
+    places = [case] + ([config.records / case.name] if config.records is not None else [])
+    return any(eval_path(place, config.auxiliary).is_file()
+               and built_auxiliary(place, config.auxiliary) == (config.auxiliary or DEFAULT_AUXILIARY)
+               for place in places)
 
 
 def run_bench(config: BenchConfig) -> list[Path]:
@@ -102,6 +109,9 @@ def run_bench(config: BenchConfig) -> list[Path]:
             summary = (f"AUROC {firewall['auroc']:.4f}" if "auroc" in firewall
                        else f"FPR {firewall['threshold_fpr']:.4f}")
             print(f"{label}: firewall {summary} ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
+        if config.records is not None:
+            keep_records(case, config.records)
         done.append(case)
+    config.out.mkdir(parents=True, exist_ok=True)  # every cell may have been reused from its records
     (config.out / "bench.json").write_text(json.dumps({"cells": [c.name for c in done]}, indent=2))
     return done

@@ -6,11 +6,19 @@ the poisoned model and its data and sit side by side in the cell: `artifacts/` a
 `eval-<auxiliary>.json` for a build asked for by name. A named build never touches the
 default's files, and is compared with them on exactly the same model. What "the defaults"
 were is whatever the build's default was when the cell was built; its manifest says.
+
+A cell's measurement records (attack.json, the eval*.json and each build's manifest: tens of
+KB) are all that the results document and a resumed bench read. `keep_records` copies them
+into a records directory laid out like the runs directory, one that is committed, so the
+matrix outlives runs/ (models and data, ignored by git and lost with the checkout) and
+grows session by session.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 from firewall.artifacts import MANIFEST
@@ -33,3 +41,33 @@ def built_auxiliary(case: Path, auxiliary: str | None = None) -> str | None:
     """How M' was made in the cell's build (its manifest's record), or None where there is no build."""
     manifest = artifacts_dir(case, auxiliary) / MANIFEST
     return json.loads(manifest.read_text())["build"]["auxiliary_method"] if manifest.is_file() else None
+
+
+def record_files(case: Path) -> list[Path]:
+    """What the results document and a resumed bench read from a cell, relative to it: how it was poisoned, every
+    evaluation of it, and the manifest of every build (what it was built with, the settings' evidence)."""
+    names = [eval_path(case), *sorted(case.glob("eval-*.json")), case / "attack.json"]
+    manifests = [artifacts_dir(case) / MANIFEST] + [artifacts_dir(case, p.stem.removeprefix("eval-")) / MANIFEST
+                                                    for p in names[1:-1]]
+    return [p.relative_to(case) for p in names + manifests if p.is_file()]
+
+
+def keep_records(case: Path, records: Path) -> Path:
+    """Copy a cell's measurement records to records/<cell>/, laid out as in the cell; each file is replaced
+    whole, never left half-written, and records of a cell poisoned anew (another model) are not mixed with the
+    new ones."""
+    kept, model = records / case.name, _model_sha256(case)
+    if model is not None and _model_sha256(kept) not in (None, model):  # records of another model: start afresh
+        shutil.rmtree(kept)
+    for name in record_files(case):
+        target = kept / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        shutil.copyfile(case / name, partial)
+        os.replace(partial, target)
+    return kept
+
+
+def _model_sha256(case: Path) -> str | None:
+    attack = case / "attack.json"
+    return json.loads(attack.read_text())["model_sha256"] if attack.is_file() else None

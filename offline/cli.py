@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--auxiliary", choices=AUXILIARY_METHODS,
                    help="build every cell with M' made this way, kept beside the cell's default build "
                         "(artifacts-<auxiliary>/, eval-<auxiliary>.json); the results document compares the two")
+    m.add_argument("--records", type=Path,
+                   help="also keep each cell's measurement records here (attack.json, eval*.json, manifests; tens of KB), "
+                        "and render the results document from them: a directory to commit (docs/cells), so the "
+                        "matrix outlives runs/")
     m.add_argument("--markdown", type=Path, help="write the results document here (e.g. docs/RESULTS.md)")
     m.add_argument("--force", action="store_true", help="measure cells again from scratch, poisoning included")
     m.add_argument("--rebuild", action="store_true",
@@ -156,8 +160,8 @@ def run(args: argparse.Namespace) -> None:
         run_bench(BenchConfig(out=args.out, datasets=tuple(grid["datasets"]), archs=tuple(grid["archs"]),
                               attacks=tuple(grid["attacks"]), seeds=tuple(grid["seeds"]), quick=args.quick,
                               force=args.force, rebuild=args.rebuild, width=args.width, epochs=args.epochs,
-                              auxiliary=args.auxiliary))
-        print(results_document(args.out, args.markdown))
+                              auxiliary=args.auxiliary, records=args.records))
+        print(results_document(args.records or args.out, args.markdown))
     elif args.command == "evaluate":
         from offline.evaluate import EvaluateConfig, format_table, run_evaluate
 

@@ -124,17 +124,18 @@ def test_evaluate_without_backdoor_data_reports_only_false_positives(tiny_case: 
     assert all(set(entry) == {"threshold_fpr"} for entry in report["rules"].values())
 
 
-def test_bench_quick_runs_the_ci_matrix_and_renders_the_results_table(tmp_path: Path):
+def test_bench_quick_runs_the_ci_matrix_and_renders_the_results_table(tmp_path: Path, capsys):
     from offline.cli import main as offline
 
-    markdown = tmp_path / "RESULTS.md"
-    assert offline(["bench", "--quick", "--out", str(tmp_path / "runs"), "--markdown", str(markdown)]) == 0
+    markdown, runs, records = tmp_path / "RESULTS.md", tmp_path / "runs", tmp_path / "records"
+    assert offline(["bench", "--quick", "--out", str(runs), "--records", str(records), "--markdown",
+                    str(markdown)]) == 0
     text = markdown.read_text()
     assert "## digits, resnet, width 8, 4 epochs (1 seed)" in text
     assert "| badnets | 1 |" in text and "| none | 1 |" in text
     assert "mean AUROC over 1 attack cells" in text and "achieved FPR on the clean model digits/resnet w8 e4" in text
     assert "](results.png)" in text and (tmp_path / "results.png").stat().st_size > 0
-    report = json.loads((tmp_path / "runs" / "digits-badnets-resnet" / "eval.json").read_text())
+    report = json.loads((runs / "digits-badnets-resnet" / "eval.json").read_text())
     assert f"{report['rules']['firewall']['auroc']:.4f}" in text
     assert "--auxiliary" not in text
 
@@ -143,18 +144,35 @@ def test_bench_quick_runs_the_ci_matrix_and_renders_the_results_table(tmp_path: 
     from offline.bench import BenchConfig, run_bench
     from offline.results_table import results_document
 
-    cell = tmp_path / "runs" / "digits-badnets-resnet"
+    cell = runs / "digits-badnets-resnet"
     default_report, model = (cell / "eval.json").read_bytes(), (cell / "model.pt2").read_bytes()
-    run_bench(BenchConfig(out=tmp_path / "runs", datasets=("digits",), archs=("resnet",), attacks=("badnets",),
-                          quick=True, auxiliary="both"))
+    run_bench(BenchConfig(out=runs, datasets=("digits",), archs=("resnet",), attacks=("badnets",),
+                          quick=True, auxiliary="both", records=records))
     assert (cell / "eval.json").read_bytes() == default_report and (cell / "model.pt2").read_bytes() == model
     assert (cell / "artifacts-both" / "thresholds.json").is_file()
     assert json.loads((cell / "eval-both.json").read_text())["rules"] == report["rules"]
-    text = results_document(tmp_path / "runs", markdown)
+    text = results_document(runs, markdown)
     assert "## The firewall built with `--auxiliary both`, against the default build" in text
     assert "](results-both.png)" in text and (tmp_path / "results-both.png").stat().st_size > 0
     auroc = f"{report['rules']['firewall']['auroc']:.4f}"
     assert f"| digits/resnet w8 e4 badnets | 1 | {auroc} / " in text and text.count(auroc) >= 3
+
+    # The records kept beside runs/ (small files, to commit) render the same document, and a matrix whose runs/
+    # is gone resumes from them instead of poisoning and building again.
+    kept = sorted(str(p.relative_to(records)) for p in records.rglob("*") if p.is_file())
+    assert kept == ["digits-badnets-resnet/artifacts-both/manifest.json", "digits-badnets-resnet/artifacts/manifest.json",
+                    "digits-badnets-resnet/attack.json", "digits-badnets-resnet/eval-both.json",
+                    "digits-badnets-resnet/eval.json", "digits-none-resnet/artifacts/manifest.json",
+                    "digits-none-resnet/attack.json", "digits-none-resnet/eval.json"]
+    document = results_document(records)
+    assert document == results_document(runs)
+    shutil.rmtree(runs)
+    capsys.readouterr()
+    assert offline(["bench", "--quick", "--out", str(runs), "--records", str(records)]) == 0
+    assert capsys.readouterr().err.count("measured already, reused") == 2
+    assert not (runs / "digits-badnets-resnet").exists()
+    assert sorted(str(p.relative_to(records)) for p in records.rglob("*") if p.is_file()) == kept
+    assert results_document(records) == document
 
 
 def test_bench_names_cells_poisoned_at_other_settings_after_those_settings():
@@ -191,6 +209,28 @@ def test_bench_reuses_a_cell_only_if_its_build_was_made_the_way_this_run_would_m
     assert not measured_already(tmp_path, BenchConfig(**grid, auxiliary="finetune"))
     built("artifacts-finetune", "eval-finetune.json", "finetune")
     assert measured_already(tmp_path, BenchConfig(**grid, auxiliary="finetune"))
+
+
+def test_kept_records_of_a_cell_poisoned_anew_are_replaced_not_mixed(tmp_path: Path):
+    from offline.cells import keep_records
+
+    def cell(model: str, evaluations: tuple[str, ...]) -> Path:
+        case = tmp_path / "runs" / "shapes-sig-vgg"
+        shutil.rmtree(case, ignore_errors=True)
+        (case / "artifacts").mkdir(parents=True)
+        (case / "attack.json").write_text(json.dumps({"model_sha256": model}))
+        (case / "artifacts" / "manifest.json").write_text("{}")
+        for name in evaluations:
+            (case / name).write_text(json.dumps({"model": model}))
+        return case
+
+    records = tmp_path / "records"
+    keep_records(cell("first", ("eval.json", "eval-finetune.json")), records)
+    keep_records(cell("first", ("eval.json",)), records)  # the same model again: earlier records stay
+    assert (records / "shapes-sig-vgg" / "eval-finetune.json").is_file()
+    kept = keep_records(cell("second", ("eval.json",)), records)
+    assert sorted(p.name for p in kept.iterdir()) == ["artifacts", "attack.json", "eval.json"]
+    assert json.loads((kept / "eval.json").read_text()) == {"model": "second"}
 
 
 def test_results_table_keeps_cells_poisoned_at_different_settings_in_separate_sections(tmp_path: Path):
