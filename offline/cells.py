@@ -46,10 +46,10 @@ def built_auxiliary(case: Path, auxiliary: str | None = None) -> str | None:
 def record_files(case: Path) -> list[Path]:
     """What the results document and a resumed bench read from a cell, relative to it: how it was poisoned, every
     evaluation of it, and the manifest of every build (what it was built with, the settings' evidence)."""
-    names = [eval_path(case), *sorted(case.glob("eval-*.json")), case / "attack.json"]
-    manifests = [artifacts_dir(case) / MANIFEST] + [artifacts_dir(case, p.stem.removeprefix("eval-")) / MANIFEST
-                                                    for p in names[1:-1]]
-    return [p.relative_to(case) for p in names + manifests if p.is_file()]
+    builds = [None, *built_variants(case)]
+    files = [case / "attack.json", *(path for build in builds
+                                     for path in (eval_path(case, build), artifacts_dir(case, build) / MANIFEST))]
+    return [p.relative_to(case) for p in files if p.is_file()]
 
 
 def keep_records(case: Path, records: Path) -> Path:
