@@ -11,7 +11,7 @@ OFFLINE := $(VENV)/bin/offline
 STAMP := $(VENV)/.installed-offline
 RUNS := runs
 
-.PHONY: venv test demo results bench-serving cascade-study protos clean
+.PHONY: venv test demo results bench-serving bench-gpu performance-doc cascade-study protos clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -60,13 +60,30 @@ results: venv
 # Regenerates docs/PERFORMANCE.md: the engine against eager PyTorch, then bare MLServer
 # against MLServer behind the firewall in each configuration, the same tritonclient load
 # at concurrency 1, 8 and 32, and the issue's configuration again against an upstream
-# pinned to one onnxruntime thread (about 12 minutes; run it alone on the machine).
+# pinned to one onnxruntime thread (about 12 minutes; run it alone on the machine). The
+# measurements are kept in docs/perf/ (the GPU ones come from `make bench-gpu`).
+PERF := docs/perf
 bench-serving: venv
 	test -f $(RUNS)/digits-badnets-resnet/artifacts/thresholds.json || \
 	  OFFLINE=$(OFFLINE) scripts/run_case.sh digits badnets resnet $(RUNS)
-	$(PY) -m offline.bench_engine $(RUNS)/digits-badnets-resnet --json $(RUNS)/bench-engine.json
-	$(PY) -m offline.bench_serving $(RUNS)/digits-badnets-resnet --json $(RUNS)/bench-serving.json
-	$(PY) -m offline.performance_report $(RUNS)/bench-engine.json $(RUNS)/bench-serving.json > docs/PERFORMANCE.md
+	$(PY) -m offline.bench_engine $(RUNS)/digits-badnets-resnet --json $(PERF)/bench-engine.json
+	$(PY) -m offline.bench_serving $(RUNS)/digits-badnets-resnet --json $(PERF)/bench-serving.json
+	$(MAKE) performance-doc
+
+# The GPU half, on a machine with an NVIDIA GPU and onnxruntime-gpu in .venv in place of
+# onnxruntime (`.venv/bin/pip uninstall -y onnxruntime && .venv/bin/pip install
+# onnxruntime-gpu`, with CUDA 13 and cuDNN 9 where it can load them): an untrained
+# ResNet-18-sized artifacts set, the engine against eager PyTorch on the GPU, and the
+# issue's serving configuration with both servers on the GPU (about 8 minutes).
+bench-gpu: venv
+	scripts/bench_gpu.sh $(PY) $(RUNS) $(PERF)
+	$(MAKE) performance-doc
+
+GPU_REPORTS = $(if $(wildcard $(PERF)/bench-engine-gpu.json),--gpu-engine $(PERF)/bench-engine-gpu.json) \
+              $(if $(wildcard $(PERF)/bench-serving-gpu.json),--gpu-serving $(PERF)/bench-serving-gpu.json)
+performance-doc: venv
+	$(PY) -m offline.performance_report $(PERF)/bench-engine.json $(PERF)/bench-serving.json $(GPU_REPORTS) \
+	  > docs/PERFORMANCE.md
 
 # Regenerates docs/CASCADE.md from the cases `make results` left in runs/.
 cascade-study: venv

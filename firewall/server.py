@@ -67,7 +67,7 @@ class Firewall:
         self.manifest = artifacts.manifest
         self.thresholds = Thresholds.load(artifacts.path(THRESHOLDS))
         self.fusion = _serving_fusion(self.thresholds, artifacts)
-        tuning = SessionTuning(threads=config.threads, spinning=config.spinning)
+        tuning = SessionTuning(threads=config.threads, spinning=config.spinning, gpu_batch=config.max_batch_size)
         self.engine = ScoringEngine(artifacts, rules=self.fusion.rules, tuning=tuning)
         self.thresholds.require([*self.fusion.rules, FIREWALL])
         self.model = self.manifest.name

@@ -9,23 +9,23 @@ of CPU threads, at batch 1, 8 and 64:
   fused graph the sidecar serves does; onnxruntime also as separate sessions (M whole for
   the prediction, M up to its penultimate layer for the features, B, each M', E);
 - `strip`: exposed STRIP, E on 64 superimposed copies of every input.
-Each cell is the median over repeated calls of the time one call takes.
+Each cell is the median over repeated calls of the time one call takes. With `--device
+cuda` eager PyTorch runs on the GPU (each call waits for the GPU to finish) and
+onnxruntime on its CUDA execution provider, which the sidecar picks whenever the
+installed onnxruntime offers it.
 
-usage: python -m offline.bench_engine CASE_DIR [--threads 1] [--seconds 2] [--json OUT]
+usage: python -m offline.bench_engine CASE_DIR [--threads 1] [--seconds 2] [--device cpu|cuda] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from firewall.artifacts import TORCH_FILES, load_artifacts
@@ -38,6 +38,7 @@ from firewall.rules.mahalanobis import mahalanobis_by_class
 from firewall.scoring import ScoringEngine
 from offline.build.fused_export import MahalanobisByClass, badexpert_by_class, exposed_by_class
 from offline.build.trunk_split import split_before_classifier
+from offline.machine import case_description, describe_machine
 from offline.model_io import load_pt2
 
 BATCHES = (1, 8, 64)
@@ -49,15 +50,16 @@ class EagerRules:
     """The serving rules written directly in PyTorch, run eagerly on the torch models."""
 
     def __init__(self, artifacts_dir: Path, bank: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...],
-                 gaussians: tuple[np.ndarray, np.ndarray], auxiliaries: list[str]):
+                 gaussians: tuple[np.ndarray, np.ndarray], auxiliaries: list[str], device: str = "cpu"):
         roles = ["original", "expert", "exposed", *auxiliaries]
-        self.models = {role: load_pt2(artifacts_dir / TORCH_FILES[role]).module() for role in roles}
+        self.models = {role: load_pt2(artifacts_dir / TORCH_FILES[role]).module().to(device) for role in roles}
         self.auxiliaries = auxiliaries
         self.original = split_before_classifier(self.models["original"])
-        self.mahalanobis = MahalanobisByClass(*gaussians)
+        self.mahalanobis = MahalanobisByClass(*gaussians).to(device)
         shape = (1, -1, 1, 1)
-        self.mean, self.std = torch.tensor(mean).reshape(shape), torch.tensor(std).reshape(shape)
-        self.bank_pixels = torch.from_numpy(bank) * self.std + self.mean
+        self.mean = torch.tensor(mean, device=device).reshape(shape)
+        self.std = torch.tensor(std, device=device).reshape(shape)
+        self.bank_pixels = torch.from_numpy(bank).to(device) * self.std + self.mean
 
     @torch.inference_mode()
     def first_stage(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -92,7 +94,14 @@ def _median_seconds(call: Callable[[], object], seconds: float, max_calls: int =
     return float(np.median(times))
 
 
-def run(case: Path, threads: int, seconds: float) -> dict:
+def _waiting_for(device: str, call: Callable[[], object]) -> Callable[[], object]:
+    """`call`, returning only once the device has finished it (CUDA kernels run asynchronously)."""
+    if device == "cpu":
+        return call
+    return lambda: (call(), torch.cuda.synchronize())
+
+
+def run(case: Path, threads: int, seconds: float, device: str = "cpu") -> dict:
     artifacts = load_artifacts(case / "artifacts")
     norm = artifacts.manifest.normalization
     engine = ScoringEngine(artifacts, tuning=SessionTuning(threads=threads))  # the serving rules
@@ -100,7 +109,7 @@ def run(case: Path, threads: int, seconds: float) -> dict:
     auxiliaries = auxiliary_roles(first_stage)
     torch.set_num_threads(threads)
     gaussians = artifacts.class_gaussians()
-    eager = EagerRules(artifacts.root, engine.bank, norm.mean, norm.std, gaussians, auxiliaries)
+    eager = EagerRules(artifacts.root, engine.bank, norm.mean, norm.std, gaussians, auxiliaries, device)
     pool = np.load(case / "test_clean.npz")["x"]
     models = engine.models
 
@@ -115,14 +124,14 @@ def run(case: Path, threads: int, seconds: float) -> dict:
     rows = []
     for batch in BATCHES:
         x = np.ascontiguousarray(pool[:batch], np.float32)
-        tx = torch.from_numpy(x)
+        tx = torch.from_numpy(x).to(device)
         yhat = engine.score(x, rules=first_stage)[0]
-        ty = torch.from_numpy(yhat)
+        ty = torch.from_numpy(yhat).to(device)
         cells = {
-            (FIRST_STAGE, EAGER): lambda: eager.first_stage(tx),
+            (FIRST_STAGE, EAGER): _waiting_for(device, lambda: eager.first_stage(tx)),
             (FIRST_STAGE, SEPARATE): lambda: separate_sessions(x),
             (FIRST_STAGE, FUSED): lambda: engine.score(x, rules=first_stage),
-            ("strip", EAGER): lambda: eager.strip(tx, ty),
+            ("strip", EAGER): _waiting_for(device, lambda: eager.strip(tx, ty)),
             ("strip", "onnxruntime"): lambda: engine.score(x, yhat=yhat, rules=("strip",)),
         }
         for (rule, implementation), call in cells.items():
@@ -130,12 +139,11 @@ def run(case: Path, threads: int, seconds: float) -> dict:
             rows.append({"rule": rule, "implementation": implementation, "batch": batch,
                          "ms_per_call": per_call * 1e3, "inputs_per_s": batch / per_call})
             print(f"batch {batch:>3} {rule:<34} {implementation:<26} {per_call * 1e3:8.3f} ms", flush=True)
-    return {"case": str(case), "threads": threads, "seconds_per_cell": seconds,
+    return {"case": str(case), "case_description": case_description(case), "threads": threads,
+            "seconds_per_cell": seconds, "device": device,
             "first_stage_rules": list(first_stage),
             "separate_sessions": sum(role in artifacts.model_roles for role in models.sessions),  # what ran
-            "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                        "onnxruntime": ort.__version__, "torch": torch.__version__,
-                        "providers": engine.models.providers},
+            "machine": {**describe_machine(engine.models.providers), "torch": torch.__version__},
             "results": rows}
 
 
@@ -144,9 +152,16 @@ def main() -> int:
     parser.add_argument("case", type=Path)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where eager PyTorch runs; onnxruntime runs where the sidecar would (CUDA when offered)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    report = run(args.case, args.threads, args.seconds)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here")
+    report = run(args.case, args.threads, args.seconds, args.device)
+    ran = report["machine"]["providers"][0]
+    if args.device == "cuda" and ran != "CUDAExecutionProvider":
+        parser.error(f"--device cuda: onnxruntime ran on {ran}; install onnxruntime-gpu with CUDA and cuDNN it can load")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

@@ -13,15 +13,14 @@ machine the firewall shares, the spinning upstream takes CPU from it
 (docs/PERFORMANCE_NOTES.md).
 
 usage: python -m offline.bench_serving CASE_DIR [--concurrency 1,8,32] [--seconds 5] [--rounds 2]
-       [--configs 0,1,2,3,4] [--pinned-upstream-configs 6,7] [--json OUT.json]
+       [--configs 0,1,2,3,4|issue] [--pinned-upstream-configs issue] [--require-provider P] [--json OUT.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import re
 import shutil
 import tempfile
 import threading
@@ -36,7 +35,8 @@ import tritonclient.grpc as triton
 
 from firewall.fusion import DEFAULT_CASCADE_BAND
 from offline.calibrate import CalibrateConfig, run_calibrate
-from offline.live_stack import metric, read_metrics, start_firewall, start_mlserver, start_passthrough
+from offline.live_stack import Process, metric, read_metrics, start_firewall, start_mlserver, start_passthrough
+from offline.machine import case_description, describe_machine
 
 
 @dataclass(frozen=True)
@@ -148,11 +148,18 @@ def _measure(upstream_port: int, port: int, metrics_port: int | None, model: str
     return row
 
 
+def _provider_in_log(process: Process, pattern: str) -> str | None:
+    """The onnxruntime provider a server says, in its log, that its models run on."""
+    found = re.search(pattern, process.log())
+    return found.group(1) if found else None
+
+
 def _against_upstream(case: Path, model: str, x: np.ndarray, threads: int, configs: Sequence[FirewallConfig],
                       concurrencies: list[int], seconds: float, rounds: int, scratch: Path) -> list[dict]:
     """Every configuration's rows against one MLServer whose model runs on `threads`
     onnxruntime threads (0: onnxruntime's default)."""
     upstream, upstream_port, _ = start_mlserver(case / "artifacts", scratch, model, threads=threads)
+    upstream_provider = _provider_in_log(upstream, r"onnxruntime providers: (\w+)")
     results = []
     try:
         closed_loop(upstream_port, model, x, 4, 1.0)  # warm up
@@ -162,13 +169,17 @@ def _against_upstream(case: Path, model: str, x: np.ndarray, threads: int, confi
             if config.passthrough:
                 (firewall, port), metrics_port = start_passthrough(upstream_port, scratch, model), None
             else:
-                firewall, port, metrics_port = start_firewall(artifacts, upstream_port, scratch, *config.flags)
+                firewall, port, metrics_port = start_firewall(artifacts, upstream_port, scratch, *config.flags,
+                                                              timeout=600.0)  # a GPU warms up every batch size
             try:
                 closed_loop(port, model, x, 4, 1.0)  # warm up
+                provider = None if config.passthrough else _provider_in_log(firewall,
+                                                                             r"onnxruntime (\w+ExecutionProvider)")
                 for concurrency in concurrencies:
                     row = _measure(upstream_port, port, metrics_port, model, x, concurrency, seconds, rounds)
                     results.append({"config": config.label, "cascade_band": config.cascade_band,
-                                    "flags": list(config.flags), "upstream_threads": threads, **row})
+                                    "flags": list(config.flags), "upstream_threads": threads,
+                                    "upstream_provider": upstream_provider, "firewall_provider": provider, **row})
                     print(f"{config.label:<48} upstream threads {threads} c={concurrency:<3} "
                           f"p50 {row['p50_ratio']:.2f}x throughput {row['throughput_ratio']:.2f}x", flush=True)
             finally:
@@ -192,9 +203,9 @@ def run(case: Path, configs: Sequence[FirewallConfig], concurrencies: list[int],
                                          concurrencies, seconds, rounds, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return {"case": str(case), "seconds_per_round": seconds, "rounds": rounds,
-            "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                        "onnxruntime": ort.__version__, "providers": ort.get_available_providers()},
+    return {"case": str(case), "case_description": case_description(case), "seconds_per_round": seconds,
+            "rounds": rounds,
+            "machine": describe_machine(ort.get_available_providers()),
             "results": results}
 
 
@@ -205,18 +216,27 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--configs", default=",".join(map(str, range(len(LADDER)))),
-                        help="which rungs of the ladder to measure, by index")
-    parser.add_argument("--pinned-upstream-configs", default=",".join(
-                            str(i) for i, c in enumerate(LADDER) if c.label in (TARGET_RUNG, FLOOR_RUNG)),
+                        help="which rungs of the ladder to measure, by index, or 'issue' for the issue's "
+                             "configuration and the floor")
+    parser.add_argument("--require-provider", metavar="PROVIDER",
+                        help="fail unless both servers' models ran on this onnxruntime provider "
+                             "(e.g. CUDAExecutionProvider: no CPU fallback passes for a GPU number)")
+    parser.add_argument("--pinned-upstream-configs", default="issue",
                         help="rungs measured again against an upstream pinned to one onnxruntime thread, by "
-                             "index ('' for none)")
+                             "index or 'issue' (the default; '' for none)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    rungs = lambda indices: [LADDER[int(i)] for i in indices.split(",") if i]
+    issue = ",".join(str(i) for i, c in enumerate(LADDER) if c.label in (TARGET_RUNG, FLOOR_RUNG))
+    rungs = lambda indices: [LADDER[int(i)] for i in (issue if indices == "issue" else indices).split(",") if i]
     report = run(args.case, rungs(args.configs), [int(c) for c in args.concurrency.split(",")], args.seconds,
                  args.rounds, rungs(args.pinned_upstream_configs))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
+    if args.require_provider:
+        ran = {row[key] for row in report["results"] for key in ("upstream_provider", "firewall_provider")
+               if row[key] is not None}
+        if ran != {args.require_provider}:
+            parser.error(f"--require-provider {args.require_provider}: the servers ran on {sorted(ran)}")
     return 0
 
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -74,6 +75,17 @@ class Process:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def ready_or_stopped(self, wait: Callable[[], None]) -> "Process":
+        """Runs `wait` (which raises if the process never becomes ready) and stops the
+        process when it raises: a server that failed to start must not outlive its caller
+        (the children run in their own sessions, so nothing else would stop them)."""
+        try:
+            wait()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
 
 def _wait_serving(port: int, process: Process, timeout: float, service: str = "") -> None:
     deadline = time.monotonic() + timeout
@@ -118,7 +130,7 @@ def start_mlserver(artifacts: Path, logs: Path, model: str = "classifier", timeo
     process = Process([str(MLSERVER_SERVE), str(artifacts), "--grpc-port", str(grpc_port), "--http-port",
                        str(http_port), "--metrics-port", str(metrics_port), "--threads", str(threads)],
                       logs / f"mlserver-{grpc_port}.log", env={"PYTHON": sys.executable})
-    _wait_model_ready(grpc_port, process, model, timeout)
+    process.ready_or_stopped(lambda: _wait_model_ready(grpc_port, process, model, timeout))
     return process, grpc_port, metrics_port
 
 
@@ -130,7 +142,7 @@ def start_firewall(artifacts: Path, upstream_port: int, logs: Path, *extra: str,
                        f"127.0.0.1:{upstream_port}", "--listen", f"127.0.0.1:{port}", "--metrics-port",
                        str(metrics_port), "--audit-log", str(logs / f"audit-{port}.jsonl"), *extra],
                       logs / f"firewall-{port}.log")
-    _wait_serving(port, process, timeout)
+    process.ready_or_stopped(lambda: _wait_serving(port, process, timeout))
     return process, port, metrics_port
 
 
@@ -140,5 +152,5 @@ def start_passthrough(upstream_port: int, logs: Path, model: str = "classifier",
     port = free_port()
     process = Process([sys.executable, "-m", "offline.passthrough_proxy", f"127.0.0.1:{upstream_port}",
                        f"127.0.0.1:{port}"], logs / f"passthrough-{port}.log")
-    _wait_model_ready(port, process, model, timeout)
+    process.ready_or_stopped(lambda: _wait_model_ready(port, process, model, timeout))
     return process, port

@@ -85,3 +85,8 @@ def test_dynamic_triggers_differ_per_input_and_train_with_the_model():
     patterns = triggered - IMAGES[:4]
     assert np.abs(patterns).max() <= attack.amplitude + 1e-6
     assert not np.allclose(patterns[0], patterns[1])  # input-aware: no single fixed pattern
+
+
+def test_resnet18_at_width_64_has_the_size_of_the_cifar_resnet18_of_the_backdoor_literature():
+    model = create_model("resnet18", (3, 32, 32), 10, width=64)
+    assert sum(p.numel() for p in model.parameters()) == 11_173_962

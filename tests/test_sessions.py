@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from firewall.artifacts import THRESHOLDS, load_artifacts
+from firewall.models import ModelSet, SessionTuning
 from firewall.scoring import ScoringEngine
 from firewall.thresholds import Thresholds
 
@@ -49,3 +50,19 @@ def test_offline_scoring_opens_what_its_rules_ask_for(tiny_artifacts):
     engine = ScoringEngine(artifacts, rules=("badexpert", "scaleup"))
     engine.score(np.zeros((2, *artifacts.manifest.input_shape), np.float32))
     assert set(engine.models.sessions) == {"fused", "original"}
+
+
+def test_on_cuda_the_fused_graph_sees_one_batch_size_and_the_padding_never_reaches_a_score(tiny_artifacts):
+    # onnxruntime's CUDA convolutions redo their cuDNN set-up whenever the batch size
+    # changes (300 ms a call on an H100), so on a GPU every batch is padded to gpu_batch rows
+    models = ModelSet(load_artifacts(tiny_artifacts), tuning=SessionTuning(gpu_batch=4))
+    x = np.random.default_rng(0).random((6, *models._artifacts.manifest.input_shape), np.float32)
+    unpadded = models.run("fused", x)
+    seen = []
+    run = models.run
+    models.run = lambda role, rows: seen.append(len(rows)) or run(role, rows)
+    padded = models._run_fixed_rows("fused", x)
+    assert seen == [4, 4]
+    assert padded.keys() == unpadded.keys()
+    for name, values in unpadded.items():
+        assert np.array_equal(padded[name], values), name

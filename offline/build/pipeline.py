@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,19 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import firewall
-from firewall.artifacts import (CLASS_GAUSSIANS, FUSED_FILES, MANIFEST, MODEL_FILES, SCHEMA_VERSION, STRIP_BANK,
-                                TORCH_FILES, sha256_file)
+from firewall.artifacts import sha256_file
 from firewall.errors import UserError
-from offline.atomic import atomic_directory
+from offline.build.artifacts_writer import write_artifacts
 from offline.build.class_gaussians import fit_class_gaussians
-from offline.build.fused_export import export_fused
-from offline.build.onnx_export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx
 from offline.build.stages import auxiliary_model, backdoor_expert, exposed_model
 from offline.build.trunk_split import Composed, TrunkSplit, split_before_classifier, split_trunk
 from offline.build.tsbd import tsbd_auxiliary
 from offline.data.tensorsets import TensorSet, check_labels, load_tensor_set
-from offline.model_io import input_shape_of, load_model, save_pt2
+from offline.model_io import input_shape_of, load_model
 from offline.training import accuracy, forward
 
 MIN_CLEAN = 50
@@ -134,48 +129,24 @@ def run_build(config: BuildConfig) -> dict:
         models = {role: Composed(split.trunk, head) for role, head in models.items()}
     gaussians = fit_class_gaussians(forward(models["features"], clean.x), clean.y, num_classes)
 
-    with atomic_directory(config.out, config.force) as scratch:
-        example = torch.from_numpy(clean.x[:2])
-        onnx_check = {}
-        for role, module in models.items():
-            path = scratch / MODEL_FILES[role]
-            export_onnx(module, example, path)
-            onnx_check[role] = check_export(module, path, heldout.x[:64])
-            if role in TORCH_FILES:
-                (scratch / TORCH_FILES[role]).parent.mkdir(exist_ok=True)
-                save_pt2(module, example, scratch / TORCH_FILES[role])
-        onnx_check.update(export_fused(models, penultimate.head, gaussians, example, scratch, heldout.x[:64],
-                                       split.trunk if split else None))
-        bank_rows = rng.choice(len(clean), size=min(config.strip_bank_size, len(clean)), replace=False)
-        np.save(scratch / STRIP_BANK, clean.x[bank_rows].astype(np.float32), allow_pickle=False)
-        gaussians.save(scratch / CLASS_GAUSSIANS)
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "name": config.name,
-            "created_by": f"backdoor-firewall {firewall.__version__}",
-            "input": {"name": INPUT_NAME, "shape": list(input_shape), "datatype": "FP32",
-                      "normalization": {"mean": list(config.input_mean), "std": list(config.input_std)}},
-            "output": {"name": OUTPUT_NAME, "shape": [num_classes], "datatype": "FP32"},
-            "num_classes": num_classes,
-            "files": {f: {"sha256": sha256_file(scratch / f)}
-                      for f in [*(MODEL_FILES[role] for role in models), *FUSED_FILES.values(),
-                                *(TORCH_FILES[role] for role in models if role in TORCH_FILES), STRIP_BANK,
-                                CLASS_GAUSSIANS]},
-            "source_model": {"spec": config.model,
-                             "sha256": sha256_file(Path(config.model)) if Path(config.model).is_file() else None},
-            "build": {"clean_data": str(config.clean_data), "clean_samples": len(clean),
-                      "heldout_samples": len(heldout), "auxiliary_method": config.auxiliary,
-                      "strip_bank_size": len(bank_rows), "seed": config.seed,
-                      "shared_trunk": ({"head_share": config.shared_trunk, **split.to_json()} if split else None),
-                      "clean_row_digests": clean.row_digests()},
-            "models": {
-                "original": {"heldout_clean_accuracy": original_acc},
-                "expert": expert_report.to_json(),
-                "exposed": exposed_report.to_json(),
-                **{role: report.to_json() for role, (_, report) in auxiliaries.items()},
-            },
-            "mahalanobis": {"features_after": penultimate.cut, **gaussians.to_json()},
-            "onnx_max_relative_diff": onnx_check,  # absolute below 1 (onnx_export.relative_difference)
-        }
-        (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return manifest
+    bank_rows = rng.choice(len(clean), size=min(config.strip_bank_size, len(clean)), replace=False)
+    description = {
+        "name": config.name,
+        "normalization": {"mean": list(config.input_mean), "std": list(config.input_std)},
+        "source_model": {"spec": config.model,
+                         "sha256": sha256_file(Path(config.model)) if Path(config.model).is_file() else None},
+        "build": {"clean_data": str(config.clean_data), "clean_samples": len(clean),
+                  "heldout_samples": len(heldout), "auxiliary_method": config.auxiliary,
+                  "strip_bank_size": len(bank_rows), "seed": config.seed,
+                  "shared_trunk": ({"head_share": config.shared_trunk, **split.to_json()} if split else None),
+                  "clean_row_digests": clean.row_digests()},
+        "models": {
+            "original": {"heldout_clean_accuracy": original_acc},
+            "expert": expert_report.to_json(),
+            "exposed": exposed_report.to_json(),
+            **{role: report.to_json() for role, (_, report) in auxiliaries.items()},
+        },
+    }
+    return write_artifacts(config.out, config.force, models=models, penultimate=penultimate, gaussians=gaussians,
+                              example=clean.x[:2], check_x=heldout.x[:64], bank=clean.x[bank_rows],
+                              description=description, trunk=split.trunk if split else None)

@@ -7,11 +7,11 @@ from collections.abc import Callable
 from torch import nn
 
 from offline.models.mobilenet import mobilenet
-from offline.models.resnet import resnet
+from offline.models.resnet import resnet, resnet18
 from offline.models.vgg import vgg
 from offline.models.vit import vit
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"resnet": resnet, "vgg": vgg, "mobilenet": mobilenet, "vit": vit}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"resnet": resnet, "resnet18": resnet18, "vgg": vgg, "mobilenet": mobilenet, "vit": vit}
 NEEDS_IMAGE_SIZE = {"vit"}  # a fixed number of patch positions
 
 

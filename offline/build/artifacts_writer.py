@@ -1,0 +1,76 @@
+"""An artifacts directory written all or nothing: every model as ONNX (each checked
+against torch), the fused first-stage graphs, the torch programs the engine benchmark
+compares with, the STRIP bank, the class Gaussians and a manifest that pins each file
+by its digest.
+
+Kept apart from the build's training so that every producer of an artifacts set (the
+build, and the serving benchmarks' sets of untrained networks) writes the one format
+the sidecar loads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import firewall
+from firewall.artifacts import (CLASS_GAUSSIANS, FUSED_FILES, MANIFEST, MODEL_FILES, SCHEMA_VERSION, STRIP_BANK,
+                                TORCH_FILES, sha256_file)
+from offline.atomic import atomic_directory
+from offline.build.class_gaussians import ClassGaussians
+from offline.build.fused_export import export_fused
+from offline.build.onnx_export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx
+from offline.build.trunk_split import TrunkSplit
+from offline.model_io import save_pt2
+
+
+def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], penultimate: TrunkSplit,
+                    gaussians: ClassGaussians, example: np.ndarray, check_x: np.ndarray, bank: np.ndarray,
+                    description: dict, trunk: nn.Module | None = None) -> dict:
+    """Writes `models` (by role: original, expert, exposed, features and the auxiliaries)
+    to `out` and returns the manifest.
+
+    `penultimate` is M cut before its classifier layer (the Mahalanobis rule's features);
+    `trunk` the shared trunk when the fine-tunes changed only a head. `description` holds
+    what only the producer knows (name, normalization, source_model, build, models); the
+    file digests, shapes and export checks are added here.
+    """
+    description = dict(description)
+    example_tensor = torch.from_numpy(np.ascontiguousarray(example, np.float32))
+    input_shape = list(example.shape[1:])
+    with torch.no_grad():
+        num_classes = int(models["original"](example_tensor).shape[1])
+    with atomic_directory(out, force) as scratch:
+        onnx_check = {}
+        for role, module in models.items():
+            path = scratch / MODEL_FILES[role]
+            export_onnx(module, example_tensor, path)
+            onnx_check[role] = check_export(module, path, check_x)
+            if role in TORCH_FILES:
+                (scratch / TORCH_FILES[role]).parent.mkdir(exist_ok=True)
+                save_pt2(module, example_tensor, scratch / TORCH_FILES[role])
+        onnx_check.update(export_fused(models, penultimate.head, gaussians, example_tensor, scratch, check_x, trunk))
+        np.save(scratch / STRIP_BANK, bank.astype(np.float32), allow_pickle=False)
+        gaussians.save(scratch / CLASS_GAUSSIANS)
+        normalization = description.pop("normalization")
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "name": description.pop("name"),
+            "created_by": f"backdoor-firewall {firewall.__version__}",
+            "input": {"name": INPUT_NAME, "shape": input_shape, "datatype": "FP32", "normalization": normalization},
+            "output": {"name": OUTPUT_NAME, "shape": [num_classes], "datatype": "FP32"},
+            "num_classes": num_classes,
+            "files": {f: {"sha256": sha256_file(scratch / f)}
+                      for f in [*(MODEL_FILES[role] for role in models), *FUSED_FILES.values(),
+                                *(TORCH_FILES[role] for role in models if role in TORCH_FILES), STRIP_BANK,
+                                CLASS_GAUSSIANS]},
+            **description,
+            "mahalanobis": {"features_after": penultimate.cut, **gaussians.to_json()},
+            "onnx_max_relative_diff": onnx_check,  # absolute below 1 (onnx_export.relative_difference)
+        }
+        (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest

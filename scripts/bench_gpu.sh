@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The GPU half of docs/PERFORMANCE.md (issue 5): an untrained ResNet-18-sized artifacts
+# set (latency does not depend on the weights' values), the engine on onnxruntime's CUDA
+# provider against eager PyTorch on the GPU, and bare MLServer against MLServer behind
+# the firewall with both models on the GPU. Fails rather than report a CPU fallback.
+# usage: scripts/bench_gpu.sh PYTHON RUNS RECORDS   (writes RECORDS/bench-{engine,serving}-gpu.json)
+set -euo pipefail
+py=${1:?usage: bench_gpu.sh PYTHON RUNS RECORDS} runs=${2:?} records=${3:?}
+"$py" - <<'PY'
+import sys
+import onnxruntime as ort
+if "CUDAExecutionProvider" not in ort.get_available_providers():
+    sys.exit(f"error: onnxruntime {ort.__version__} offers no CUDA provider here; install onnxruntime-gpu")
+PY
+case=$runs/untrained-resnet18
+test -f "$case/artifacts/thresholds.json" || "$py" -m offline.untrained_case "$case" --arch resnet18 --width 64 --force
+mkdir -p "$records"
+"$py" -m offline.bench_engine "$case" --device cuda --json "$records/bench-engine-gpu.json"
+"$py" -m offline.bench_serving "$case" --configs issue --pinned-upstream-configs '' \
+  --require-provider CUDAExecutionProvider --json "$records/bench-serving-gpu.json"
