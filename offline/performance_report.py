@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from firewall.models import SessionTuning
 from offline.bench_engine import EAGER, FIRST_STAGE, FUSED, SEPARATE
 from offline.bench_serving import FLOOR_RUNG, PINNED_UPSTREAM_THREADS, TARGET_RUNG
 
@@ -163,7 +164,9 @@ def gpu_section(engine: dict | None, serving: dict | None) -> list[str]:
         device = engine.get("device", "cpu")
         waits = " (an eager call returns once the GPU has finished it)" if device != "cpu" else ""
         lines += ["### Engine", "", f"Machine: {_machine(engine)}; eager PyTorch on {device}. "
-                  f"Median time of one call{waits}, {_case_line(engine)}.", "",
+                  f"Median time of one call{waits}, {_case_line(engine)}. On CUDA the fused graph runs "
+                  f"every batch padded to {SessionTuning().gpu_batch} rows, as the sidecar does "
+                  "(docs/PERFORMANCE_NOTES.md).", "",
                   *engine_section(engine), ""]
     return lines
 
