@@ -21,11 +21,8 @@ CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 
 def default_providers() -> list[str | tuple[str, dict]]:
     """CUDA first when the installed onnxruntime offers it, the CPU always as fallback."""
-    available = ort.get_available_providers()
-    providers: list[str | tuple[str, dict]] = []
-    if "CUDAExecutionProvider" in available:
-        providers.append(("CUDAExecutionProvider", dict(CUDA_OPTIONS)))
-    return [*providers, "CPUExecutionProvider"]
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    return [*([("CUDAExecutionProvider", dict(CUDA_OPTIONS))] if cuda else []), "CPUExecutionProvider"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +73,7 @@ class ModelSet:
         self.input_name = artifacts.manifest.input_name
         self.sessions: dict[str, ort.InferenceSession] = {}
         self.output_names: dict[str, list[str]] = {}
+        self._on_cuda: set[str] = set()  # roles whose session runs on CUDA, read once at opening
 
     @property
     def providers(self) -> list[str]:
@@ -92,6 +90,8 @@ class ModelSet:
                     opened = ort.InferenceSession(str(self._artifacts.model_path(role)), self._options,
                                                   providers=self._providers)
                     self.output_names[role] = [o.name for o in opened.get_outputs()]
+                    if opened.get_providers()[0] == "CUDAExecutionProvider":
+                        self._on_cuda.add(role)
                     self.sessions[role] = opened
         return self.sessions[role]
 
@@ -107,12 +107,10 @@ class ModelSet:
 
         Without `predict` the graph without M runs: the prediction comes from elsewhere."""
         role = "fused" if predict else "fused_without_original"
-        outputs = self._run_fixed_rows(role, x) if self._on_gpu(role) else self.run(role, x)
+        self.session(role)  # opened first: opening records where it runs
+        outputs = self._run_fixed_rows(role, x) if role in self._on_cuda else self.run(role, x)
         by_class = {rule: outputs[name] for rule, name in BY_CLASS_OUTPUTS.items() if name in outputs}
         return (outputs[PREDICTION_OUTPUT].astype(np.int64) if predict else None), by_class
-
-    def _on_gpu(self, role: str) -> bool:
-        return self.session(role).get_providers()[0] == "CUDAExecutionProvider"
 
     def _run_fixed_rows(self, role: str, x: np.ndarray) -> dict[str, np.ndarray]:
         """`run` on blocks of exactly `gpu_batch` rows, the last one padded with zeros, so

@@ -170,7 +170,7 @@ def _against_upstream(case: Path, model: str, x: np.ndarray, threads: int, confi
                 (firewall, port), metrics_port = start_passthrough(upstream_port, scratch, model), None
             else:
                 firewall, port, metrics_port = start_firewall(artifacts, upstream_port, scratch, *config.flags,
-                                                              timeout=600.0)  # a GPU warms up every batch size
+                                                              timeout=600.0)  # CUDA sessions open slowly
             try:
                 closed_loop(port, model, x, 4, 1.0)  # warm up
                 provider = None if config.passthrough else _provider_in_log(firewall,
