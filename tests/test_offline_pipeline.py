@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import onnxruntime as ort
 
 from firewall.artifacts import MODEL_FILES, load_artifacts
@@ -110,6 +111,12 @@ def test_evaluate_writes_the_json_contract_and_plots(tiny_case: Path, tiny_artif
         assert 0.0 <= entry["auroc"] <= 1.0
         assert set(entry["tpr_at_fpr"]) == {"0.01", "0.05"}
         assert 0.0 <= entry["threshold_fpr"] <= 1.0 and 0.0 <= entry["threshold_tpr"] <= 1.0
+        assert 0.0 <= entry["auroc_same_class"] <= 1.0
+    assert report["target_classes"] == [0]
+    by_class, counts = report["firewall_fpr_by_predicted_class"], report["clean_by_predicted_class"]
+    assert sum(counts) == report["n_clean"]
+    rejected = sum(rate * n for rate, n in zip(by_class, counts) if n)
+    assert rejected / report["n_clean"] == pytest.approx(report["rules"]["firewall"]["threshold_fpr"])
     for png in ("roc.png", "roc_badexpert.png", "joint_confidence.png"):
         assert (tmp_path / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
