@@ -74,8 +74,7 @@ class Firewall:
         self.metrics = FirewallMetrics()
         self.metrics.artifacts_info.labels(self.model, artifacts.manifest_sha256).set(1)
         self.rule_metrics = {rule: (self.metrics.score.labels(self.model, rule),
-                                    self.metrics.rejections.labels(self.model, rule),
-                                    self.thresholds.rules[rule].threshold)
+                                    self.metrics.rejections.labels(self.model, rule))
                              for rule in (*self.fusion.first, *self.fusion.reachable_later, FIREWALL)}
         self.audit = AuditLog(config.audit_log)
         self.health = health.aio.HealthServicer()
@@ -139,13 +138,11 @@ class Firewall:
 
     def _record(self, scores: dict[str, np.ndarray]) -> None:
         for rule, values in scores.items():
-            histogram, rejections, threshold = self.rule_metrics[rule]
-            over = 0
-            for value in values.tolist():
-                if value != value:  # NaN: the cascade skipped this costly rule for this input
-                    continue
+            histogram, rejections = self.rule_metrics[rule]
+            scored = values[~np.isnan(values)]  # NaN: the cascade skipped this costly rule for this input
+            for value in scored.tolist():
                 histogram.observe(value)
-                over += value > threshold  # a rule rejects above its threshold (Thresholds.rejects)
+            over = int(self.thresholds.rejects(rule, scored).sum())
             if over:
                 rejections.inc(over)
 
