@@ -45,5 +45,5 @@ def same_class_auroc(clean: np.ndarray, clean_classes: np.ndarray, backdoor: np.
 def rates_above_by_class(scores: np.ndarray, classes: np.ndarray, threshold: float,
                          num_classes: int) -> list[float | None]:
     """rate_above among the inputs of each class (None for a class with no input)."""
-    return [rate_above(scores[classes == k], threshold) if np.any(classes == k) else None
-            for k in range(num_classes)]
+    counts = np.bincount(classes, minlength=num_classes)
+    return [rate_above(scores[classes == k], threshold) if n else None for k, n in enumerate(counts)]

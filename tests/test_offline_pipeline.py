@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 import onnxruntime as ort
+import pytest
 
 from firewall.artifacts import MODEL_FILES, load_artifacts
 from offline.cli import main as offline
