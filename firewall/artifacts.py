@@ -17,12 +17,13 @@ import numpy as np
 
 from firewall.errors import ArtifactError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MANIFEST = "manifest.json"
 THRESHOLDS = "thresholds.json"
 STRIP_BANK = "strip_bank.npy"
-# M's clean class means and shared precision matrix in its penultimate feature space,
-# the Mahalanobis rule's parameters (also inside the fused graphs as constants).
+# Clean class means and a shared precision matrix in a penultimate feature space (also
+# inside the fused graphs as constants): `means`, `precision` in M's (the Mahalanobis
+# rule's), `<role>_means`, `<role>_precision` in each auxiliary's (its posterior rule's).
 CLASS_GAUSSIANS = "class_gaussians.npz"
 MODEL_FILES = {
     "original": "original.onnx",
@@ -31,10 +32,12 @@ MODEL_FILES = {
     "exposed": "exposed.onnx",
     "features": "features.onnx",  # M up to its penultimate layer
     "auxiliary_tsbd": "auxiliary_tsbd.onnx",  # TSBD's M' beside the fine-tuned one (`--auxiliary both`)
+    "auxiliary_features": "auxiliary_features.onnx",  # M' up to its penultimate layer
+    "auxiliary_tsbd_features": "auxiliary_tsbd_features.onnx",
 }
 # Models only some builds have (a first-stage rule that needs one is computed only where
 # it is: firewall.rules.first_stage_rules).
-OPTIONAL_MODELS = ("auxiliary_tsbd",)
+OPTIONAL_MODELS = ("auxiliary_tsbd", "auxiliary_tsbd_features")
 # The first-stage rules as one graph each (offline/build/fused_export.py): with M's
 # prediction inside, and without M for when the prediction comes from the upstream.
 FUSED_FILES = {
@@ -44,7 +47,9 @@ FUSED_FILES = {
 PREDICTION_OUTPUT = "prediction"
 # The fused graphs' per-class score outputs, by the rule that reads them.
 BY_CLASS_OUTPUTS = {"badexpert": "badexpert_by_class", "badexpert_tsbd": "badexpert_tsbd_by_class",
-                    "exposed": "exposed_by_class", "mahalanobis": "mahalanobis_by_class"}
+                    "exposed": "exposed_by_class", "mahalanobis": "mahalanobis_by_class",
+                    "auxiliary_posterior": "auxiliary_posterior_by_class",
+                    "auxiliary_tsbd_posterior": "auxiliary_tsbd_posterior_by_class"}
 # The classifiers as torch.export programs, for the eager-PyTorch engine benchmark
 # (which cuts M's features from M itself). Listed and hashed like every file; the
 # sidecar never opens them.
@@ -143,10 +148,12 @@ class Artifacts:
         # allow_pickle=False: the bank is data, never code.
         return np.load(self.path(STRIP_BANK), allow_pickle=False)
 
-    def class_gaussians(self) -> tuple[np.ndarray, np.ndarray]:
-        """(means [K, d], precision [d, d]) of M's penultimate features on clean data."""
+    def class_gaussians(self, auxiliary: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(means [K, d], precision [d, d]) of M's penultimate features on clean data, or of
+        the `auxiliary` model's."""
+        prefix = f"{auxiliary}_" if auxiliary else ""
         with np.load(self.path(CLASS_GAUSSIANS), allow_pickle=False) as stored:
-            return stored["means"], stored["precision"]
+            return stored[prefix + "means"], stored[prefix + "precision"]
 
 
 def load_artifacts(root: str | Path) -> Artifacts:

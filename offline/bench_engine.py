@@ -32,11 +32,13 @@ from firewall.artifacts import TORCH_FILES, load_artifacts
 from firewall.models import SessionTuning
 from firewall.probabilities import prob_of
 from firewall.rules import auxiliary_roles
+from firewall.rules.auxiliary_posterior import posterior_by_class
 from firewall.rules.badexpert import triangle_statistic
 from firewall.rules.exposed import margin_by_class
 from firewall.rules.mahalanobis import mahalanobis_by_class
 from firewall.scoring import ScoringEngine
-from offline.build.fused_export import MahalanobisByClass, badexpert_by_class, exposed_by_class
+from offline.build.fused_export import (MahalanobisByClass, badexpert_by_class, exposed_by_class,
+                                       posterior_by_class_torch)
 from offline.build.trunk_split import split_before_classifier
 from offline.machine import case_description, describe_machine
 from offline.model_io import load_pt2
@@ -50,12 +52,12 @@ class EagerRules:
     """The serving rules written directly in PyTorch, run eagerly on the torch models."""
 
     def __init__(self, artifacts_dir: Path, bank: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...],
-                 gaussians: tuple[np.ndarray, np.ndarray], auxiliaries: list[str], device: str = "cpu"):
+                 gaussians: dict[str, tuple[np.ndarray, np.ndarray]], auxiliaries: list[str], device: str = "cpu"):
         roles = ["original", "expert", "exposed", *auxiliaries]
         self.models = {role: load_pt2(artifacts_dir / TORCH_FILES[role]).module().to(device) for role in roles}
-        self.auxiliaries = auxiliaries
+        self.auxiliaries = {role: split_before_classifier(self.models[role]) for role in auxiliaries}
         self.original = split_before_classifier(self.models["original"])
-        self.mahalanobis = MahalanobisByClass(*gaussians).to(device)
+        self.mahalanobis = {role: MahalanobisByClass(*gaussians[role]).to(device) for role in ["original", *auxiliaries]}
         shape = (1, -1, 1, 1)
         self.mean = torch.tensor(mean, device=device).reshape(shape)
         self.std = torch.tensor(std, device=device).reshape(shape)
@@ -63,15 +65,20 @@ class EagerRules:
 
     @torch.inference_mode()
     def first_stage(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """M's prediction, and the BaDExpert (with each auxiliary), exposed-margin and Mahalanobis
-        scores of it."""
+        """M's prediction, and the BaDExpert (with each auxiliary), exposed-margin, Mahalanobis and
+        auxiliary-posterior (with each auxiliary) scores of it."""
         features = self.original.trunk(x)
         yhat = self.original.head(features).argmax(dim=1)
         b = self.models["expert"](x).softmax(dim=1)
-        badexpert = [badexpert_by_class(b, self.models[role](x).softmax(dim=1)) for role in self.auxiliaries]
+        badexpert, posteriors = [], []
+        for role, split in self.auxiliaries.items():
+            aux_features = split.trunk(x)
+            badexpert.append(badexpert_by_class(b, split.head(aux_features).softmax(dim=1)))
+            posteriors.append(posterior_by_class_torch(self.mahalanobis[role](aux_features)))
         exposed = exposed_by_class(self.models["exposed"](x))
-        mahalanobis = self.mahalanobis(features)
-        return yhat, *(scores.gather(1, yhat[:, None])[:, 0] for scores in (*badexpert, exposed, mahalanobis))
+        mahalanobis = self.mahalanobis["original"](features)
+        return yhat, *(scores.gather(1, yhat[:, None])[:, 0]
+                       for scores in (*badexpert, exposed, mahalanobis, *posteriors))
 
     @torch.inference_mode()
     def strip(self, x: torch.Tensor, yhat: torch.Tensor) -> torch.Tensor:
@@ -108,7 +115,7 @@ def run(case: Path, threads: int, seconds: float, device: str = "cpu") -> dict:
     first_stage = engine.first_stage_rules
     auxiliaries = auxiliary_roles(first_stage)
     torch.set_num_threads(threads)
-    gaussians = artifacts.class_gaussians()
+    gaussians = {"original": artifacts.class_gaussians(), **{role: artifacts.class_gaussians(role) for role in auxiliaries}}
     eager = EagerRules(artifacts.root, engine.bank, norm.mean, norm.std, gaussians, auxiliaries, device)
     pool = np.load(case / "test_clean.npz")["x"]
     models = engine.models
@@ -117,9 +124,11 @@ def run(case: Path, threads: int, seconds: float, device: str = "cpu") -> dict:
         yhat = models.logits("original", x).argmax(axis=1)
         b = prob_of(models.probs("expert", x), yhat)
         badexpert = [-triangle_statistic(b, prob_of(models.probs(role, x), yhat)) for role in auxiliaries]
+        posteriors = [prob_of(posterior_by_class(mahalanobis_by_class(
+            models.logits(f"{role}_features", x).reshape(len(x), -1), *gaussians[role])), yhat) for role in auxiliaries]
         features = models.logits("features", x).reshape(len(x), -1)
         return (*badexpert, prob_of(margin_by_class(models.logits("exposed", x)), yhat),
-                prob_of(mahalanobis_by_class(features, *gaussians), yhat))
+                prob_of(mahalanobis_by_class(features, *gaussians["original"]), yhat), *posteriors)
 
     rows = []
     for batch in BATCHES:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from firewall.artifacts import THRESHOLDS, Artifacts, load_artifacts
-from firewall.fusion import DEFAULT_CASCADE_BAND, DEFAULT_WEIGHTS, Fusion, default_weights
+from firewall.fusion import (DEFAULT_AUXILIARY_POSTERIOR_WEIGHT, DEFAULT_CASCADE_BAND, DEFAULT_WEIGHTS, Fusion,
+                             default_weights)
 from firewall.scoring import BASELINE_RULES, ScoringEngine, serving_rules
 from firewall.thresholds import Thresholds
 from offline.data.tensorsets import load_tensor_set
@@ -30,6 +31,8 @@ class CalibrateConfig:
     cascade_band: float = DEFAULT_CASCADE_BAND
     # rule -> evidence weight, over default_weights (which also splits BaDExpert's between its auxiliaries)
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    # the auxiliary posterior's evidence weight, shared between its rules (one per auxiliary)
+    auxiliary_posterior_weight: float = DEFAULT_AUXILIARY_POSTERIOR_WEIGHT
 
 
 def run_calibrate(config: CalibrateConfig) -> Thresholds:
@@ -47,7 +50,7 @@ def run_calibrate(config: CalibrateConfig) -> Thresholds:
     _, scores = engine.score(clean.x)
     rules = serving_rules(artifacts)
     fusion = Fusion.fit(scores, rules, config.cascade_band, len(engine.first_stage_rules),
-                        weights={**default_weights(rules), **config.weights})
+                        weights={**default_weights(rules, config.auxiliary_posterior_weight), **config.weights})
     thresholds = Thresholds.fit(scores, config.target_fpr, fusion)
     thresholds.save(artifacts.path(THRESHOLDS))
     return thresholds

@@ -9,7 +9,8 @@ import warnings
 from pathlib import Path
 
 from firewall.errors import UserError, run_reporting_errors
-from firewall.fusion import DEFAULT_CASCADE_BAND, DEFAULT_EXPOSED_WEIGHT, DEFAULT_MAHALANOBIS_WEIGHT
+from firewall.fusion import (DEFAULT_AUXILIARY_POSTERIOR_WEIGHT, DEFAULT_CASCADE_BAND, DEFAULT_EXPOSED_WEIGHT,
+                             DEFAULT_MAHALANOBIS_WEIGHT)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -72,12 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--target-fpr", type=float, default=0.01)
     c.add_argument("--cascade-band", type=float, default=DEFAULT_CASCADE_BAND,
                    help="share of clean inputs for which the firewall also runs exposed STRIP "
-                        "(0: the first-stage rules alone, BaDExpert, the exposed margin and Mahalanobis; "
+                        "(0: the first-stage rules alone, BaDExpert, the exposed margin, Mahalanobis and the "
+                        "auxiliary posterior; "
                         "1: exposed STRIP on every input too)")
     c.add_argument("--exposed-weight", type=float, default=DEFAULT_EXPOSED_WEIGHT,
                    help="how much the exposed margin's evidence counts in the verdict beside BaDExpert's (weight 1)")
     c.add_argument("--mahalanobis-weight", type=float, default=DEFAULT_MAHALANOBIS_WEIGHT,
                    help="how much the Mahalanobis rule's evidence counts in the verdict beside BaDExpert's (weight 1)")
+    c.add_argument("--auxiliary-posterior-weight", type=float, default=DEFAULT_AUXILIARY_POSTERIOR_WEIGHT,
+                   help="how much the auxiliary posterior's evidence counts in the verdict beside BaDExpert's "
+                        "(weight 1); shared between the auxiliaries like BaDExpert's")
 
     m = sub.add_parser("bench", help="run the detection matrix and regenerate the results table")
     m.add_argument("--out", type=Path, default=Path("runs"), help="where the cells go (reused when measured)")
@@ -139,9 +144,10 @@ def run(args: argparse.Namespace) -> None:
         thresholds = run_calibrate(CalibrateConfig(args.artifacts, args.clean_data, args.target_fpr,
                                                    args.cascade_band,
                                                    {"exposed": args.exposed_weight,
-                                                    "mahalanobis": args.mahalanobis_weight}))
+                                                    "mahalanobis": args.mahalanobis_weight},
+                                                   args.auxiliary_posterior_weight))
         for rule, t in thresholds.rules.items():
-            print(f"{rule:<22} threshold {t.threshold:+.6g}  FPR on {t.n} clean: {t.fpr:.2%}")
+            print(f"{rule:<26} threshold {t.threshold:+.6g}  FPR on {t.n} clean: {t.fpr:.2%}")
     elif args.command == "bench":
         from offline.attacks import ATTACKS
         from offline.bench import QUICK, BenchConfig, run_bench

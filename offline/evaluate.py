@@ -113,12 +113,12 @@ def format_table(report: dict) -> str:
     if "n_backdoor" in report:
         lines.append(f"backdoor inputs: {report['n_backdoor']} of {report['n_triggered']} triggered "
                      f"(attack success rate {report['attack_success_rate']:.2%})")
-    lines.append(f"{'rule':<22}{'AUROC':>8}{'in-class':>9}{'TPR@1%':>9}{'TPR@5%':>9}{'FPR@thr':>9}{'TPR@thr':>9}")
+    lines.append(f"{'rule':<26}{'AUROC':>8}{'in-class':>9}{'TPR@1%':>9}{'TPR@5%':>9}{'FPR@thr':>9}{'TPR@thr':>9}")
     fmt = lambda v: f"{v:>9.3f}" if v is not None else f"{'-':>9}"
     for rule, entry in report["rules"].items():
         tpr = entry.get("tpr_at_fpr", {})
         auc = entry.get("auroc")
-        lines.append(f"{rule:<22}{(f'{auc:>8.4f}' if auc is not None else f'{chr(45):>8}')}"
+        lines.append(f"{rule:<26}{(f'{auc:>8.4f}' if auc is not None else f'{chr(45):>8}')}"
                      f"{fmt(entry.get('auroc_same_class'))}{fmt(tpr.get('0.01'))}{fmt(tpr.get('0.05'))}"
                      f"{fmt(entry['threshold_fpr'])}{fmt(entry.get('threshold_tpr'))}")
     lines.append("(in-class: AUROC against clean inputs of the class M gives the backdoor input)")

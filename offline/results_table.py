@@ -17,7 +17,8 @@ import numpy as np
 
 from offline.cells import built_variants, eval_path
 
-RULES = ("firewall", "badexpert", "badexpert_tsbd", "exposed", "mahalanobis", "strip", "strip_original", "scaleup")
+RULES = ("firewall", "badexpert", "badexpert_tsbd", "exposed", "mahalanobis", "auxiliary_posterior",
+         "auxiliary_tsbd_posterior", "strip", "strip_original", "scaleup")
 TARGETS = {"mean_auroc": 0.99, "min_auroc": 0.97, "mean_tpr": 0.95, "fpr_slack": 0.01}
 TARGET_FPR = 0.01  # what `offline bench` calibrates at
 _CELL = re.compile(r"(?P<dataset>[a-z]+)-(?P<attack>[a-z0-9_]+)-(?P<arch>[a-z]+)(?:-w\d+e\d+)?(?:-s(?P<seed>\d+))?")
@@ -51,6 +52,8 @@ def _mean_sd(values: list[float], digits: int = 3) -> str:
 
 def _rule_cell(records: list[dict], rule: str) -> str:
     entries = [r["eval"]["rules"].get(rule, {}) for r in records]
+    if not any(entries):
+        return "–"  # a rule these cells' builds did not have
     if all("auroc" in e for e in entries):
         return (f"{_mean_sd([e['auroc'] for e in entries], 4)} / {_mean_sd([e['tpr_at_fpr']['0.01'] for e in entries])}"
                 f" / {_mean_sd([e['threshold_fpr'] for e in entries])}")

@@ -26,7 +26,7 @@ from torch import nn
 
 from firewall.artifacts import sha256_file
 from offline.build.artifacts_writer import write_artifacts
-from offline.build.class_gaussians import fit_class_gaussians
+from offline.build.class_gaussians import fit_class_gaussians, fit_feature_space
 from offline.build.pipeline import BuildConfig
 from offline.build.trunk_split import split_before_classifier
 from offline.calibrate import CalibrateConfig, run_calibrate
@@ -77,6 +77,9 @@ def make_untrained_case(config: UntrainedCaseConfig) -> dict:
     models["features"] = penultimate.trunk
     with torch.no_grad():
         gaussians = fit_class_gaussians(forward(penultimate.trunk, clean.x), clean.y, num_classes)
+        auxiliary_spaces = {role: fit_feature_space(split_before_classifier(models[role]), clean, num_classes)
+                            for role in ROLES if role.startswith("auxiliary")}
+    models |= {f"{role}_features": space.split.trunk for role, space in auxiliary_spaces.items()}
     bank_rows = np.random.default_rng(config.seed).choice(len(clean.y), size=min(BuildConfig.strip_bank_size, len(clean.y)), replace=False)
     parameters = sum(p.numel() for p in models["original"].parameters())
     description = {
@@ -91,6 +94,7 @@ def make_untrained_case(config: UntrainedCaseConfig) -> dict:
     }
     artifacts = config.out / "artifacts"
     write_artifacts(artifacts, config.force, models=models, penultimate=penultimate, gaussians=gaussians,
+                    auxiliary_spaces=auxiliary_spaces,
                     example=clean.x[:2], check_x=splits["calib"].x[:64], bank=clean.x[bank_rows],
                     description=description)
     run_calibrate(CalibrateConfig(artifacts, config.out / "calib.npz"))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from firewall.errors import UserError
-from firewall.fusion import DEFAULT_WEIGHTS, Fusion, default_weights
+from firewall.fusion import DEFAULT_AUXILIARY_POSTERIOR_WEIGHT, DEFAULT_WEIGHTS, Fusion, default_weights
 from firewall.thresholds import Thresholds
 
 RNG = np.random.default_rng(0)
@@ -145,10 +145,13 @@ def test_a_rule_weight_scales_its_evidence_and_the_joint_rate_still_holds():
 
 
 def test_badexperts_weight_of_one_is_shared_among_its_rules_and_the_others_keep_theirs():
-    alone = default_weights(("badexpert", "exposed", "mahalanobis", "strip"))
-    both = default_weights(("badexpert", "badexpert_tsbd", "exposed", "mahalanobis", "strip"))
+    alone = default_weights(("badexpert", "exposed", "mahalanobis", "auxiliary_posterior", "strip"))
+    both = default_weights(("badexpert", "badexpert_tsbd", "exposed", "mahalanobis", "auxiliary_posterior",
+                            "auxiliary_tsbd_posterior", "strip"))
     assert alone["badexpert"] == 1.0 and "badexpert_tsbd" not in alone
     assert both["badexpert"] == both["badexpert_tsbd"] == 0.5
+    assert alone["auxiliary_posterior"] == DEFAULT_AUXILIARY_POSTERIOR_WEIGHT
+    assert both["auxiliary_posterior"] == both["auxiliary_tsbd_posterior"] == DEFAULT_AUXILIARY_POSTERIOR_WEIGHT / 2
     assert alone["exposed"] == both["exposed"] == DEFAULT_WEIGHTS["exposed"]
 
 

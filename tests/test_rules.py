@@ -1,10 +1,12 @@
 """The BaDExpert triangle rule scores the backdoor corner of the (b, a) plane highest; the exposed
 rule scores how far E still backs M's prediction; the Mahalanobis rule how far M's features lie
-from the clean inputs of the predicted class; the fused graph computes all three as published."""
+from the clean inputs of the predicted class; the auxiliary posterior how unlikely the predicted
+class is under the clean class Gaussians of M''s features; the fused graph computes them as published."""
 
 import numpy as np
 
 from firewall.probabilities import entropy, softmax
+from firewall.rules.auxiliary_posterior import posterior_by_class
 from firewall.rules.badexpert import triangle_statistic
 from firewall.rules.exposed import margin_by_class
 from firewall.rules.mahalanobis import mahalanobis_by_class
@@ -48,16 +50,26 @@ def test_the_mahalanobis_distance_is_zero_at_a_class_mean_and_follows_the_precis
     assert np.allclose(mahalanobis_by_class(features, means, precision), [[0.0, 16.0], [1.0, 17.0], [4.0, 4.0]])
 
 
+def test_the_auxiliary_posterior_is_low_for_the_nearest_class_and_a_coin_toss_halfway():
+    distances = np.array([[0.0, 16.0], [4.0, 4.0], [2000.0, 0.0]])
+    posterior = np.exp(-posterior_by_class(distances))
+    assert np.allclose(posterior.sum(axis=1), 1.0)
+    assert posterior[0, 0] > 0.99 and np.allclose(posterior[1], 0.5)
+    assert np.isfinite(posterior_by_class(distances)).all()  # far from every class: no overflow
+    assert posterior_by_class(distances)[2, 0] > 900  # a class the features are far from is very suspicious
+
+
 def test_the_fused_graph_scores_like_the_rules_on_the_separate_models(tiny_case, tiny_artifacts):
-    """The sidecar serves BaDExpert, the exposed rule and the Mahalanobis rule from one fused
-    graph; it must be the published rule, the margin of E's logits and the distance of M's
-    penultimate features to the stored clean class Gaussians."""
+    """The sidecar serves BaDExpert, the exposed rule, the Mahalanobis rule and the auxiliary
+    posterior from one fused graph; it must be the published rule, the margin of E's logits,
+    the distance of M's penultimate features to the stored clean class Gaussians, and the
+    posterior of M's class under M''s."""
     from firewall.artifacts import load_artifacts
     from firewall.probabilities import prob_of
     from firewall.scoring import ScoringEngine
 
     artifacts = load_artifacts(tiny_artifacts)
-    engine = ScoringEngine(artifacts, rules=("badexpert", "exposed", "mahalanobis"))
+    engine = ScoringEngine(artifacts, rules=("badexpert", "exposed", "mahalanobis", "auxiliary_posterior"))
     x = np.concatenate([np.load(tiny_case / "test_clean.npz")["x"][:100],
                         np.load(tiny_case / "test_triggered.npz")["x"][:100]])
     yhat, scores = engine.score(x)
@@ -70,6 +82,9 @@ def test_the_fused_graph_scores_like_the_rules_on_the_separate_models(tiny_case,
     assert np.allclose(scores["exposed"], margins, rtol=1e-4, atol=1e-4)
     distances = mahalanobis_by_class(models.logits("features", x).astype(np.float64), *artifacts.class_gaussians())
     assert np.allclose(scores["mahalanobis"], prob_of(distances, yhat), rtol=1e-3, atol=1e-3)
+    aux_distances = mahalanobis_by_class(models.logits("auxiliary_features", x).reshape(len(x), -1).astype(np.float64),
+                                         *artifacts.class_gaussians("auxiliary"))
+    assert np.allclose(scores["auxiliary_posterior"], prob_of(posterior_by_class(aux_distances), yhat), rtol=1e-3, atol=1e-3)
     shifted = (yhat + 1) % 10  # a prediction given from outside runs the graph without M
     given = engine.score(x, yhat=shifted)[1]["badexpert"]
     b, a = prob_of(models.probs("expert", x), shifted), prob_of(models.probs("auxiliary", x), shifted)

@@ -1,5 +1,6 @@
-"""`offline build --auxiliary both`, the default: BaDExpert's rule once with the fine-tuned M'
-and once with TSBD's, fused at half weight each; a build with one M' keeps three first-stage rules."""
+"""`offline build --auxiliary both`, the default: BaDExpert's rule and the auxiliary posterior
+once with the fine-tuned M' and once with TSBD's, each pair sharing its rule's weight; a build
+with one M' has four first-stage rules."""
 
 import json
 
@@ -13,16 +14,18 @@ from firewall.scoring import ScoringEngine
 from firewall.thresholds import Thresholds
 from offline.cli import main as offline
 
-BOTH_FIRST_STAGE = ("badexpert", "badexpert_tsbd", "exposed", "mahalanobis")
+BOTH_FIRST_STAGE = ("badexpert", "badexpert_tsbd", "exposed", "mahalanobis", "auxiliary_posterior",
+                    "auxiliary_tsbd_posterior")
 
 
-def test_a_build_with_the_fine_tuned_auxiliary_alone_has_three_first_stage_rules(tiny_case, tmp_path):
+def test_a_build_with_the_fine_tuned_auxiliary_alone_has_four_first_stage_rules(tiny_case, tmp_path):
     out = tmp_path / "artifacts"
     assert offline(["build", "--model", str(tiny_case / "model.pt2"), "--clean-data", str(tiny_case / "clean.npz"),
                     "--out", str(out), "--auxiliary", "finetune"]) == 0
     artifacts = load_artifacts(out)
-    assert first_stage_rules(artifacts.model_roles) == ("badexpert", "exposed", "mahalanobis")
+    assert first_stage_rules(artifacts.model_roles) == ("badexpert", "exposed", "mahalanobis", "auxiliary_posterior")
     assert "auxiliary_tsbd" not in artifacts.model_roles
+    assert list(artifacts.manifest.raw["auxiliary_posterior"]) == ["auxiliary"]
 
 
 def test_a_default_build_ships_both_auxiliaries_and_their_reports(tiny_artifacts):
@@ -44,11 +47,12 @@ def test_the_fused_graph_scores_the_tsbd_rule_as_the_rule_on_the_separate_models
     assert not np.allclose(scores["badexpert_tsbd"], scores["badexpert"])
 
 
-def test_calibration_fuses_both_badexpert_rules_at_half_weight_each(tiny_artifacts):
+def test_calibration_shares_each_rules_weight_between_the_two_auxiliaries(tiny_artifacts):
     fusion = Thresholds.load(tiny_artifacts / THRESHOLDS).fusion
     assert fusion.first == BOTH_FIRST_STAGE
     weights = fusion.weight_of_each_rule()
     assert weights["badexpert"] == weights["badexpert_tsbd"] == 0.5
+    assert weights["auxiliary_posterior"] == weights["auxiliary_tsbd_posterior"] == 0.25
 
 
 def test_the_shared_trunk_does_not_combine_with_tsbd(tiny_case, tmp_path, capsys):

@@ -4,6 +4,7 @@ suspicious; a rule rejects when its score exceeds the threshold learnt on clean 
 from collections.abc import Iterable
 
 from firewall.artifacts import BY_CLASS_OUTPUTS
+from firewall.rules.auxiliary_posterior import AuxiliaryPosteriorRule, AuxiliaryTsbdPosteriorRule
 from firewall.rules.badexpert import BadExpertRule, BadExpertTsbdRule
 from firewall.rules.base import Batch, Rule
 from firewall.rules.exposed import ExposedRule
@@ -13,8 +14,8 @@ from firewall.rules.strip import ExposedEntropyRule, ExposedStripRule, StripOrig
 
 RULES: dict[str, type[Rule]] = {
     rule.name: rule
-    for rule in (BadExpertRule, BadExpertTsbdRule, ExposedRule, MahalanobisRule, ExposedStripRule,
-                 StripOriginalRule, ScaleUpRule, ExposedEntropyRule)
+    for rule in (BadExpertRule, BadExpertTsbdRule, ExposedRule, MahalanobisRule, AuxiliaryPosteriorRule,
+                 AuxiliaryTsbdPosteriorRule, ExposedStripRule, StripOriginalRule, ScaleUpRule, ExposedEntropyRule)
 }
 
 
@@ -28,14 +29,19 @@ def auxiliary_roles(rules: Iterable[str]) -> list[str]:
     return [RULES[rule].auxiliary for rule in badexpert_rules(rules)]
 
 
+def posterior_rules(rules: Iterable[str]) -> list[str]:
+    """The auxiliary-posterior rules among `rules` (one per M'), in their order."""
+    return [rule for rule in rules if issubclass(RULES[rule], AuxiliaryPosteriorRule)]
+
+
 def first_stage_rules(model_roles: Iterable[str]) -> tuple[str, ...]:
     """The first-stage rules that a build with these models computes, in BY_CLASS_OUTPUTS'
-    order: a BaDExpert rule exists where its M' does."""
+    order: a rule that reads an M' (BaDExpert's, the auxiliary posterior) exists where
+    its M' does."""
     roles = set(model_roles)
-    return tuple(rule for rule in BY_CLASS_OUTPUTS
-                 if not issubclass(RULES[rule], BadExpertRule) or RULES[rule].auxiliary in roles)
+    return tuple(rule for rule in BY_CLASS_OUTPUTS if getattr(RULES[rule], "auxiliary", None) in (None, *roles))
 
 
-__all__ = ["RULES", "auxiliary_roles", "badexpert_rules", "first_stage_rules", "Batch", "Rule", "BadExpertRule",
-           "BadExpertTsbdRule", "ExposedRule", "MahalanobisRule", "ExposedStripRule", "StripOriginalRule",
+__all__ = ["RULES", "auxiliary_roles", "badexpert_rules", "first_stage_rules", "posterior_rules", "Batch", "Rule", "BadExpertRule",
+           "BadExpertTsbdRule", "AuxiliaryPosteriorRule", "AuxiliaryTsbdPosteriorRule", "ExposedRule", "MahalanobisRule", "ExposedStripRule", "StripOriginalRule",
            "ScaleUpRule", "ExposedEntropyRule"]

@@ -1,4 +1,5 @@
-"""The Mahalanobis rule's parameters: M's clean inputs as one Gaussian per class.
+"""Clean inputs as one Gaussian per class in a model's penultimate feature space: in M's,
+the Mahalanobis rule's parameters; in each auxiliary's, its posterior rule's.
 
 Class means and one covariance shared by all classes, as in Lee et al.'s detector: a
 few hundred clean inputs cannot estimate a covariance per class in a space of 64 to
@@ -18,7 +19,11 @@ from pathlib import Path
 import numpy as np
 from sklearn.covariance import ledoit_wolf
 
+from firewall.artifacts import CLASS_GAUSSIANS
 from firewall.errors import UserError
+from offline.build.trunk_split import TrunkSplit
+from offline.data.tensorsets import TensorSet
+from offline.training import forward
 
 
 @dataclass(frozen=True)
@@ -28,10 +33,6 @@ class ClassGaussians:
     shrinkage: float
     samples: int
     classes_without_samples: tuple[int, ...]
-
-    def save(self, path: Path) -> None:
-        with open(path, "wb") as handle:
-            np.savez(handle, means=self.means, precision=self.precision)
 
     def to_json(self) -> dict:
         return {"feature_dim": int(self.means.shape[1]), "ledoit_wolf_shrinkage": self.shrinkage,
@@ -55,3 +56,30 @@ def fit_class_gaussians(features: np.ndarray, labels: np.ndarray, num_classes: i
     missing = tuple(int(k) for k in range(num_classes) if k not in present)
     return ClassGaussians(means.astype(np.float32), precision.astype(np.float32), float(shrinkage),
                           len(features), missing)
+
+
+@dataclass(frozen=True)
+class FeatureSpace:
+    """A model cut before its classifier layer, and the class Gaussians of its features on
+    the clean set."""
+
+    split: TrunkSplit
+    gaussians: ClassGaussians
+
+    def to_json(self) -> dict:
+        return {"features_after": self.split.cut, **self.gaussians.to_json()}
+
+
+def fit_feature_space(split: TrunkSplit, clean: TensorSet, num_classes: int) -> FeatureSpace:
+    """The class Gaussians of `clean`'s features at `split` (inputs already in the space the
+    split's trunk reads)."""
+    return FeatureSpace(split, fit_class_gaussians(forward(split.trunk, clean.x), clean.y, num_classes))
+
+
+def save_class_gaussians(directory: Path, original: ClassGaussians, auxiliaries: dict[str, FeatureSpace]) -> None:
+    """One CLASS_GAUSSIANS file: M's under `means`/`precision`, each auxiliary's under its role."""
+    arrays = {"means": original.means, "precision": original.precision}
+    for role, space in auxiliaries.items():
+        arrays |= {f"{role}_means": space.gaussians.means, f"{role}_precision": space.gaussians.precision}
+    with open(directory / CLASS_GAUSSIANS, "wb") as handle:
+        np.savez(handle, **arrays)

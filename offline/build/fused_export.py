@@ -6,7 +6,8 @@ one graph with a shared input pays once. The graph scores every class for each r
 `[N, K]` ("how suspicious if M predicted k"): the BaDExpert rule from B and M' (once
 with each M' in a build with two), the exposed rule from E's logit margins, the
 Mahalanobis rule from M's penultimate features and the clean class Gaussians, which the
-graph holds as constants. M runs up to those features in both graphs; the one with the
+graph holds as constants, and the auxiliary-posterior rule from each M''s own features
+and Gaussians (M' runs once for both of its rules). M runs up to those features in both graphs; the one with the
 prediction adds M's classifier layer and the argmax. The same graph serves whether the prediction comes from M inside the graph or, with
 `--prediction-from-upstream`, from the production server's own answer, which can
 arrive after scoring has finished. Built with a shared trunk (`offline build
@@ -24,11 +25,12 @@ from torch import nn
 
 from firewall.artifacts import BY_CLASS_OUTPUTS, FUSED_FILES, PREDICTION_OUTPUT
 from firewall.errors import UserError
-from firewall.rules import RULES, auxiliary_roles, badexpert_rules, first_stage_rules
+from firewall.rules import RULES, auxiliary_roles, badexpert_rules, first_stage_rules, posterior_rules
+from firewall.rules.auxiliary_posterior import posterior_by_class
 from firewall.rules.badexpert import triangle_statistic
 from firewall.rules.exposed import margin_by_class
 from firewall.rules.mahalanobis import mahalanobis_by_class
-from offline.build.class_gaussians import ClassGaussians
+from offline.build.class_gaussians import ClassGaussians, FeatureSpace
 from offline.build.onnx_export import INPUT_NAME, export_onnx, relative_difference
 
 # The rule divides by probabilities that can be 1e-6: float32 rounding of b or a moves
@@ -70,26 +72,48 @@ class MahalanobisByClass(nn.Module):
         return quadratic - 2.0 * (f @ self.projected_means) + self.mean_norms
 
 
+def posterior_by_class_torch(distances: torch.Tensor) -> torch.Tensor:
+    """-log of each class's posterior from squared distances (see
+    firewall.rules.auxiliary_posterior.posterior_by_class)."""
+    return -(-0.5 * distances).log_softmax(dim=1)
+
+
+class AuxiliaryWithPosterior(nn.Module):
+    """h -> (M''s logits, its posterior rule's scores for every class): M''s features feed
+    both its classifier layer and its class Gaussians, so M' runs once for both rules."""
+
+    def __init__(self, space: FeatureSpace):
+        super().__init__()
+        self.features, self.classifier = space.split.trunk, space.split.head
+        self.distances = MahalanobisByClass(space.gaussians.means, space.gaussians.precision)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.features(h)
+        return self.classifier(features), posterior_by_class_torch(self.distances(features))
+
+
 class FirstStageScorer(nn.Module):
-    """x -> the BaDExpert (once per auxiliary), exposed and Mahalanobis scores for every class.
+    """x -> the BaDExpert (once per auxiliary), exposed, Mahalanobis and auxiliary-posterior
+    (once per auxiliary) scores for every class.
 
     With a shared trunk the networks and M's feature layers are heads on the trunk's
     output and the trunk runs once; without one the trunk is the identity and they are
     whole models.
     """
 
-    def __init__(self, expert: nn.Module, auxiliaries: list[nn.Module], exposed: nn.Module, features: nn.Module,
+    def __init__(self, expert: nn.Module, auxiliaries: list[FeatureSpace], exposed: nn.Module, features: nn.Module,
                  gaussians: ClassGaussians, trunk: nn.Module | None = None):
         super().__init__()
         self.trunk = trunk if trunk is not None else nn.Identity()
         self.expert, self.exposed, self.features = expert, exposed, features
-        self.auxiliaries = nn.ModuleList(auxiliaries)
+        self.auxiliaries = nn.ModuleList(AuxiliaryWithPosterior(space) for space in auxiliaries)
         self.mahalanobis = MahalanobisByClass(gaussians.means, gaussians.precision)
 
     def scores(self, h: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
         b = self.expert(h).softmax(dim=1)
-        badexpert = [badexpert_by_class(b, auxiliary(h).softmax(dim=1)) for auxiliary in self.auxiliaries]
-        return *badexpert, exposed_by_class(self.exposed(h)), self.mahalanobis(features)
+        logits, posteriors = zip(*(auxiliary(h) for auxiliary in self.auxiliaries))
+        badexpert = [badexpert_by_class(b, a.softmax(dim=1)) for a in logits]
+        return *badexpert, exposed_by_class(self.exposed(h)), self.mahalanobis(features), *posteriors
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         h = self.trunk(x)
@@ -111,28 +135,33 @@ class PredictingScorer(nn.Module):
 
 
 def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians: ClassGaussians,
-                 example: torch.Tensor, out: Path, check_x: np.ndarray, trunk: nn.Module | None = None) -> dict:
+                 auxiliary_spaces: dict[str, FeatureSpace], example: torch.Tensor, out: Path, check_x: np.ndarray,
+                 trunk: nn.Module | None = None) -> dict:
     """Write both fused graphs and check them against the numpy rules on real inputs.
 
     `models` are the whole networks by role; with a shared `trunk` they are
     `Composed(trunk, head)`, and the graphs run the trunk once and then the heads.
     `models["features"]` is M up to its penultimate layer and `classifier` the rest of M,
-    which the graph with the prediction runs on those features.
+    which the graph with the prediction runs on those features. `auxiliary_spaces` are
+    the auxiliaries (their heads, with a shared trunk) cut before their classifier layer,
+    with their clean class Gaussians; `models["<role>_features"]` the same cuts as whole
+    models.
     """
     parts = {role: model.head for role, model in models.items()} if trunk is not None else models
     rules = first_stage_rules(models)
-    scorer = FirstStageScorer(parts["expert"], [parts[role] for role in auxiliary_roles(rules)],
+    scorer = FirstStageScorer(parts["expert"], [auxiliary_spaces[role] for role in auxiliary_roles(rules)],
                               parts["exposed"], parts["features"], gaussians, trunk)
     scores = [BY_CLASS_OUTPUTS[rule] for rule in rules]
     graphs = {"fused": (PredictingScorer(classifier, scorer), [PREDICTION_OUTPUT, *scores]),
               "fused_without_original": (scorer, scores)}
     for role, (module, outputs) in graphs.items():
         export_onnx(module, example, out / FUSED_FILES[role], output_names=outputs)
-    return {role: _check(models, gaussians, out / FUSED_FILES[role], check_x) for role in graphs}
+    return {role: _check(models, gaussians, auxiliary_spaces, out / FUSED_FILES[role], check_x) for role in graphs}
 
 
 @torch.no_grad()
-def _check(models: dict[str, nn.Module], gaussians: ClassGaussians, path: Path, x: np.ndarray) -> float:
+def _check(models: dict[str, nn.Module], gaussians: ClassGaussians, auxiliary_spaces: dict[str, FeatureSpace],
+           path: Path, x: np.ndarray) -> float:
     """Largest relative difference of the scores between onnxruntime and the numpy rules on torch
     outputs; predictions must match exactly."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -144,6 +173,11 @@ def _check(models: dict[str, nn.Module], gaussians: ClassGaussians, path: Path, 
                 "mahalanobis": mahalanobis_by_class(features, gaussians.means, gaussians.precision)}
     for rule in badexpert_rules(first_stage_rules(models)):
         expected[rule] = -triangle_statistic(b, models[RULES[rule].auxiliary](tx).softmax(dim=1).numpy())
+    for rule in posterior_rules(first_stage_rules(models)):
+        role = RULES[rule].auxiliary
+        aux_features = models[f"{role}_features"](tx).flatten(1).numpy().astype(np.float64)
+        space = auxiliary_spaces[role].gaussians
+        expected[rule] = posterior_by_class(mahalanobis_by_class(aux_features, space.means, space.precision))
     if PREDICTION_OUTPUT in outputs and not np.array_equal(outputs[PREDICTION_OUTPUT],
                                                            models["original"](tx).argmax(dim=1).numpy()):
         raise UserError(f"{path.name}: the fused graph's predictions differ from the model's")
