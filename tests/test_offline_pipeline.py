@@ -67,13 +67,16 @@ def test_the_auxiliary_rate_is_the_largest_that_keeps_the_task(tiny_artifacts: P
 
 
 def test_onnx_models_take_any_batch_size(tiny_artifacts: Path):
-    features = json.loads((tiny_artifacts / "manifest.json").read_text())["mahalanobis"]["feature_dim"]
+    manifest = json.loads((tiny_artifacts / "manifest.json").read_text())
+    features = {"features": manifest["mahalanobis"]["feature_dim"],
+                **{f"{role}_features": space["feature_dim"] for role, space in manifest["auxiliary_posterior"].items()}}
     artifacts = load_artifacts(tiny_artifacts)
+    assert {"auxiliary_features", "auxiliary_tsbd_features"} <= set(artifacts.model_roles)
     for role, filename in ((r, MODEL_FILES[r]) for r in artifacts.model_roles):
         session = ort.InferenceSession(str(tiny_artifacts / filename), providers=["CPUExecutionProvider"])
         for batch in (1, 7):
             out = session.run(None, {"input": np.zeros((batch, 1, 16, 16), np.float32)})[0]
-            assert out.shape == ((batch, features) if role == "features" else (batch, 10))
+            assert out.shape == (batch, features.get(role, 10))
 
 
 def test_calibration_meets_the_target_on_the_calibration_set(tiny_artifacts: Path):
