@@ -17,9 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from firewall.artifacts import SCHEMA_VERSION
 from offline.build.pipeline import DEFAULT_AUXILIARY, BuildConfig, run_build
 from offline.calibrate import CalibrateConfig, run_calibrate
-from offline.cells import artifacts_dir, built_auxiliary, eval_path, keep_records
+from offline.cells import artifacts_dir, built_auxiliary, built_schema, eval_path, keep_records
 from offline.evaluate import EvaluateConfig, run_evaluate
 from offline.poison import DEFAULT_EPOCHS, PoisonConfig, run_poison
 
@@ -82,13 +83,15 @@ def run_cell(case: Path, dataset: str, attack: str, arch: str, seed: int, poison
 
 def measured_already(case: Path, config: BenchConfig) -> bool:
     """A cell is reused only if it was evaluated after a build made the way this run would make it: a default
-    build from before the default changed is built again. Its records count as much as the cell itself, so a
+    build from before the default changed, or one of an older artifacts schema (which lacks a rule the
+    current build has), is built again. Its records count as much as the cell itself, so a
     matrix whose runs/ is gone resumes from its committed records."""
     if config.force or config.rebuild:
         return False
     places = [case] + ([config.records / case.name] if config.records is not None else [])
     return any(eval_path(place, config.auxiliary).is_file()
                and built_auxiliary(place, config.auxiliary) == (config.auxiliary or DEFAULT_AUXILIARY)
+               and built_schema(place, config.auxiliary) == SCHEMA_VERSION
                for place in places)
 
 

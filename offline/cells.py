@@ -43,6 +43,12 @@ def built_auxiliary(case: Path, auxiliary: str | None = None) -> str | None:
     return json.loads(manifest.read_text())["build"]["auxiliary_method"] if manifest.is_file() else None
 
 
+def built_schema(case: Path, auxiliary: str | None = None) -> int | None:
+    """The artifacts schema of the cell's build, or None where there is no build (or it predates the field)."""
+    manifest = artifacts_dir(case, auxiliary) / MANIFEST
+    return json.loads(manifest.read_text()).get("schema_version") if manifest.is_file() else None
+
+
 def record_files(case: Path) -> list[Path]:
     """What the results document and a resumed bench read from a cell, relative to it: how it was poisoned, every
     evaluation of it, and the manifest of every build (what it was built with, the settings' evidence)."""

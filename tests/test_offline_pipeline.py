@@ -204,14 +204,18 @@ def test_bench_names_cells_poisoned_at_other_settings_after_those_settings():
 def test_bench_reuses_a_cell_only_if_its_build_was_made_the_way_this_run_would_make_it(tmp_path: Path):
     from offline.bench import BenchConfig, measured_already
 
-    def built(artifacts: str, report: str, auxiliary_method: str) -> None:
+    from firewall.artifacts import SCHEMA_VERSION
+
+    def built(artifacts: str, report: str, auxiliary_method: str, schema: int = SCHEMA_VERSION) -> None:
         (tmp_path / artifacts).mkdir(exist_ok=True)
-        manifest = {"build": {"auxiliary_method": auxiliary_method}}
+        manifest = {"schema_version": schema, "build": {"auxiliary_method": auxiliary_method}}
         (tmp_path / artifacts / "manifest.json").write_text(json.dumps(manifest))
         (tmp_path / report).write_text("{}")
 
     grid = {"out": tmp_path.parent, "datasets": ("digits",), "archs": ("resnet",), "attacks": ("badnets",)}
     built("artifacts", "eval.json", "finetune")  # a default build from before `both` became the default
+    assert not measured_already(tmp_path, BenchConfig(**grid))
+    built("artifacts", "eval.json", "both", schema=SCHEMA_VERSION - 1)  # built before a rule was added
     assert not measured_already(tmp_path, BenchConfig(**grid))
     built("artifacts", "eval.json", "both")
     assert measured_already(tmp_path, BenchConfig(**grid))
