@@ -20,7 +20,7 @@ from pathlib import Path
 from firewall.artifacts import SCHEMA_VERSION
 from offline.build.pipeline import DEFAULT_AUXILIARY, BuildConfig, run_build
 from offline.calibrate import CalibrateConfig, run_calibrate
-from offline.cells import artifacts_dir, built_auxiliary, built_schema, eval_path, keep_records
+from offline.cells import artifacts_dir, built_manifest, eval_path, keep_records
 from offline.evaluate import EvaluateConfig, run_evaluate
 from offline.poison import DEFAULT_EPOCHS, PoisonConfig, run_poison
 
@@ -89,10 +89,14 @@ def measured_already(case: Path, config: BenchConfig) -> bool:
     if config.force or config.rebuild:
         return False
     places = [case] + ([config.records / case.name] if config.records is not None else [])
-    return any(eval_path(place, config.auxiliary).is_file()
-               and built_auxiliary(place, config.auxiliary) == (config.auxiliary or DEFAULT_AUXILIARY)
-               and built_schema(place, config.auxiliary) == SCHEMA_VERSION
+    return any(eval_path(place, config.auxiliary).is_file() and _built_as_this_run_would(place, config)
                for place in places)
+
+
+def _built_as_this_run_would(place: Path, config: BenchConfig) -> bool:
+    manifest = built_manifest(place, config.auxiliary)
+    return (manifest is not None and manifest.get("schema_version") == SCHEMA_VERSION
+            and manifest["build"]["auxiliary_method"] == (config.auxiliary or DEFAULT_AUXILIARY))
 
 
 def run_bench(config: BenchConfig) -> list[Path]:

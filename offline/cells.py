@@ -37,16 +37,10 @@ def built_variants(case: Path) -> list[str]:
     return sorted(p.stem.removeprefix("eval-") for p in case.glob("eval-*.json"))
 
 
-def built_auxiliary(case: Path, auxiliary: str | None = None) -> str | None:
-    """How M' was made in the cell's build (its manifest's record), or None where there is no build."""
+def built_manifest(case: Path, auxiliary: str | None = None) -> dict | None:
+    """The manifest of the cell's build (how it was built), or None where there is no build."""
     manifest = artifacts_dir(case, auxiliary) / MANIFEST
-    return json.loads(manifest.read_text())["build"]["auxiliary_method"] if manifest.is_file() else None
-
-
-def built_schema(case: Path, auxiliary: str | None = None) -> int | None:
-    """The artifacts schema of the cell's build, or None where there is no build (or it predates the field)."""
-    manifest = artifacts_dir(case, auxiliary) / MANIFEST
-    return json.loads(manifest.read_text()).get("schema_version") if manifest.is_file() else None
+    return json.loads(manifest.read_text()) if manifest.is_file() else None
 
 
 def record_files(case: Path) -> list[Path]:

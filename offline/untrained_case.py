@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from firewall.artifacts import sha256_file
+from firewall.rules import auxiliary_roles, first_stage_rules
 from offline.build.artifacts_writer import write_artifacts
 from offline.build.class_gaussians import fit_class_gaussians, fit_feature_space
 from offline.build.pipeline import BuildConfig
@@ -78,7 +79,7 @@ def make_untrained_case(config: UntrainedCaseConfig) -> dict:
     with torch.no_grad():
         gaussians = fit_class_gaussians(forward(penultimate.trunk, clean.x), clean.y, num_classes)
         auxiliary_spaces = {role: fit_feature_space(split_before_classifier(models[role]), clean, num_classes)
-                            for role in ROLES if role.startswith("auxiliary")}
+                            for role in auxiliary_roles(first_stage_rules(ROLES))}
     models |= {f"{role}_features": space.split.trunk for role, space in auxiliary_spaces.items()}
     bank_rows = np.random.default_rng(config.seed).choice(len(clean.y), size=min(BuildConfig.strip_bank_size, len(clean.y)), replace=False)
     parameters = sum(p.numel() for p in models["original"].parameters())

@@ -42,6 +42,7 @@ def first_stage_rules(model_roles: Iterable[str]) -> tuple[str, ...]:
     return tuple(rule for rule in BY_CLASS_OUTPUTS if getattr(RULES[rule], "auxiliary", None) in (None, *roles))
 
 
-__all__ = ["RULES", "auxiliary_roles", "badexpert_rules", "first_stage_rules", "posterior_rules", "Batch", "Rule", "BadExpertRule",
-           "BadExpertTsbdRule", "AuxiliaryPosteriorRule", "AuxiliaryTsbdPosteriorRule", "ExposedRule", "MahalanobisRule", "ExposedStripRule", "StripOriginalRule",
+__all__ = ["RULES", "auxiliary_roles", "badexpert_rules", "first_stage_rules", "posterior_rules", "Batch", "Rule",
+           "BadExpertRule", "BadExpertTsbdRule", "AuxiliaryPosteriorRule", "AuxiliaryTsbdPosteriorRule", "ExposedRule",
+           "MahalanobisRule", "ExposedStripRule", "StripOriginalRule",
            "ScaleUpRule", "ExposedEntropyRule"]

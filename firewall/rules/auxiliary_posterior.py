@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from firewall.probabilities import log_softmax
 from firewall.rules.base import FirstStageRule
 
 
 def posterior_by_class(distances: np.ndarray) -> np.ndarray:
     """[N, K]: -log of each class's posterior under equal priors, from the squared
     Mahalanobis distances [N, K] to the class means: d_k / 2 + log sum_j exp(-d_j / 2)."""
-    half = -0.5 * np.asarray(distances, np.float64)
-    top = half.max(axis=1, keepdims=True)
-    return -(half - top - np.log(np.exp(half - top).sum(axis=1, keepdims=True)))
+    return -log_softmax(-0.5 * np.asarray(distances, np.float64))
 
 
 class AuxiliaryPosteriorRule(FirstStageRule):

@@ -176,8 +176,8 @@ def _check(models: dict[str, nn.Module], gaussians: ClassGaussians, auxiliary_sp
     for rule in posterior_rules(first_stage_rules(models)):
         role = RULES[rule].auxiliary
         aux_features = models[f"{role}_features"](tx).flatten(1).numpy().astype(np.float64)
-        space = auxiliary_spaces[role].gaussians
-        expected[rule] = posterior_by_class(mahalanobis_by_class(aux_features, space.means, space.precision))
+        fitted = auxiliary_spaces[role].gaussians
+        expected[rule] = posterior_by_class(mahalanobis_by_class(aux_features, fitted.means, fitted.precision))
     if PREDICTION_OUTPUT in outputs and not np.array_equal(outputs[PREDICTION_OUTPUT],
                                                            models["original"](tx).argmax(dim=1).numpy()):
         raise UserError(f"{path.name}: the fused graph's predictions differ from the model's")
