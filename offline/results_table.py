@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from offline.cells import built_variants, eval_path
+from firewall.artifacts import SCHEMA_VERSION
+from offline.cells import built_manifest, built_variants, eval_path
 
 RULES = ("firewall", "badexpert", "badexpert_tsbd", "exposed", "mahalanobis", "auxiliary_posterior",
          "auxiliary_tsbd_posterior", "strip", "strip_original", "scaleup")
@@ -38,8 +39,25 @@ def load_cells(runs: Path, auxiliary: str | None = None) -> dict[Group, dict[str
         attack = json.loads((case / "attack.json").read_text())
         report = json.loads(report_path.read_text())
         group = (match["dataset"], match["arch"], attack["width"], attack["epochs"])
-        table[group][match["attack"]].append({"attack": attack, "eval": report, "cell": case.name})
+        schema = (built_manifest(case, auxiliary) or {}).get("schema_version")
+        table[group][match["attack"]].append({"attack": attack, "eval": report, "cell": case.name, "schema": schema})
     return table
+
+
+def _earlier_builds(records: list[dict]) -> int:
+    """How many of these seeds were measured on a build of an earlier artifacts schema: a matrix is rebuilt cell by
+    cell over sessions, and such a cell reports the verdict of the default of its day, without the rules added
+    since, so the document must say which cells those are."""
+    return sum(r.get("schema") is not None and r["schema"] < SCHEMA_VERSION for r in records)
+
+
+def _attack_label(attack: str, records: list[dict]) -> str:
+    return f"{attack} †" if _earlier_builds(records) else attack
+
+
+def _seeds_label(records: list[dict]) -> str:
+    earlier = _earlier_builds(records)
+    return f"{len(records)} ({earlier} †)" if 0 < earlier < len(records) else str(len(records))
 
 
 def _mean_sd(values: list[float], digits: int = 3) -> str:
@@ -74,7 +92,8 @@ def _firewall_rows(groups: Iterable[tuple[str, dict]]) -> tuple[list[tuple[str, 
             if attack == "none":
                 clean_rows.append((label, np.mean([e["threshold_fpr"] for e in entries])))
             elif all("auroc" in e for e in entries):
-                attack_rows.append((f"{label} {attack}".strip(), np.mean([e["auroc"] for e in entries]),
+                attack_rows.append((f"{label} {_attack_label(attack, records)}".strip(),
+                                    np.mean([e["auroc"] for e in entries]),
                                     np.mean([e["tpr_at_fpr"]["0.01"] for e in entries])))
     return attack_rows, clean_rows
 
@@ -130,6 +149,19 @@ def summary(table: dict) -> list[str]:
     return lines + [""]
 
 
+def earlier_builds_note(table: dict) -> list[str]:
+    """What † means, where any cell carries it."""
+    records = [r for attacks in table.values() for rs in attacks.values() for r in rs]
+    earlier = sorted({r["schema"] for r in records if _earlier_builds([r])})
+    if not earlier:
+        return []
+    schemas = ", ".join(map(str, earlier))
+    return [f"† measured on a build of an earlier artifacts schema ({schemas}; the current one is {SCHEMA_VERSION}): "
+            f"{_earlier_builds(records)} of the {len(records)} cells and seeds. Such a cell reports "
+            "the verdict of the default build of its day, and '–' under the rules added since; `make results` builds "
+            "it again. The targets below count every cell as measured.", ""]
+
+
 def _cell_names(table: dict) -> set[str]:
     return {r["cell"] for attacks in table.values() for records in attacks.values() for r in records}
 
@@ -170,7 +202,7 @@ def variant_comparison(default: dict, variant: dict, auxiliary: str, figure: str
               f"| cell | seeds | default build | {flag} |", "|---|---|---|---|"]
     for group, attacks in sorted(default.items()):
         for attack in sorted(attacks, key=lambda a: (a == "none", a)):
-            lines.append(f"| {_label(group)} {attack} | {len(attacks[attack])} | "
+            lines.append(f"| {_label(group)} {_attack_label(attack, attacks[attack])} | {len(attacks[attack])} | "
                          f"{_rule_cell(attacks[attack], 'firewall')} | "
                          f"{_rule_cell(variant[group][attack], 'firewall')} |")
     return lines + [""]
@@ -183,7 +215,7 @@ def auroc_matrix(table: dict) -> tuple[list[str], np.ndarray]:
         for attack, records in sorted(attacks.items()):
             if attack == "none":
                 continue
-            labels.append(f"{_label(group)} {attack}")
+            labels.append(f"{_label(group)} {_attack_label(attack, records)}")
             rows.append([np.mean([r["eval"]["rules"][rule]["auroc"] for r in records])
                          if all("auroc" in r["eval"]["rules"].get(rule, {}) for r in records) else np.nan
                          for rule in RULES])
@@ -205,6 +237,7 @@ def render(table: dict, figure: str | None = None, comparisons: Iterable[str] = 
              "Rule cells: AUROC / TPR at 1% FPR (from the test ROC) / achieved FPR at the calibrated threshold; "
              "mean ± standard deviation where several seeds were run. `firewall` is the verdict the sidecar applies; "
              "`strip_original` (STRIP on M) and `scaleup` (SCALE-UP) are baselines.", "",
+             *earlier_builds_note(table),
              *summary(table),
              *([f"![AUROC of every rule on every attack cell]({figure})", ""] if figure else [])]
     for (dataset, arch, width, epochs), attacks in sorted(table.items()):
@@ -215,7 +248,8 @@ def render(table: dict, figure: str | None = None, comparisons: Iterable[str] = 
         for attack in sorted(attacks, key=lambda a: (a == "none", a)):
             records = attacks[attack]
             asr = [r["attack"]["attack_success_rate"] for r in records if r["attack"]["attack_success_rate"] is not None]
-            lines.append(f"| {attack} | {len(records)} | {_mean_sd([r['attack']['clean_accuracy'] for r in records])} "
+            lines.append(f"| {_attack_label(attack, records)} | {_seeds_label(records)} | "
+                         f"{_mean_sd([r['attack']['clean_accuracy'] for r in records])} "
                          f"| {_mean_sd(asr)} | " + " | ".join(_rule_cell(records, rule) for rule in RULES) + " |")
         closing = group_summary(attacks)
         lines += ["", closing, ""] if closing else [""]

@@ -288,3 +288,25 @@ def test_results_table_compares_a_named_build_only_on_the_cells_measured_both_wa
     assert "| mean AUROC over 1 attack cells | ≥ 0.99 | 0.9000 | 0.9600 |" in comparison
     assert "| digits/resnet w16 e30 sig | 1 | 0.9000 / 0.450 / 0.010 | 0.9600 / 0.480 / 0.010 |" in comparison
     assert "wanet" not in comparison
+
+
+def test_results_table_marks_the_cells_measured_on_a_build_of_an_earlier_schema(tmp_path: Path):
+    from firewall.artifacts import SCHEMA_VERSION
+    from offline.results_table import load_cells, render
+
+    def cell(name: str, schema: int) -> None:
+        case = tmp_path / name
+        (case / "artifacts").mkdir(parents=True)
+        (case / "attack.json").write_text(json.dumps({"width": 16, "epochs": 40, "clean_accuracy": 0.9,
+                                                      "attack_success_rate": 0.5}))
+        (case / "artifacts" / "manifest.json").write_text(json.dumps({"schema_version": schema}))
+        rule = {"auroc": 0.95, "tpr_at_fpr": {"0.01": 0.5}, "threshold_fpr": 0.01}
+        (case / "eval.json").write_text(json.dumps({"rules": {"firewall": rule}}))
+
+    cell("shapes-sig-vgg-w16e40", SCHEMA_VERSION)
+    cell("shapes-dynamic-vgg-w16e40", SCHEMA_VERSION)
+    cell("shapes-dynamic-vgg-w16e40-s1", SCHEMA_VERSION - 1)
+    cell("shapes-wanet-vgg-w16e40", SCHEMA_VERSION - 1)
+    text = render(load_cells(tmp_path))
+    assert f"earlier artifacts schema ({SCHEMA_VERSION - 1}; the current one is {SCHEMA_VERSION}): 2 of the 4" in text
+    assert "| dynamic † | 2 (1 †) |" in text and "| wanet † | 1 |" in text and "| sig | 1 |" in text
