@@ -2,7 +2,9 @@
 
 Each rule's score is turned into evidence against "this input is clean": the negative
 log of its upper-tail probability among the rule's own clean calibration scores,
--log((#clean scores >= s + 1) / (n + 1)). The fused score is the sum over the rules of
+-log((#clean scores >= s + 1) / (n + 1)); beyond the largest clean score, where that
+share runs out at log(n + 1), an exponential tail fitted to the top clean scores carries
+it on (`TAIL_SHARE`). The fused score is the sum over the rules of
 their evidence times their weights (Fisher's method, weighted), and its threshold is
 fitted on the fused clean scores, so the combined false-positive rate meets the target
 instead of the rules' rates adding up.
@@ -62,6 +64,21 @@ DEFAULT_WEIGHTS = {"exposed": DEFAULT_EXPOSED_WEIGHT, "mahalanobis": DEFAULT_MAH
 # cells earlier weights were read off and on the 20 others (docs/METHODS.md, "The
 # auxiliary posterior"). `offline calibrate --auxiliary-posterior-weight`.
 DEFAULT_AUXILIARY_POSTERIOR_WEIGHT = 0.5
+
+
+# Beyond the largest clean score the empirical share is 0 and the evidence would stop at
+# log(n + 1), so an input far outside one rule's clean range would earn no more than the
+# cleanest input's top score, and each rule added to the sum would dilute it further.
+# Past that score the evidence grows linearly, at the rate of an exponential tail fitted
+# to the top TAIL_SHARE of the clean scores (peaks over a threshold: the scale is their
+# mean excess). Inside the clean range nothing changes, so neither the calibrated
+# threshold nor the band moves. Over the 32 attack cells of session 16's development
+# study: mean AUROC 0.9894 -> 0.9897, TPR at 1% FPR 0.790 -> 0.797, achieved FPR 0.0075
+# both ways; nearly all of it on shapes/VGG w16 SIG (0.987 / 0.69 -> 0.995 / 0.89), where
+# the auxiliary posterior had diluted BaDExpert's and the Mahalanobis rule's capped
+# evidence; a share from 1% to 10% gives the same (docs/METHODS.md, "The evidence's tail").
+TAIL_SHARE = 0.05
+_MIN_TAIL = 10  # clean scores the tail's scale is read from, at least
 
 
 def default_weights(rules: tuple[str, ...],
@@ -135,8 +152,8 @@ class Fusion:
 
     def evidence(self, rule: str, scores: np.ndarray) -> np.ndarray:
         """The rule's weight times -log of the smoothed share of clean calibration scores
-        at or above each score: 0 for the least suspicious, weight x log(n + 1) beyond
-        every clean score."""
+        at or above each score: 0 for the least suspicious, weight x log(n + 1) just
+        beyond every clean score, and growing along the fitted tail past it."""
         return _weighted_sum(self.clean, self.weights, (rule,), {rule: scores})
 
     def first_stage_evidence(self, scores: dict[str, np.ndarray]) -> np.ndarray:
@@ -204,8 +221,25 @@ def _weighted_sum(clean: dict[str, np.ndarray], weights: dict[str, float], rules
 
 
 def _evidence(clean_sorted: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    at_or_above = len(clean_sorted) - np.searchsorted(clean_sorted, np.asarray(scores, np.float64), side="left")
-    return np.log(len(clean_sorted) + 1.0) - np.log(at_or_above + 1.0)
+    scores = np.asarray(scores, np.float64)
+    n = len(clean_sorted)
+    evidence = np.log(n + 1.0) - np.log(n - np.searchsorted(clean_sorted, scores, side="left") + 1.0)
+    beyond = scores > clean_sorted[-1]
+    if beyond.any():
+        evidence[beyond] = np.log(n + 1.0) + (scores[beyond] - clean_sorted[-1]) / _tail_scale(clean_sorted)
+    return evidence
+
+
+def _tail_scale(clean_sorted: np.ndarray) -> float:
+    """The mean excess of the top clean scores over the next one: the scale of an exponential
+    tail, i.e. how far past the largest clean score one more unit of evidence lies. Infinite
+    (no growth) where the top scores are tied or too few to fit."""
+    n = len(clean_sorted)
+    top = min(n - 1, max(_MIN_TAIL, int(TAIL_SHARE * n)))
+    if top < 1:
+        return np.inf
+    scale = float(np.mean(clean_sorted[n - top:] - clean_sorted[n - top - 1]))
+    return scale if scale > 0 else np.inf
 
 
 def _finite_or_text(value: float) -> float | str:

@@ -34,9 +34,36 @@ def test_the_fused_false_positive_rate_meets_the_target_not_the_sum_of_the_rules
 
 def test_evidence_is_the_negative_log_of_the_clean_tail_share():
     fusion = Fusion.fit({"badexpert": np.arange(99.0)}, ("badexpert",), 0.0)
-    # 0 at or below every clean score, log(100) above them all, log(2) at the median
-    assert np.allclose(fusion.evidence("badexpert", np.array([-5.0, 0.0, 49.0, 1e9])),
-                       [0.0, 0.0, np.log(100 / 51), np.log(100)])
+    # 0 at or below every clean score, log(2) at the median, log(50) at the largest clean score
+    assert np.allclose(fusion.evidence("badexpert", np.array([-5.0, 0.0, 49.0, 98.0])),
+                       [0.0, 0.0, np.log(100 / 51), np.log(50)])
+
+
+def test_evidence_keeps_growing_past_the_largest_clean_score_along_the_fitted_tail():
+    fusion = Fusion.fit({"badexpert": np.arange(99.0)}, ("badexpert",), 0.0)
+    # the top 10 clean scores (89..98) exceed the next one (88) by 5.5 on average: one unit of
+    # evidence per 5.5 past the largest clean score, from log(n + 1) on
+    beyond = fusion.evidence("badexpert", np.array([98.5, 109.0, 1e9]))
+    assert np.allclose(beyond[:2], np.log(100) + np.array([0.5, 11.0]) / 5.5)
+    assert beyond[2] > 1e8
+
+
+def test_tied_top_clean_scores_give_no_tail_to_extrapolate():
+    fusion = Fusion.fit({"badexpert": np.zeros(50)}, ("badexpert",), 0.0)
+    assert np.allclose(fusion.evidence("badexpert", np.array([0.0, 1.0, 1e9])), [np.log(51 / 51), np.log(51), np.log(51)])
+
+
+def test_an_input_far_beyond_one_rules_clean_range_is_rejected_though_the_others_find_it_ordinary():
+    """Capped at log(n + 1), one rule's evidence (7.6 here) would fall short of the threshold
+    the sum of three rules' clean evidence sets (about 10 at 1% FPR)."""
+    rules = ("badexpert", "exposed", "mahalanobis")
+    own = np.random.default_rng(1)  # not the module's RNG: the other tests' draws stay as they were
+    calibration = {rule: own.normal(0.0, 1.0, 2000) for rule in rules}
+    fusion = Fusion.fit(calibration, rules, 0.0, first_stage=3)
+    thresholds = Thresholds.fit(calibration, 0.01, fusion)
+    far_on_one = {"badexpert": np.array([50.0]), "exposed": np.array([0.0]), "mahalanobis": np.array([0.0])}
+    assert fusion.evidence("badexpert", far_on_one["badexpert"])[0] > np.log(2001) + 10
+    assert thresholds.rejects("firewall", fusion.fuse(far_on_one)).all()
 
 
 def test_a_zero_band_is_the_first_rule_alone_and_a_full_band_the_sum_of_evidence():
