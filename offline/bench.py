@@ -2,7 +2,8 @@
 
 Every cell is the whole red-team story in-process: poison, build, calibrate at 1% FPR,
 evaluate. A cell whose eval.json exists is reused (pass --force to measure again from
-scratch, or --rebuild to keep the poisoned model and data and build again), so an
+scratch, --rebuild to keep the poisoned model and data and build again, or
+--recalibrate to keep the build and calibrate and evaluate it again), so an
 interrupted matrix resumes where it stopped; with --records, a cell whose records were
 kept is reused too, though runs/ be gone. --auxiliary X builds each cell's model once
 more with M' made that way, beside the default build (offline/cells.py). The table in
@@ -42,6 +43,7 @@ class BenchConfig:
     quick: bool = False
     force: bool = False
     rebuild: bool = False
+    recalibrate: bool = False  # a change to calibration or to the verdict's arithmetic, not to the build
     width: int | None = None
     epochs: int | None = None
     auxiliary: str | None = None  # None: the build's default, in artifacts/ and eval.json (offline/cells.py)
@@ -72,9 +74,14 @@ def run_cell(case: Path, dataset: str, attack: str, arch: str, seed: int, poison
     if repoison or not (case / "attack.json").is_file():
         run_poison(PoisonConfig(dataset=dataset, attack=attack, out=case, arch=arch, seed=seed, force=True,
                                 **poison))
+    run_build(BuildConfig(model=str(case / "model.pt2"), clean_data=case / "clean.npz",
+                          out=artifacts_dir(case, auxiliary), auxiliary=auxiliary or DEFAULT_AUXILIARY, seed=seed,
+                          force=True))
+    return calibrate_and_evaluate(case, attack, auxiliary)
+
+
+def calibrate_and_evaluate(case: Path, attack: str, auxiliary: str | None = None) -> dict:
     artifacts = artifacts_dir(case, auxiliary)
-    run_build(BuildConfig(model=str(case / "model.pt2"), clean_data=case / "clean.npz", out=artifacts,
-                          auxiliary=auxiliary or DEFAULT_AUXILIARY, seed=seed, force=True))
     run_calibrate(CalibrateConfig(artifacts, case / "calib.npz"))
     backdoor = None if attack == "none" else case / "test_triggered.npz"
     return run_evaluate(EvaluateConfig(artifacts, case / "test_clean.npz", backdoor,
@@ -93,6 +100,11 @@ def measured_already(case: Path, config: BenchConfig) -> bool:
                for place in places)
 
 
+def recalibrates(case: Path, config: BenchConfig) -> bool:
+    """--recalibrate applies to a cell whose build in runs/ is one this run would make; any other is built."""
+    return config.recalibrate and not (config.force or config.rebuild) and _built_as_this_run_would(case, config)
+
+
 def _built_as_this_run_would(place: Path, config: BenchConfig) -> bool:
     manifest = built_manifest(place, config.auxiliary)
     return (manifest is not None and manifest.get("schema_version") == SCHEMA_VERSION
@@ -106,12 +118,16 @@ def run_bench(config: BenchConfig) -> list[Path]:
     for index, (dataset, attack, arch, seed) in enumerate(cells, 1):
         case = cell_dir(config.out, dataset, attack, arch, seed, config.settings_tag(dataset))
         label = f"[{index}/{len(cells)}] {case.name}{f' --auxiliary {config.auxiliary}' if config.auxiliary else ''}"
-        if measured_already(case, config):
+        recalibrate = recalibrates(case, config)
+        if measured_already(case, config) and not recalibrate:
             print(f"{label}: measured already, reused", file=sys.stderr, flush=True)
         else:
             started = time.monotonic()
-            report = run_cell(case, dataset, attack, arch, seed, config.poison_settings(dataset),
-                              repoison=config.force, auxiliary=config.auxiliary)
+            if recalibrate:
+                report = calibrate_and_evaluate(case, attack, config.auxiliary)
+            else:
+                report = run_cell(case, dataset, attack, arch, seed, config.poison_settings(dataset),
+                                  repoison=config.force, auxiliary=config.auxiliary)
             firewall = report["rules"]["firewall"]
             summary = (f"AUROC {firewall['auroc']:.4f}" if "auroc" in firewall
                        else f"FPR {firewall['threshold_fpr']:.4f}")

@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--rebuild", action="store_true",
                    help="build, calibrate and evaluate again on each cell's existing poisoned model and data "
                         "(after a change to the build or the rules); cells without them are poisoned first")
+    m.add_argument("--recalibrate", action="store_true",
+                   help="calibrate and evaluate again each cell's build in --out, if of the current artifacts "
+                        "schema (after a change to calibration or to the verdict's arithmetic); other cells are "
+                        "built as without it")
 
     e = sub.add_parser("evaluate", help="measure detection on clean and triggered data")
     e.add_argument("--artifacts", required=True, type=Path)
@@ -165,7 +169,8 @@ def run(args: argparse.Namespace) -> None:
                                          "seeds": args.seeds}
         run_bench(BenchConfig(out=args.out, datasets=tuple(grid["datasets"]), archs=tuple(grid["archs"]),
                               attacks=tuple(grid["attacks"]), seeds=tuple(grid["seeds"]), quick=args.quick,
-                              force=args.force, rebuild=args.rebuild, width=args.width, epochs=args.epochs,
+                              force=args.force, rebuild=args.rebuild, recalibrate=args.recalibrate,
+                              width=args.width, epochs=args.epochs,
                               auxiliary=args.auxiliary, records=args.records))
         print(results_document(args.records or args.out, args.markdown))
     elif args.command == "evaluate":

@@ -225,6 +225,26 @@ def test_bench_reuses_a_cell_only_if_its_build_was_made_the_way_this_run_would_m
     assert measured_already(tmp_path, BenchConfig(**grid, auxiliary="finetune"))
 
 
+def test_bench_recalibrates_only_a_build_it_would_have_made_and_builds_the_others(tmp_path: Path):
+    from offline.bench import BenchConfig, recalibrates
+
+    from firewall.artifacts import SCHEMA_VERSION
+
+    def built(schema: int) -> None:
+        (tmp_path / "artifacts").mkdir(exist_ok=True)
+        manifest = {"schema_version": schema, "build": {"auxiliary_method": "both"}}
+        (tmp_path / "artifacts" / "manifest.json").write_text(json.dumps(manifest))
+
+    grid = {"out": tmp_path.parent, "datasets": ("digits",), "archs": ("resnet",), "attacks": ("badnets",)}
+    assert not recalibrates(tmp_path, BenchConfig(**grid, recalibrate=True))  # nothing built yet
+    built(SCHEMA_VERSION - 1)
+    assert not recalibrates(tmp_path, BenchConfig(**grid, recalibrate=True))  # lacks a rule: built again
+    built(SCHEMA_VERSION)
+    assert recalibrates(tmp_path, BenchConfig(**grid, recalibrate=True))
+    assert not recalibrates(tmp_path, BenchConfig(**grid))
+    assert not recalibrates(tmp_path, BenchConfig(**grid, recalibrate=True, rebuild=True))
+
+
 def test_kept_records_of_a_cell_poisoned_anew_are_replaced_not_mixed(tmp_path: Path):
     from offline.cells import keep_records
 
