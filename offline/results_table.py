@@ -69,13 +69,16 @@ def _mean_sd(values: list[float], digits: int = 3) -> str:
 
 
 def _rule_cell(records: list[dict], rule: str) -> str:
-    entries = [r["eval"]["rules"].get(rule, {}) for r in records]
-    if not any(entries):
+    """Over the seeds whose build had the rule; where that is not all of them (a rule added since some
+    were built), the cell says over how many."""
+    entries = [e for r in records if (e := r["eval"]["rules"].get(rule))]
+    if not entries:
         return "–"  # a rule these cells' builds did not have
+    some = f" ({len(entries)} of {len(records)} seeds)" if len(entries) < len(records) else ""
     if all("auroc" in e for e in entries):
         return (f"{_mean_sd([e['auroc'] for e in entries], 4)} / {_mean_sd([e['tpr_at_fpr']['0.01'] for e in entries])}"
-                f" / {_mean_sd([e['threshold_fpr'] for e in entries])}")
-    return f"FPR {_mean_sd([e['threshold_fpr'] for e in entries if 'threshold_fpr' in e])}"
+                f" / {_mean_sd([e['threshold_fpr'] for e in entries])}{some}")
+    return f"FPR {_mean_sd([e['threshold_fpr'] for e in entries if 'threshold_fpr' in e])}{some}"
 
 
 def _label(group: Group) -> str:

@@ -321,7 +321,8 @@ def test_results_table_marks_the_cells_measured_on_a_build_of_an_earlier_schema(
                                                       "attack_success_rate": 0.5}))
         (case / "artifacts" / "manifest.json").write_text(json.dumps({"schema_version": schema}))
         rule = {"auroc": 0.95, "tpr_at_fpr": {"0.01": 0.5}, "threshold_fpr": 0.01}
-        (case / "eval.json").write_text(json.dumps({"rules": {"firewall": rule}}))
+        rules = {"firewall": rule, **({"auxiliary_posterior": rule} if schema == SCHEMA_VERSION else {})}
+        (case / "eval.json").write_text(json.dumps({"rules": rules}))
 
     cell("shapes-sig-vgg-w16e40", SCHEMA_VERSION)
     cell("shapes-dynamic-vgg-w16e40", SCHEMA_VERSION)
@@ -330,3 +331,4 @@ def test_results_table_marks_the_cells_measured_on_a_build_of_an_earlier_schema(
     text = render(load_cells(tmp_path))
     assert f"earlier artifacts schema ({SCHEMA_VERSION - 1}; the current one is {SCHEMA_VERSION}): 2 of the 4" in text
     assert "| dynamic † | 2 (1 †) |" in text and "| wanet † | 1 |" in text and "| sig | 1 |" in text
+    assert "| 0.9500 / 0.500 / 0.010 (1 of 2 seeds) | –" in text.split("| dynamic † |")[1].split("\n")[0]
