@@ -225,8 +225,9 @@ def _evidence(clean_sorted: np.ndarray, scores: np.ndarray) -> np.ndarray:
     n = len(clean_sorted)
     evidence = np.log(n + 1.0) - np.log(n - np.searchsorted(clean_sorted, scores, side="left") + 1.0)
     beyond = scores > clean_sorted[-1]
-    if beyond.any():
-        evidence[beyond] = np.log(n + 1.0) + (scores[beyond] - clean_sorted[-1]) / _tail_scale(clean_sorted)
+    scale = _tail_scale(clean_sorted) if np.any(beyond) else np.inf
+    if np.isfinite(scale):
+        evidence = np.where(beyond, np.log(n + 1.0) + (scores - clean_sorted[-1]) / scale, evidence)
     return evidence
 
 

@@ -46,11 +46,12 @@ def test_evidence_keeps_growing_past_the_largest_clean_score_along_the_fitted_ta
     beyond = fusion.evidence("badexpert", np.array([98.5, 109.0, 1e9]))
     assert np.allclose(beyond[:2], np.log(100) + np.array([0.5, 11.0]) / 5.5)
     assert beyond[2] > 1e8
+    assert fusion.evidence("badexpert", np.float64(109.0)) == pytest.approx(np.log(100) + 2.0)  # one score alone
 
 
 def test_tied_top_clean_scores_give_no_tail_to_extrapolate():
     fusion = Fusion.fit({"badexpert": np.zeros(50)}, ("badexpert",), 0.0)
-    assert np.allclose(fusion.evidence("badexpert", np.array([0.0, 1.0, 1e9])), [0.0, np.log(51), np.log(51)])
+    assert np.allclose(fusion.evidence("badexpert", np.array([0.0, 1.0, 1e9, np.inf])), [0.0] + [np.log(51)] * 3)
 
 
 def test_an_input_far_beyond_one_rules_clean_range_is_rejected_though_the_others_find_it_ordinary():
