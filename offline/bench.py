@@ -119,15 +119,13 @@ def run_bench(config: BenchConfig) -> list[Path]:
         case = cell_dir(config.out, dataset, attack, arch, seed, config.settings_tag(dataset))
         label = f"[{index}/{len(cells)}] {case.name}{f' --auxiliary {config.auxiliary}' if config.auxiliary else ''}"
         recalibrate = recalibrates(case, config)
-        if measured_already(case, config) and not recalibrate:
+        if not recalibrate and measured_already(case, config):
             print(f"{label}: measured already, reused", file=sys.stderr, flush=True)
         else:
             started = time.monotonic()
-            if recalibrate:
-                report = calibrate_and_evaluate(case, attack, config.auxiliary)
-            else:
-                report = run_cell(case, dataset, attack, arch, seed, config.poison_settings(dataset),
-                                  repoison=config.force, auxiliary=config.auxiliary)
+            report = (calibrate_and_evaluate(case, attack, config.auxiliary) if recalibrate
+                      else run_cell(case, dataset, attack, arch, seed, config.poison_settings(dataset),
+                                    repoison=config.force, auxiliary=config.auxiliary))
             firewall = report["rules"]["firewall"]
             summary = (f"AUROC {firewall['auroc']:.4f}" if "auroc" in firewall
                        else f"FPR {firewall['threshold_fpr']:.4f}")

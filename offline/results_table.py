@@ -44,11 +44,15 @@ def load_cells(runs: Path, auxiliary: str | None = None) -> dict[Group, dict[str
     return table
 
 
+def _of_earlier_schema(record: dict) -> bool:
+    """Measured on a build of an earlier artifacts schema: a matrix is rebuilt cell by cell over sessions, and such
+    a cell reports the verdict of the default of its day, without the rules added since, so the document must say
+    which cells those are."""
+    return record["schema"] is not None and record["schema"] < SCHEMA_VERSION
+
+
 def _earlier_builds(records: list[dict]) -> int:
-    """How many of these seeds were measured on a build of an earlier artifacts schema: a matrix is rebuilt cell by
-    cell over sessions, and such a cell reports the verdict of the default of its day, without the rules added
-    since, so the document must say which cells those are."""
-    return sum(r.get("schema") is not None and r["schema"] < SCHEMA_VERSION for r in records)
+    return sum(map(_of_earlier_schema, records))
 
 
 def _attack_label(attack: str, records: list[dict]) -> str:
@@ -155,7 +159,7 @@ def summary(table: dict) -> list[str]:
 def earlier_builds_note(table: dict) -> list[str]:
     """What † means, where any cell carries it."""
     records = [r for attacks in table.values() for rs in attacks.values() for r in rs]
-    earlier = sorted({r["schema"] for r in records if _earlier_builds([r])})
+    earlier = sorted({r["schema"] for r in records if _of_earlier_schema(r)})
     if not earlier:
         return []
     schemas = ", ".join(map(str, earlier))
