@@ -153,8 +153,8 @@ def summary(table: dict) -> list[str]:
         lines += ["", "Attack cells below AUROC " + f"{TARGETS['min_auroc']}: "
                   + ", ".join(f"{name} ({auroc:.3f})" for name, auroc, _ in q["missed"])
                   + ". docs/METHODS.md says what is known about why: \"The rules' ceiling\" (what any fusion of the rules "
-                  "could reach) and \"What the weak cells' backdoor sets hold\" (how much of a weak backdoor's set "
-                  "is M's own errors)."]
+                  "could reach), \"What the weak cells' backdoor sets hold\" (how much of a weak backdoor's set "
+                  "is M's own errors) and \"The vision transformer on digits\" (the architecture the rules do worst on)."]
     return lines + [""]
 
 

@@ -79,6 +79,33 @@ def test_an_exposure_that_diverges_keeps_finite_weights_and_says_so(monkeypatch)
     assert finite(exposed)
 
 
+def test_an_exposure_that_collapses_onto_one_class_and_then_diverges_keeps_the_first_collapsed_weights(monkeypatch):
+    """Collapsed onto one class, a model's held-out accuracy is that class's share, which can
+    stay above 1/K until the run diverges; the weights kept are the first at a constant
+    predictor's accuracy, not the last finite ones."""
+    heldout = tiny_task(30, 1)
+    largest_share = np.bincount(heldout.y).max() / len(heldout)
+    assert largest_share > 1 / 3
+    checked = iter([0.8, largest_share, largest_share, largest_share])
+    monkeypatch.setattr(stages, "finite_accuracy", lambda model, data: next(checked))
+    real_ce, calls = F.cross_entropy, []
+
+    def exploding_ce(out, y):
+        calls.append(1)
+        return real_ce(out, y) * (float("inf") if len(calls) >= 5 else 1.0)
+
+    monkeypatch.setattr(stages.F, "cross_entropy", exploding_ce)
+    exposed, report = stages.exposed_model(tiny_model(), tiny_task(60, 0), heldout, num_classes=3, lr=1e-3,
+                                           max_steps=50)
+    assert (report.stopped_by, report.steps) == ("constant predictor", 2)
+    assert report.selection["run_stopped_by"] == "divergence" and report.selection["run_steps"] == 3
+
+    monkeypatch.undo()
+    two_steps, _ = stages.exposed_model(tiny_model(), tiny_task(60, 0), heldout, num_classes=3, lr=1e-3,
+                                        max_steps=2)
+    assert all(torch.equal(p, q) for p, q in zip(exposed.parameters(), two_steps.parameters()))
+
+
 def test_a_fine_tune_that_does_not_diverge_runs_its_whole_budget():
     model = tiny_model()
     exposed, report = stages.exposed_model(model, tiny_task(60, 0), tiny_task(30, 1), num_classes=3,
