@@ -25,21 +25,6 @@ def test_channels_are_ranked_across_layers_by_how_far_unlearning_moved_them():
     assert (ranked[0][1], ranked[0][2]) == ("2.weight", 1) and (ranked[1][1], ranked[1][2]) == ("0.weight", 3)
 
 
-def test_linear_layers_neurons_are_ranked_too_but_never_the_classifiers_rows():
-    """A transformer's neurons are mostly in its linear layers; the classifier's rows are
-    the classes, not neurons a backdoor hides in."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
-    unlearned = copy.deepcopy(model)
-    with torch.no_grad():
-        unlearned[4].weight += 10.0
-        unlearned[2].weight[5] += 1.0
-    ranked = neuron_weight_change(model, unlearned)
-    assert (ranked[0][1], ranked[0][2]) == ("2.weight", 5)
-    assert {layer for _, layer, _ in ranked} == {"0.weight", "2.weight"}
-    assert len(ranked) == 4 + 8
-
-
 def test_zero_reinit_clears_the_most_changed_70_percent_of_the_top_channels_only():
     model = two_conv_model()
     unlearned = copy.deepcopy(model)

@@ -3,11 +3,9 @@
 Lin et al. (NeurIPS 2024) observe that clean unlearning (gradient ascent on clean
 data) moves backdoor-related neurons most, so the neuron weight change (NWC) points at
 them without any triggered data:
-1. NWC of every output channel of every conv layer, and of every output neuron of the
-   linear layers before the classifier (a transformer's attention projections and
-   MLPs; a CNN usually has none, its only linear layer being the classifier): the L1
-   norm of its weights' change between M and the clean-unlearned model (the exposed
-   model E is exactly that run), ranked across all layers;
+1. NWC of every output channel of every conv layer: the L1 norm of its weights' change
+   between M and the clean-unlearned model (the exposed model E is exactly that run),
+   ranked across all layers;
 2. zero re-initialisation, in a copy of M, of the most-changed 70% of the weights of
    each of the top n% channels;
 3. activeness-aware fine-tuning on clean data: each step takes the gradient g1 at the
@@ -35,27 +33,22 @@ from offline.data.tensorsets import TensorSet
 from offline.graph_mode import set_batchnorm_training
 from offline.training import accuracy, batches
 
-SHARES = (0.3, 0.2, 0.1, 0.05)  # of all neurons, tried largest first
+SHARES = (0.3, 0.2, 0.1, 0.05)  # of all conv channels, tried largest first
 TSBD_MARGIN = 0.05  # how close to M's held-out accuracy the repaired model must end (measured with 0.05)
 RESET_FRACTION = 0.7
 
 
-def _neuron_weights(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The weights whose rows are neurons, in an exported graph: conv kernels (4-D, a row
-    per output channel) and linear weights (2-D, a row per output neuron) but the last,
-    the classifier's, whose rows are the classes themselves. A ViT has one convolution,
-    its patch embedding; without its linear layers TSBD would reset only that."""
-    params = dict(model.named_parameters())
-    classifier = [name for name, p in params.items() if p.ndim == 2][-1:]
-    return {name: p for name, p in params.items() if p.ndim == 4 or (p.ndim == 2 and name not in classifier)}
+def _conv_weights(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Conv kernels [out, in, kh, kw]: in an exported graph, the 4-D parameters."""
+    return {name: p for name, p in model.named_parameters() if p.ndim == 4}
 
 
 @torch.no_grad()
 def neuron_weight_change(model: nn.Module, unlearned: nn.Module) -> list[tuple[float, str, int]]:
-    """(NWC, layer, neuron) for every neuron, most changed first."""
-    after = _neuron_weights(unlearned)
+    """(NWC, layer, channel) for every conv output channel, most changed first."""
+    after = _conv_weights(unlearned)
     changes = []
-    for name, before in _neuron_weights(model).items():
+    for name, before in _conv_weights(model).items():
         per_channel = (after[name] - before).abs().flatten(1).sum(dim=1)
         changes.extend((float(v), name, c) for c, v in enumerate(per_channel))
     return sorted(changes, reverse=True)
@@ -68,7 +61,7 @@ def zero_reinit(model: nn.Module, unlearned: nn.Module, share: float,
     repaired = copy.deepcopy(model)
     ranked = neuron_weight_change(model, unlearned)
     chosen = ranked[: max(1, int(round(share * len(ranked))))]
-    weights, after = _neuron_weights(repaired), _neuron_weights(unlearned)
+    weights, after = _conv_weights(repaired), _conv_weights(unlearned)
     for _, name, channel in chosen:
         delta = (after[name][channel] - weights[name][channel]).abs().flatten()
         count = int(round(reset_fraction * delta.numel()))
