@@ -29,6 +29,11 @@ def finite_accuracy(model: nn.Module, heldout: TensorSet) -> float | None:
     return float((logits.argmax(1) == heldout.y).mean())
 
 
+def weights_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of the model's state, for `load_state_dict` to return to."""
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
 class DivergenceGuard:
     """The weights a diverged run falls back to: a copy taken before every step."""
 
@@ -41,7 +46,7 @@ class DivergenceGuard:
         """Before a step: remember the weights if their loss is finite; False if it is not."""
         if not bool(torch.isfinite(loss)):
             return False
-        self._state = {name: value.detach().clone() for name, value in self.model.state_dict().items()}
+        self._state = weights_copy(self.model)
         self.steps = steps_taken
         return True
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from offline.build.divergence import DivergenceGuard, finite_accuracy
+from offline.build.divergence import DivergenceGuard, finite_accuracy, weights_copy
 from offline.data.tensorsets import TensorSet
 from offline.graph_mode import set_batchnorm_training
 from offline.training import accuracy, batches
@@ -57,7 +57,7 @@ class FirstReached:
 
     def check(self, steps: int, accuracy: float) -> None:
         if self._state is None and self.meets(accuracy):
-            self._state = {name: value.detach().clone() for name, value in self.model.state_dict().items()}
+            self._state = weights_copy(self.model)
             self.steps, self.accuracy = steps, accuracy
 
     def restore(self) -> bool:
@@ -211,14 +211,13 @@ def exposed_model(model: nn.Module, train: TensorSet, heldout: TensorSet, num_cl
                                max_steps=max_steps, check_every=check_every, done=lambda a: a <= chance,
                                batch_size=batch_size, seed=seed, desc="exposed model", batchnorm_training=True,
                                fallback=fallback)
-    report = StageReport("sgd", lr, f"heldout_clean_accuracy <= {chance:.3g} (chance)", stopped, steps, acc)
-    if stopped != "criterion" and fallback.restore():
-        report = StageReport("sgd", lr, report.criterion, "constant predictor", fallback.steps, fallback.accuracy,
-                             selection={"criterion": f"run ended by {stopped} after {steps} steps without reaching "
-                                                     f"chance: the first weights whose held-out accuracy was at most "
-                                                     f"{constant:.3g}, the held-out set's largest class share",
-                                        "run_stopped_by": stopped, "run_steps": steps})
-    return exposed, report
+    criterion = f"heldout_clean_accuracy <= {chance:.3g} (chance)"
+    if stopped == "criterion" or not fallback.restore():
+        return exposed, StageReport("sgd", lr, criterion, stopped, steps, acc)
+    kept = {"criterion": f"run ended by {stopped} after {steps} steps without reaching chance: the first weights "
+                         f"whose held-out accuracy was at most {constant:.3g}, the held-out set's largest class share",
+            "run_stopped_by": stopped, "run_steps": steps}
+    return exposed, StageReport("sgd", lr, criterion, "constant predictor", fallback.steps, fallback.accuracy, kept)
 
 
 AUXILIARY_LRS = (0.1, 0.07, 0.05, 0.03, 0.01)
