@@ -2,7 +2,8 @@
 #
 # The torch story: torch and torchvision come from PyPI as one matched pair (the CUDA
 # builds, which also run on CPU-only machines). The local CPU-only torch wheel is not
-# used because no torchvision build imports against it.
+# used because no torchvision build imports against it. constraints.txt pins the pair:
+# the same seed under another torch trains another model.
 
 PYTHON ?= python3
 VENV := .venv
@@ -89,7 +90,7 @@ performance-doc: venv
 
 # Regenerates docs/CASCADE.md from the cases `make results` left in runs/.
 cascade-study: venv
-	$(PY) -m offline.cascade_study $(RUNS)/*-resnet $(RUNS)/*-vgg $(RUNS)/*-vgg-w16e40 > docs/CASCADE.md
+	$(PY) -m offline.cascade_study $(RUNS)/*/ > docs/CASCADE.md
 
 # Regenerates firewall/protocol/ from protos/ (a test fails when they drift apart).
 protos: venv

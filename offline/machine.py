@@ -7,6 +7,7 @@ import os
 import platform
 import shutil
 import subprocess
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import onnxruntime as ort
@@ -32,6 +33,24 @@ def describe_machine(providers: list[str]) -> dict:
     """CPUs, processor, onnxruntime and the providers the measured engine ran on, and the GPU if any."""
     return {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
             "onnxruntime": ort.__version__, "providers": providers, "gpu": gpu_name()}
+
+
+# The libraries a trained model or a built artifacts set depends on bit for bit: the same
+# seed under another torch gives another model (session 21 rebuilt digits cells under torch
+# 2.15 and got other weights, AUROC within +-0.04 on the ViT), so every record names them.
+_BUILD_LIBRARIES = ("torch", "torchvision", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu")
+
+
+def software_versions() -> dict[str, str]:
+    """Python's and the build libraries' versions, read from the installed distributions
+    (nothing is imported); a library that is not installed is left out."""
+    versions = {"python": platform.python_version()}
+    for library in _BUILD_LIBRARIES:
+        try:
+            versions[library] = version(library)
+        except PackageNotFoundError:
+            continue
+    return versions
 
 
 def case_description(case: Path) -> dict | None:

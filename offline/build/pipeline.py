@@ -17,6 +17,7 @@ from offline.build.stages import auxiliary_model, backdoor_expert, exposed_model
 from offline.build.trunk_split import Composed, TrunkSplit, split_before_classifier, split_trunk
 from offline.build.tsbd import tsbd_auxiliary
 from offline.data.tensorsets import TensorSet, check_labels, load_tensor_set
+from offline.machine import software_versions
 from offline.model_io import input_shape_of, load_model
 from offline.training import accuracy, forward
 
@@ -154,7 +155,7 @@ def run_build(config: BuildConfig) -> dict:
                   "heldout_samples": len(heldout), "auxiliary_method": config.auxiliary,
                   "strip_bank_size": len(bank_rows), "seed": config.seed,
                   "shared_trunk": ({"head_share": config.shared_trunk, **split.to_json()} if split else None),
-                  "clean_row_digests": clean.row_digests()},
+                  "software": software_versions(), "clean_row_digests": clean.row_digests()},
         "models": {
             "original": {"heldout_clean_accuracy": original_acc},
             "expert": expert_report.to_json(),
