@@ -89,3 +89,19 @@ def test_the_fused_graph_scores_like_the_rules_on_the_separate_models(tiny_case,
     given = engine.score(x, yhat=shifted)[1]["badexpert"]
     b, a = prob_of(models.probs("expert", x), shifted), prob_of(models.probs("auxiliary", x), shifted)
     assert np.allclose(given, -triangle_statistic(b, a), rtol=1e-4, atol=1e-5)
+
+
+def test_the_build_check_tells_float32_rounding_near_gamma_from_a_wrong_graph():
+    """Where M''s probability a lies just under gamma, t = (1 - b) / (gamma - a) is huge and a's
+    float32 rounding moves it by parts in 1e3; the export check must pass that and still fail a
+    graph whose arithmetic is wrong."""
+    from offline.build.fused_export import MAX_RELATIVE_DIFF, _score_difference
+
+    b = np.array([[1e-6, 0.3]])
+    a = np.array([[0.5 - 1e-4, 0.2]])
+    want = -triangle_statistic(b, a)
+    rounded = -triangle_statistic(b, a + np.array([[2e-7, 0.0]]))  # a's float32 rounding, about 1 ulp of 0.5
+    assert np.abs(rounded - want).max() / np.abs(want).max() > MAX_RELATIVE_DIFF  # the score itself moves
+    assert _score_difference("badexpert", rounded, want) <= MAX_RELATIVE_DIFF
+    assert _score_difference("badexpert", want * 1.5, want) > 0.1
+    assert _score_difference("exposed", want * (1 + 2e-3), want) > MAX_RELATIVE_DIFF  # other rules: as before

@@ -37,6 +37,7 @@ from offline.build.onnx_export import INPUT_NAME, export_onnx, relative_differen
 # such a score by parts in 1e4 (measured 1.6e-4 on shapes/blend). A wrong graph is off
 # by order one.
 MAX_RELATIVE_DIFF = 1e-3
+_SMALLEST_T = 1e-12  # BaDExpert's t where softmax underflowed a to 0, so that 1/t stays finite
 
 
 def badexpert_by_class(b: torch.Tensor, a: torch.Tensor, gamma: float = 0.5) -> torch.Tensor:
@@ -181,7 +182,20 @@ def _check(models: dict[str, nn.Module], gaussians: ClassGaussians, auxiliary_sp
     if PREDICTION_OUTPUT in outputs and not np.array_equal(outputs[PREDICTION_OUTPUT],
                                                            models["original"](tx).argmax(dim=1).numpy()):
         raise UserError(f"{path.name}: the fused graph's predictions differ from the model's")
-    diff = max(relative_difference(outputs[BY_CLASS_OUTPUTS[rule]], want) for rule, want in expected.items())
-    if not diff <= MAX_RELATIVE_DIFF:
-        raise UserError(f"{path.name}: fused scores differ from the rule by {diff:.3g} (> {MAX_RELATIVE_DIFF})")
-    return diff
+    diffs = {rule: _score_difference(rule, outputs[BY_CLASS_OUTPUTS[rule]], want) for rule, want in expected.items()}
+    worst = max(diffs, key=diffs.__getitem__)
+    if not diffs[worst] <= MAX_RELATIVE_DIFF:
+        raise UserError(f"{path.name}: the fused graph's {worst} scores differ from the rule's by {diffs[worst]:.3g} "
+                        f"(> {MAX_RELATIVE_DIFF})")
+    return diffs[worst]
+
+
+def _score_difference(rule: str, got: np.ndarray, want: np.ndarray) -> float:
+    """How far the graph's scores are from the rule's. BaDExpert's score -t is compared through
+    1/t: where M''s probability a lies within 1e-4 of gamma, t = (1 - b) / (gamma - a) is huge
+    and float32 rounding of a moves it by parts in 1e3 (shapes/VGG dynamic failed its build at
+    2e-3, session 21), while 1/t moves by parts in 1e7; a wrong graph is off by order one
+    either way."""
+    if rule in badexpert_rules((rule,)):
+        return relative_difference(1.0 / np.maximum(-got, _SMALLEST_T), 1.0 / np.maximum(-want, _SMALLEST_T))
+    return relative_difference(got, want)
