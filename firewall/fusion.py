@@ -38,6 +38,9 @@ from firewall.rules import badexpert_rules, posterior_rules
 # weakest and hurts where E is blind, and costs 64 forward passes on the band's share
 # of clean traffic (docs/PERFORMANCE.md). `offline calibrate --cascade-band` opens it.
 DEFAULT_CASCADE_BAND = 0.0
+# What an open band runs (`offline calibrate --later-rules`): STRIP on M, which on the
+# session-21 cells docs/CASCADE.md measures ahead of exposed STRIP.
+DEFAULT_LATER_RULES = ("strip_original",)
 
 # The exposed margin's evidence counts half of BaDExpert's. E is blind where clean
 # unlearning takes the backdoor with the task (all-to-all, where the target depends on

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from firewall.artifacts import THRESHOLDS, Artifacts, load_artifacts
-from firewall.fusion import (DEFAULT_AUXILIARY_POSTERIOR_WEIGHT, DEFAULT_CASCADE_BAND, DEFAULT_WEIGHTS, Fusion,
-                             default_weights)
-from firewall.scoring import BASELINE_RULES, ScoringEngine, serving_rules
+from firewall.errors import UserError
+from firewall.fusion import (DEFAULT_AUXILIARY_POSTERIOR_WEIGHT, DEFAULT_CASCADE_BAND, DEFAULT_LATER_RULES,
+                             DEFAULT_WEIGHTS, Fusion, default_weights)
+from firewall.scoring import BASELINE_RULES, LATER_RULES, ScoringEngine, serving_rules
 from firewall.thresholds import Thresholds
 from offline.data.tensorsets import load_tensor_set
 
@@ -33,9 +34,14 @@ class CalibrateConfig:
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     # the auxiliary posterior's evidence weight, shared between its rules (one per auxiliary)
     auxiliary_posterior_weight: float = DEFAULT_AUXILIARY_POSTERIOR_WEIGHT
+    # the costly rules the verdict consults inside the cascade's band
+    later_rules: tuple[str, ...] = DEFAULT_LATER_RULES
 
 
 def run_calibrate(config: CalibrateConfig) -> Thresholds:
+    unknown = sorted(set(config.later_rules) - set(LATER_RULES))
+    if unknown or len(set(config.later_rules)) < len(config.later_rules):
+        raise UserError(f"--later-rules takes distinct names among {list(LATER_RULES)}, got {list(config.later_rules)}")
     artifacts = load_artifacts(config.artifacts)
     manifest = artifacts.manifest
     clean = load_tensor_set(config.clean_data, num_classes=manifest.num_classes, input_shape=manifest.input_shape)
@@ -48,7 +54,7 @@ def run_calibrate(config: CalibrateConfig) -> Thresholds:
               "see.", file=sys.stderr)
     engine = ScoringEngine(artifacts, rules=every_rule(artifacts))
     _, scores = engine.score(clean.x)
-    rules = serving_rules(artifacts)
+    rules = (*engine.first_stage_rules, *config.later_rules)
     fusion = Fusion.fit(scores, rules, config.cascade_band, len(engine.first_stage_rules),
                         weights={**default_weights(rules, config.auxiliary_posterior_weight), **config.weights})
     thresholds = Thresholds.fit(scores, config.target_fpr, fusion)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from firewall.errors import UserError, run_reporting_errors
 from firewall.fusion import (DEFAULT_AUXILIARY_POSTERIOR_WEIGHT, DEFAULT_CASCADE_BAND, DEFAULT_EXPOSED_WEIGHT,
-                             DEFAULT_MAHALANOBIS_WEIGHT)
+                             DEFAULT_LATER_RULES, DEFAULT_MAHALANOBIS_WEIGHT)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -72,10 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--clean-data", required=True, type=Path)
     c.add_argument("--target-fpr", type=float, default=0.01)
     c.add_argument("--cascade-band", type=float, default=DEFAULT_CASCADE_BAND,
-                   help="share of clean inputs for which the firewall also runs exposed STRIP "
+                   help="share of clean inputs for which the firewall also runs the later rules "
                         "(0: the first-stage rules alone, BaDExpert, the exposed margin, Mahalanobis and the "
-                        "auxiliary posterior; "
-                        "1: exposed STRIP on every input too)")
+                        "auxiliary posterior; 1: the later rules on every input too)")
+    c.add_argument("--later-rules", type=_names, default=DEFAULT_LATER_RULES,
+                   help="comma-separated: the costly rules run inside the band, among strip_original (STRIP on M) "
+                        "and strip (exposed STRIP); an empty string for none")
     c.add_argument("--exposed-weight", type=float, default=DEFAULT_EXPOSED_WEIGHT,
                    help="how much the exposed margin's evidence counts in the verdict beside BaDExpert's (weight 1)")
     c.add_argument("--mahalanobis-weight", type=float, default=DEFAULT_MAHALANOBIS_WEIGHT,
@@ -149,7 +151,7 @@ def run(args: argparse.Namespace) -> None:
                                                    args.cascade_band,
                                                    {"exposed": args.exposed_weight,
                                                     "mahalanobis": args.mahalanobis_weight},
-                                                   args.auxiliary_posterior_weight))
+                                                   args.auxiliary_posterior_weight, args.later_rules))
         for rule, t in thresholds.rules.items():
             print(f"{rule:<26} threshold {t.threshold:+.6g}  FPR on {t.n} clean: {t.fpr:.2%}")
     elif args.command == "bench":

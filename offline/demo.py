@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as triton
 
-from firewall.artifacts import load_artifacts
-from firewall.scoring import FIREWALL, serving_rules
+from firewall.artifacts import THRESHOLDS, load_artifacts
+from firewall.scoring import FIREWALL
+from firewall.thresholds import Thresholds
 from offline.live_stack import metric, read_metrics, start_firewall, start_mlserver
 
 
@@ -59,7 +60,8 @@ def main(case: Path) -> int:
     print("\nfrom the firewall's /metrics:")
     for verdict in ("accept", "reject", "invalid", "error"):
         print(f"  firewall_requests_total{{verdict=\"{verdict}\"}} {metric(values, 'firewall_requests_total', verdict=verdict):.0f}")
-    for rule in (FIREWALL, *serving_rules(load_artifacts(case / "artifacts"))):  # the rules the sidecar scores
+    fusion = Thresholds.load(load_artifacts(case / "artifacts").path(THRESHOLDS)).fusion
+    for rule in (FIREWALL, *fusion.first, *fusion.reachable_later):  # the rules the sidecar scores
         print(f"  firewall_rejections_total{{rule=\"{rule}\"}} {metric(values, 'firewall_rejections_total', rule=rule):.0f}")
     report = case / "eval.json"
     if report.is_file():

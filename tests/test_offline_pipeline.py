@@ -24,6 +24,15 @@ def test_poison_writes_the_files_design_lists(tiny_case: Path):
     assert set(triggered.files) == {"x", "y", "target"} and (triggered["target"] == 0).all()
 
 
+def test_poisoned_models_and_builds_name_the_torch_that_made_them(tiny_case: Path, tiny_artifacts: Path):
+    """The same seed under another torch trains other weights, so a record must say which."""
+    import torch
+
+    manifest = json.loads((tiny_artifacts / "manifest.json").read_text())
+    for software in (json.loads((tiny_case / "attack.json").read_text())["software"], manifest["build"]["software"]):
+        assert software["torch"] == torch.__version__.split("+")[0] and "onnx" in software and "python" in software
+
+
 def test_build_writes_a_verified_manifest_with_the_contract_keys(tiny_artifacts: Path):
     manifest = json.loads((tiny_artifacts / "manifest.json").read_text())
     assert manifest["name"] == "classifier"
@@ -100,6 +109,45 @@ def test_calibrating_on_inputs_the_build_saw_warns_with_their_count(tiny_case: P
     mixed.save(tmp_path / "mixed.npz")
     assert offline(["calibrate", "--artifacts", str(copy), "--clean-data", str(tmp_path / "mixed.npz")]) == 0
     assert f"warning: 7 of the {len(mixed)} inputs" in capsys.readouterr().err
+
+
+def test_calibrate_fuses_the_later_rules_it_is_given_inside_the_band(tiny_case: Path, tiny_artifacts: Path,
+                                                                     tmp_path: Path):
+    copy = tmp_path / "artifacts"
+    shutil.copytree(tiny_artifacts, copy)
+    calibrate = ["calibrate", "--artifacts", str(copy), "--clean-data", str(tiny_case / "calib.npz")]
+    for later, fused_later in (("strip", ["strip"]), ("strip_original,strip", ["strip_original", "strip"]),
+                               ("", [])):
+        assert offline([*calibrate, "--cascade-band", "0.1", "--later-rules", later]) == 0
+        fusion = json.loads((copy / "thresholds.json").read_text())["fusion"]
+        assert fusion["rules"][fusion["first_stage"]:] == fused_later and fusion["band_fraction"] == 0.1
+
+
+@pytest.mark.parametrize("later", ["scaleup", "strip,strip"])
+def test_calibrate_refuses_later_rules_the_cascade_cannot_run(tiny_case: Path, tiny_artifacts: Path, later: str,
+                                                             capsys):
+    assert offline(["calibrate", "--artifacts", str(tiny_artifacts), "--clean-data", str(tiny_case / "calib.npz"),
+                    "--later-rules", later]) != 0
+    assert "--later-rules takes distinct names among ['strip_original', 'strip']" in capsys.readouterr().err
+
+
+def test_the_cascade_study_measures_the_verdict_offline_calibrate_makes(tiny_case: Path, tiny_artifacts: Path,
+                                                                       tmp_path: Path):
+    from offline.cascade_study import DEFAULT, study
+
+    case = tmp_path / "case"
+    case.mkdir()
+    for name in ("calib.npz", "test_clean.npz", "test_triggered.npz"):
+        (case / name).symlink_to(tiny_case / name)
+    (case / "artifacts").symlink_to(tiny_artifacts)
+    report = tmp_path / "eval.json"
+    assert offline(["evaluate", "--artifacts", str(tiny_artifacts), "--clean-data", str(tiny_case / "test_clean.npz"),
+                    "--backdoor-data", str(tiny_case / "test_triggered.npz"), "--json", str(report)]) == 0
+    verdict = json.loads(report.read_text())["rules"]["firewall"]
+    measured = study(case)[DEFAULT]
+    assert measured["auroc"] == pytest.approx(verdict["auroc"])
+    assert measured["tpr_at_1"] == pytest.approx(verdict["tpr_at_fpr"]["0.01"])
+    assert measured["fpr"] == pytest.approx(verdict["threshold_fpr"])
 
 
 def test_evaluate_writes_the_json_contract_and_plots(tiny_case: Path, tiny_artifacts: Path, tmp_path: Path):

@@ -8,16 +8,17 @@ clash with tritonclient's in one test process).
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from firewall.artifacts import THRESHOLDS, load_artifacts
 from firewall.models import ModelSet, SessionTuning
 from firewall.scoring import ScoringEngine
 from firewall.thresholds import Thresholds
+from offline.cli import main as offline
 
 
 def _opened_after_warm_up(artifacts: Path, predict: bool = True) -> set[str]:
@@ -37,12 +38,15 @@ def test_with_the_upstreams_prediction_the_graph_without_the_original_model_is_o
     assert _opened_after_warm_up(tiny_artifacts, predict=False) == {"fused_without_original"}
 
 
-def test_an_open_cascade_band_also_opens_the_exposed_model_for_strip(tiny_artifacts, tmp_path):
+@pytest.mark.parametrize("later, opened", [("strip_original", {"fused", "original"}),
+                                           ("strip", {"fused", "exposed"}),
+                                           ("strip_original,strip", {"fused", "original", "exposed"})])
+def test_an_open_cascade_band_also_opens_the_models_its_later_rules_run(tiny_case, tiny_artifacts, tmp_path,
+                                                                         later, opened):
     art = shutil.copytree(tiny_artifacts, tmp_path / "art")
-    thresholds = json.loads((art / "thresholds.json").read_text())
-    thresholds["fusion"]["band_low"] = "-inf"
-    (art / "thresholds.json").write_text(json.dumps(thresholds))
-    assert _opened_after_warm_up(art) == {"fused", "exposed"}
+    assert offline(["calibrate", "--artifacts", str(art), "--clean-data", str(tiny_case / "calib.npz"),
+                    "--cascade-band", "0.1", "--later-rules", later]) == 0
+    assert _opened_after_warm_up(art) == opened
 
 
 def test_offline_scoring_opens_what_its_rules_ask_for(tiny_artifacts):
