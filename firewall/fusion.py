@@ -32,15 +32,17 @@ import numpy as np
 from firewall.errors import UserError
 from firewall.rules import badexpert_rules, posterior_rules
 
-# By default exposed STRIP does not run. Over the 21 attack cells of docs/CASCADE.md a
-# band lowers the verdict's mean AUROC (0.9871 at band 0, 0.9865 at 0.1, 0.9816 at 1)
-# and its TPR at 1% FPR (0.786, 0.766, 0.747): STRIP helps where the first stage is
-# weakest and hurts where E is blind, and costs 64 forward passes on the band's share
-# of clean traffic (docs/PERFORMANCE.md). `offline calibrate --cascade-band` opens it.
+# By default no STRIP runs. Opened, the band runs STRIP on M and exposed STRIP, which
+# catch different triggers: over the 17 attack cells session 21 rebuilt (docs/CASCADE.md)
+# STRIP on M lifts the ViT's patch and blend cells (digits/ViT blend, TPR at 1% FPR 0.53
+# -> 0.95) and exposed STRIP the warping ones (shapes/VGG dynamic 0.42 -> 0.52); both in a
+# 10% band take the mean TPR at 1% FPR 0.764 -> 0.854 and mean AUROC 0.9846 -> 0.9873
+# for 128 forward passes on 5% of clean traffic. Not yet the default: the shapes/VGG
+# width-16 cells (the issue's check) and the seeds were not measured with it
+# (docs/METHODS.md, "STRIP on M in the cascade"). Session 8's first stage lost by a band.
 DEFAULT_CASCADE_BAND = 0.0
-# What an open band runs (`offline calibrate --later-rules`): STRIP on M, which on the
-# session-21 cells docs/CASCADE.md measures ahead of exposed STRIP.
-DEFAULT_LATER_RULES = ("strip_original",)
+# What an open band runs (`offline calibrate --later-rules`).
+DEFAULT_LATER_RULES = ("strip_original", "strip")
 
 # The exposed margin's evidence counts half of BaDExpert's. E is blind where clean
 # unlearning takes the backdoor with the task (all-to-all, where the target depends on

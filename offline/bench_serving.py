@@ -118,11 +118,12 @@ def summarize(latencies: list[np.ndarray], seconds: float) -> dict:
 
 
 def _calibrated_copy(case: Path, band: float, scratch: Path) -> Path:
-    """The case's artifacts recalibrated with another cascade band (models unchanged)."""
+    """The case's artifacts recalibrated with another cascade band (models unchanged), exposed
+    STRIP in it as the ladder's rungs name."""
     copy = scratch / f"artifacts-band-{band:g}"
     if not copy.exists():
         shutil.copytree(case / "artifacts", copy)
-        run_calibrate(CalibrateConfig(copy, case / "calib.npz", cascade_band=band))
+        run_calibrate(CalibrateConfig(copy, case / "calib.npz", cascade_band=band, later_rules=("strip",)))
     return copy
 
 
