@@ -22,7 +22,7 @@ import numpy as np
 
 from firewall.artifacts import load_artifacts
 from firewall.fusion import DEFAULT_CASCADE_BAND, DEFAULT_LATER_RULES, Fusion, default_weights
-from firewall.scoring import ScoringEngine, serving_rules
+from firewall.scoring import ScoringEngine
 from firewall.thresholds import fit_threshold
 from offline.metrics import auroc, rate_above, tpr_at_fpr
 
@@ -50,8 +50,7 @@ SETTINGS = tuple(dict.fromkeys((FIRST_STAGE_ALONE,
 
 
 def study(case: Path) -> dict[Setting, dict]:
-    artifacts = load_artifacts(case / "artifacts")
-    engine = ScoringEngine(artifacts, rules=serving_rules(artifacts))
+    engine = ScoringEngine(load_artifacts(case / "artifacts"))  # every rule the verdict can fuse
     calib = engine.score(np.load(case / "calib.npz")["x"])[1]
     clean = engine.score(np.load(case / "test_clean.npz")["x"])[1]
     triggered = np.load(case / "test_triggered.npz")
