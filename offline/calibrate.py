@@ -7,8 +7,11 @@ fusion of the serving rules, gets one fitted on the fused clean scores.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from firewall.artifacts import THRESHOLDS, Artifacts, load_artifacts
 from firewall.errors import UserError
@@ -38,6 +41,16 @@ class CalibrateConfig:
     later_rules: tuple[str, ...] = DEFAULT_LATER_RULES
 
 
+def fit_fusion(clean_scores: dict[str, np.ndarray], first_stage_rules: tuple[str, ...],
+               later_rules: tuple[str, ...], band: float, weights: Mapping[str, float] = DEFAULT_WEIGHTS,
+               auxiliary_posterior_weight: float = DEFAULT_AUXILIARY_POSTERIOR_WEIGHT) -> Fusion:
+    """The verdict's fusion as calibrate fits it, in one place so that the cascade study,
+    which measures settings calibrate could be asked for, measures what it would serve."""
+    rules = (*first_stage_rules, *later_rules)
+    return Fusion.fit(clean_scores, rules, band, len(first_stage_rules),
+                      weights={**default_weights(rules, auxiliary_posterior_weight), **weights})
+
+
 def run_calibrate(config: CalibrateConfig) -> Thresholds:
     unknown = sorted(set(config.later_rules) - set(LATER_RULES))
     if unknown or len(set(config.later_rules)) < len(config.later_rules):
@@ -54,9 +67,8 @@ def run_calibrate(config: CalibrateConfig) -> Thresholds:
               "see.", file=sys.stderr)
     engine = ScoringEngine(artifacts, rules=every_rule(artifacts))
     _, scores = engine.score(clean.x)
-    rules = (*engine.first_stage_rules, *config.later_rules)
-    fusion = Fusion.fit(scores, rules, config.cascade_band, len(engine.first_stage_rules),
-                        weights={**default_weights(rules, config.auxiliary_posterior_weight), **config.weights})
+    fusion = fit_fusion(scores, engine.first_stage_rules, config.later_rules, config.cascade_band,
+                        config.weights, config.auxiliary_posterior_weight)
     thresholds = Thresholds.fit(scores, config.target_fpr, fusion)
     thresholds.save(artifacts.path(THRESHOLDS))
     return thresholds

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from firewall.artifacts import load_artifacts
-from firewall.fusion import DEFAULT_CASCADE_BAND, DEFAULT_LATER_RULES, Fusion, default_weights
+from firewall.fusion import DEFAULT_CASCADE_BAND, DEFAULT_LATER_RULES
 from firewall.scoring import ScoringEngine
 from firewall.thresholds import fit_threshold
+from offline.calibrate import fit_fusion
 from offline.metrics import auroc, rate_above, tpr_at_fpr
 
 TARGET_FPR = 0.01
@@ -59,8 +60,7 @@ def study(case: Path) -> dict[Setting, dict]:
     backdoor = {rule: values[hit] for rule, values in backdoor.items()}
     rows = {}
     for setting in SETTINGS:
-        rules = (*engine.first_stage_rules, *setting.later_rules)
-        fusion = Fusion.fit(calib, rules, setting.band, len(engine.first_stage_rules), default_weights(rules))
+        fusion = fit_fusion(calib, engine.first_stage_rules, setting.later_rules, setting.band)
         threshold = fit_threshold(fusion.fuse(calib), TARGET_FPR).threshold
         c, b = fusion.fuse(clean), fusion.fuse(backdoor)
         rows[setting] = {"auroc": auroc(c, b), "tpr_at_1": tpr_at_fpr(c, b, TARGET_FPR),

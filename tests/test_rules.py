@@ -4,6 +4,7 @@ from the clean inputs of the predicted class; the auxiliary posterior how unlike
 class is under the clean class Gaussians of M''s features; the fused graph computes them as published."""
 
 import numpy as np
+import pytest
 
 from firewall.probabilities import entropy, softmax
 from firewall.rules.auxiliary_posterior import posterior_by_class
@@ -91,17 +92,22 @@ def test_the_fused_graph_scores_like_the_rules_on_the_separate_models(tiny_case,
     assert np.allclose(given, -triangle_statistic(b, a), rtol=1e-4, atol=1e-5)
 
 
-def test_the_build_check_tells_float32_rounding_near_gamma_from_a_wrong_graph():
-    """Where M''s probability a lies just under gamma, t = (1 - b) / (gamma - a) is huge and a's
-    float32 rounding moves it by parts in 1e3; the export check must pass that and still fail a
-    graph whose arithmetic is wrong."""
+@pytest.mark.parametrize("b, a, rounding", [
+    # a just under gamma: t = (1 - b) / (gamma - a) is huge, and one ulp of a moves it by parts in 1e3
+    ([[1e-6, 0.3]], [[0.5 - 1e-4, 0.2]], {"a": [[2e-7, 0.0]]}),
+    # b a few ulps under 1: t is 1e-6, and one ulp of b moves it by parts in 10
+    ([[1 - 9 * 2.0**-24, 0.3]], [[0.3, 0.2]], {"b": [[2.0**-24, 0.0]]}),
+], ids=["a-near-gamma", "b-near-one"])
+def test_the_build_check_tells_float32_rounding_of_badexpert_from_a_wrong_graph(b, a, rounding):
+    """BaDExpert's t is a ratio of float32 probabilities; where a numerator or denominator nearly
+    vanishes, one ulp of rounding moves the score itself past any relative tolerance. The export
+    check must pass that and still fail a graph whose arithmetic is wrong."""
     from offline.build.fused_export import MAX_RELATIVE_DIFF, _score_difference
 
-    b = np.array([[1e-6, 0.3]])
-    a = np.array([[0.5 - 1e-4, 0.2]])
+    b, a = np.array(b), np.array(a)
     want = -triangle_statistic(b, a)
-    rounded = -triangle_statistic(b, a + np.array([[2e-7, 0.0]]))  # a's float32 rounding, about 1 ulp of 0.5
-    assert np.abs(rounded - want).max() / np.abs(want).max() > MAX_RELATIVE_DIFF  # the score itself moves
+    rounded = -triangle_statistic(b + np.array(rounding.get("b", 0.0)), a + np.array(rounding.get("a", 0.0)))
+    assert (np.abs(rounded - want) / np.abs(want)).max() > MAX_RELATIVE_DIFF  # the score itself moves
     assert _score_difference("badexpert", rounded, want) <= MAX_RELATIVE_DIFF
-    assert _score_difference("badexpert", want * 1.5, want) > 0.1
+    assert _score_difference("badexpert", want * 1.5, want) > 0.05
     assert _score_difference("exposed", want * (1 + 2e-3), want) > MAX_RELATIVE_DIFF  # other rules: as before
