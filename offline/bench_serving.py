@@ -33,7 +33,7 @@ import numpy as np
 import onnxruntime as ort
 import tritonclient.grpc as triton
 
-from firewall.fusion import DEFAULT_CASCADE_BAND
+from firewall.fusion import DEFAULT_CASCADE_BAND, DEFAULT_LATER_RULES
 from offline.calibrate import CalibrateConfig, run_calibrate
 from offline.live_stack import Process, metric, read_metrics, start_firewall, start_mlserver, start_passthrough
 from offline.machine import case_description, describe_machine
@@ -43,6 +43,7 @@ from offline.machine import case_description, describe_machine
 class FirewallConfig:
     label: str
     cascade_band: float
+    later_rules: tuple[str, ...] = ()  # what the band runs (`offline calibrate --later-rules`)
     flags: tuple[str, ...] = ()
     passthrough: bool = False  # the floor: a bare proxy in place of the firewall
 
@@ -51,19 +52,26 @@ WAIT = ("--max-wait-us", "500")  # the batcher's wait before session 4 made 0 th
 UNTUNED = ("--threads", "0", "--spin", *WAIT)
 PARALLEL = ("--forwarding", "parallel")
 FROM_UPSTREAM = (*PARALLEL, "--prediction-from-upstream", "logits")
+EXPOSED_STRIP = ("strip",)
 LADDER = (
-    FirewallConfig("every rule on every input (session 1)", 1.0, UNTUNED),
-    FirewallConfig("cascade: exposed STRIP in a 10% band", 0.1, UNTUNED),
-    FirewallConfig("first stage alone: the BaDExpert rules, exposed margin, Mahalanobis (band 0, the default)", 0.0,
+    FirewallConfig("every rule on every input (session 1)", 1.0, EXPOSED_STRIP, UNTUNED),
+    FirewallConfig("cascade: exposed STRIP in a 10% band", 0.1, EXPOSED_STRIP, UNTUNED),
+    FirewallConfig("first stage alone: the BaDExpert rules, exposed margin, Mahalanobis (band 0)", 0.0, (),
                    UNTUNED),
-    FirewallConfig("+ tuned sessions (1 thread, no spinning)", 0.0, WAIT),
-    FirewallConfig("+ no batching wait when the scorer is idle (all defaults)", 0.0),
-    FirewallConfig("+ parallel forwarding", 0.0, PARALLEL),
-    FirewallConfig("+ prediction from the upstream", 0.0, FROM_UPSTREAM),
+    FirewallConfig("+ tuned sessions (1 thread, no spinning)", 0.0, (), WAIT),
+    FirewallConfig("+ no batching wait when the scorer is idle", 0.0),
+    FirewallConfig("+ parallel forwarding", 0.0, (), PARALLEL),
+    FirewallConfig("+ prediction from the upstream", 0.0, (), FROM_UPSTREAM),
+    FirewallConfig("+ the default cascade: STRIP on M and exposed STRIP in a 10% band (all defaults)",
+                   DEFAULT_CASCADE_BAND, DEFAULT_LATER_RULES, FROM_UPSTREAM),
     FirewallConfig("floor: bare Python gRPC pass-through, no scoring", 0.0, passthrough=True),
 )
-# The issue's targets are for `--forwarding parallel --prediction-from-upstream` with every other flag default.
-TARGET_RUNG = next(config.label for config in LADDER if config.flags == FROM_UPSTREAM)
+# The issue's targets are for `--forwarding parallel --prediction-from-upstream` with every other setting default.
+TARGET_RUNG = next(config.label for config in LADDER if config.flags == FROM_UPSTREAM
+                   and (config.cascade_band, config.later_rules) == (DEFAULT_CASCADE_BAND, DEFAULT_LATER_RULES))
+# The same flags without the cascade: the issue's configuration until session 22 opened the band by default.
+FIRST_STAGE_TARGET_RUNG = next(config.label for config in LADDER if config.flags == FROM_UPSTREAM
+                               and config.cascade_band == 0.0)
 FLOOR_RUNG = next(config.label for config in LADDER if config.passthrough)
 PINNED_UPSTREAM_THREADS = 1
 
@@ -117,13 +125,14 @@ def summarize(latencies: list[np.ndarray], seconds: float) -> dict:
             "throughput_rps": float(len(all_latencies) / (seconds * len(latencies)))}
 
 
-def _calibrated_copy(case: Path, band: float, scratch: Path) -> Path:
-    """The case's artifacts recalibrated with another cascade band (models unchanged), exposed
-    STRIP in it as the ladder's rungs name."""
-    copy = scratch / f"artifacts-band-{band:g}"
+def _calibrated_copy(case: Path, config: FirewallConfig, scratch: Path) -> Path:
+    """The case's artifacts (models unchanged) calibrated with the rung's band and later
+    rules, so that a rung measures what it names whatever the case was calibrated with."""
+    copy = scratch / f"artifacts-band-{config.cascade_band:g}-{'+'.join(config.later_rules) or 'none'}"
     if not copy.exists():
         shutil.copytree(case / "artifacts", copy)
-        run_calibrate(CalibrateConfig(copy, case / "calib.npz", cascade_band=band, later_rules=("strip",)))
+        run_calibrate(CalibrateConfig(copy, case / "calib.npz", cascade_band=config.cascade_band,
+                                      later_rules=config.later_rules))
     return copy
 
 
@@ -165,12 +174,11 @@ def _against_upstream(case: Path, model: str, x: np.ndarray, threads: int, confi
     try:
         closed_loop(upstream_port, model, x, 4, 1.0)  # warm up
         for config in configs:
-            artifacts = (case / "artifacts" if config.cascade_band == DEFAULT_CASCADE_BAND
-                         else _calibrated_copy(case, config.cascade_band, scratch))
             if config.passthrough:
                 (firewall, port), metrics_port = start_passthrough(upstream_port, scratch, model), None
             else:
-                firewall, port, metrics_port = start_firewall(artifacts, upstream_port, scratch, *config.flags,
+                firewall, port, metrics_port = start_firewall(_calibrated_copy(case, config, scratch), upstream_port,
+                                                              scratch, *config.flags,
                                                               timeout=600.0)  # CUDA sessions open slowly
             try:
                 closed_loop(port, model, x, 4, 1.0)  # warm up
@@ -179,6 +187,7 @@ def _against_upstream(case: Path, model: str, x: np.ndarray, threads: int, confi
                 for concurrency in concurrencies:
                     row = _measure(upstream_port, port, metrics_port, model, x, concurrency, seconds, rounds)
                     results.append({"config": config.label, "cascade_band": config.cascade_band,
+                                    "later_rules": list(config.later_rules),
                                     "flags": list(config.flags), "upstream_threads": threads,
                                     "upstream_provider": upstream_provider, "firewall_provider": provider, **row})
                     print(f"{config.label:<48} upstream threads {threads} c={concurrency:<3} "

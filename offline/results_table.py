@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from firewall.artifacts import SCHEMA_VERSION
+from firewall.scoring import LATER_RULES
 from offline.cells import built_manifest, built_variants, eval_path
 
 RULES = ("firewall", "badexpert", "badexpert_tsbd", "exposed", "mahalanobis", "auxiliary_posterior",
@@ -171,6 +172,27 @@ def earlier_builds_note(table: dict) -> list[str]:
             "it again. The targets below count every cell as measured.", ""]
 
 
+def cascade_note(table: dict) -> list[str]:
+    """Which later rules the verdict ran, in how wide a band, and what share of clean traffic paid for them,
+    as each cell's evaluation recorded it: a matrix recalibrated over sessions may mix settings."""
+    settings: dict[tuple[tuple[str, ...], float], list[float]] = defaultdict(list)
+    for attacks in table.values():
+        for records in attacks.values():
+            for record in records:
+                cascade = record["eval"].get("cascade", {})
+                band = float(cascade.get("band_fraction", 0.0))
+                later = tuple(rule for rule in cascade.get("rules", ()) if rule in LATER_RULES) if band > 0 else ()
+                settings[later, band].append(float(cascade.get("clean_share_scored_by_later_rules", 0.0)))
+    lines = []
+    for (later, band), shares in sorted(settings.items(), key=lambda item: -len(item[1])):
+        ran = (f"the first stage with {' and '.join(f'`{rule}`' for rule in later)} in a {band:.0%} band, which "
+               f"{np.mean(shares):.1%} of the clean test inputs reached on average" if later
+               else "the first stage alone (no band)")
+        lines.append(f"- {len(shares)} cells and seeds: {ran}.")
+    return ["The verdict's cascade, as the cells were calibrated (`offline calibrate --cascade-band`, "
+            "`--later-rules`):", "", *lines, ""] if lines else []
+
+
 def _cell_names(table: dict) -> set[str]:
     return {r["cell"] for attacks in table.values() for records in attacks.values() for r in records}
 
@@ -246,8 +268,10 @@ def render(table: dict, figure: str | None = None, comparisons: Iterable[str] = 
              "20 epochs to fit 2 cores. For `none` (a clean model) only the achieved FPR is defined.", "",
              "Rule cells: AUROC / TPR at 1% FPR (from the test ROC) / achieved FPR at the calibrated threshold; "
              "mean ± standard deviation where several seeds were run. `firewall` is the verdict the sidecar applies; "
-             "`strip_original` (STRIP on M) and `scaleup` (SCALE-UP) are baselines.", "",
+             "the `strip` (exposed STRIP) and `strip_original` (STRIP on M) columns score every input, where the "
+             "verdict runs them only for inputs in its cascade's band; `scaleup` (SCALE-UP) is a baseline.", "",
              *earlier_builds_note(table),
+             *cascade_note(table),
              *summary(table),
              *([f"![AUROC of every rule on every attack cell]({figure})", ""] if figure else [])]
     for (dataset, arch, width, epochs), attacks in sorted(table.items()):

@@ -380,3 +380,27 @@ def test_results_table_marks_the_cells_measured_on_a_build_of_an_earlier_schema(
     assert f"earlier artifacts schema ({SCHEMA_VERSION - 1}; the current one is {SCHEMA_VERSION}): 2 of the 4" in text
     assert "| dynamic † | 2 (1 †) |" in text and "| wanet † | 1 |" in text and "| sig | 1 |" in text
     assert "| 0.9500 / 0.500 / 0.010 (1 of 2 seeds) | –" in text.split("| dynamic † |")[1].split("\n")[0]
+
+
+def test_results_table_says_which_later_rules_the_verdict_ran_and_what_share_of_clean_inputs_paid(tmp_path: Path):
+    from offline.results_table import load_cells, render
+
+    def cell(name: str, cascade: dict) -> None:
+        case = tmp_path / name
+        case.mkdir()
+        (case / "attack.json").write_text(json.dumps({"width": 16, "epochs": 30, "clean_accuracy": 0.9,
+                                                      "attack_success_rate": 0.5}))
+        rule = {"auroc": 0.99, "tpr_at_fpr": {"0.01": 0.5}, "threshold_fpr": 0.01}
+        (case / "eval.json").write_text(json.dumps({"rules": {"firewall": rule}, "cascade": cascade}))
+
+    first = ["badexpert", "exposed"]
+    cell("digits-sig-resnet", {"rules": [*first, "strip_original", "strip"], "band_fraction": 0.1,
+                               "clean_share_scored_by_later_rules": 0.04})
+    cell("digits-blend-resnet", {"rules": [*first, "strip_original", "strip"], "band_fraction": 0.1,
+                                 "clean_share_scored_by_later_rules": 0.06})
+    cell("digits-wanet-resnet", {"rules": [*first, "strip"], "band_fraction": 0.0,
+                                 "clean_share_scored_by_later_rules": 0.0})
+    text = render(load_cells(tmp_path))
+    assert ("- 2 cells and seeds: the first stage with `strip_original` and `strip` in a 10% band, which 5.0% of the "
+            "clean test inputs reached on average.") in text
+    assert "- 1 cells and seeds: the first stage alone (no band)." in text

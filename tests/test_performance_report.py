@@ -4,7 +4,7 @@ concurrency 1 in the issue's configuration, against 2 ms."""
 
 from __future__ import annotations
 
-from offline.bench_serving import FLOOR_RUNG, TARGET_RUNG
+from offline.bench_serving import FIRST_STAGE_TARGET_RUNG, FLOOR_RUNG, TARGET_RUNG
 from offline.performance_report import gpu_section
 
 
@@ -34,3 +34,11 @@ def test_the_added_p99_at_concurrency_1_decides_the_gpu_target():
 def test_without_the_issues_configuration_at_concurrency_1_no_gpu_target_is_claimed():
     text = "\n".join(gpu_section(None, _serving(_row(TARGET_RUNG, 8, 3.0, 4.0))))
     assert "added p99" not in text
+
+
+def test_a_run_from_before_the_default_cascade_is_read_off_the_first_stage_rung_and_says_so():
+    earlier = "\n".join(gpu_section(None, _serving(_row(FIRST_STAGE_TARGET_RUNG, 1, 3.0, 4.0))))
+    assert "| 1.00 ms | yes |" in earlier and f'rung "{FIRST_STAGE_TARGET_RUNG}"' in earlier
+    both = "\n".join(gpu_section(None, _serving(_row(FIRST_STAGE_TARGET_RUNG, 1, 3.0, 4.0),
+                                                _row(TARGET_RUNG, 1, 3.0, 6.0))))
+    assert "| 3.00 ms | **no** |" in both and f'rung "{TARGET_RUNG}"' in both
