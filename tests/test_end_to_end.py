@@ -306,7 +306,7 @@ def test_a_tampered_model_stops_the_firewall_at_start(tiny_artifacts, tmp_path):
 
 def _artifacts_that_fail_to_score(tiny_artifacts: Path, out: Path) -> Path:
     """A consistent (re-hashed) artifacts set whose STRIP bank cannot be superimposed, with
-    the cascade's band opened to every input so that exposed STRIP always runs."""
+    the cascade's band opened to every input so that the STRIP rules always run."""
     from firewall.artifacts import sha256_file
 
     art = shutil.copytree(tiny_artifacts, out)

@@ -30,12 +30,25 @@ def _opened_after_warm_up(artifacts: Path, predict: bool = True) -> set[str]:
     return set(engine.models.sessions)
 
 
-def test_the_default_sidecar_opens_only_the_fused_graph(tiny_artifacts):
-    assert _opened_after_warm_up(tiny_artifacts) == {"fused"}
+def _calibrated(tiny_case: Path, tiny_artifacts: Path, tmp_path: Path, *flags: str) -> Path:
+    art = shutil.copytree(tiny_artifacts, tmp_path / "art")
+    assert offline(["calibrate", "--artifacts", str(art), "--clean-data", str(tiny_case / "calib.npz"), *flags]) == 0
+    return art
 
 
-def test_with_the_upstreams_prediction_the_graph_without_the_original_model_is_opened(tiny_artifacts):
-    assert _opened_after_warm_up(tiny_artifacts, predict=False) == {"fused_without_original"}
+def test_the_default_sidecar_opens_the_fused_graph_and_the_models_its_cascade_runs(tiny_artifacts):
+    # STRIP on M superimposes on the original model, exposed STRIP on the exposed one
+    assert _opened_after_warm_up(tiny_artifacts) == {"fused", "original", "exposed"}
+
+
+def test_with_the_band_closed_only_the_fused_graph_is_opened(tiny_case, tiny_artifacts, tmp_path):
+    assert _opened_after_warm_up(_calibrated(tiny_case, tiny_artifacts, tmp_path, "--cascade-band", "0")) == {"fused"}
+
+
+def test_with_the_upstreams_prediction_the_graph_without_the_original_model_is_opened(tiny_case, tiny_artifacts,
+                                                                                       tmp_path):
+    art = _calibrated(tiny_case, tiny_artifacts, tmp_path, "--cascade-band", "0")
+    assert _opened_after_warm_up(art, predict=False) == {"fused_without_original"}
 
 
 @pytest.mark.parametrize("later, opened", [("strip_original", {"fused", "original"}),
@@ -43,9 +56,7 @@ def test_with_the_upstreams_prediction_the_graph_without_the_original_model_is_o
                                            ("strip_original,strip", {"fused", "original", "exposed"})])
 def test_an_open_cascade_band_also_opens_the_models_its_later_rules_run(tiny_case, tiny_artifacts, tmp_path,
                                                                          later, opened):
-    art = shutil.copytree(tiny_artifacts, tmp_path / "art")
-    assert offline(["calibrate", "--artifacts", str(art), "--clean-data", str(tiny_case / "calib.npz"),
-                    "--cascade-band", "0.1", "--later-rules", later]) == 0
+    art = _calibrated(tiny_case, tiny_artifacts, tmp_path, "--cascade-band", "0.1", "--later-rules", later)
     assert _opened_after_warm_up(art) == opened
 
 
