@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from firewall.artifacts import SCHEMA_VERSION
+from firewall.errors import UserError
 from offline.build.pipeline import DEFAULT_AUXILIARY, BuildConfig, run_build
 from offline.calibrate import CalibrateConfig, run_calibrate
 from offline.cells import artifacts_dir, built_manifest, eval_path, keep_records
@@ -111,10 +112,13 @@ def _built_as_this_run_would(place: Path, config: BenchConfig) -> bool:
             and manifest["build"]["auxiliary_method"] == (config.auxiliary or DEFAULT_AUXILIARY))
 
 
-def run_bench(config: BenchConfig) -> list[Path]:
+def run_bench(config: BenchConfig) -> tuple[list[Path], dict[str, str]]:
+    """Measures every cell of the grid; returns the cells measured and, by name, why the others
+    failed. A cell that fails (a build whose export check refuses it, say) is reported and the
+    matrix goes on: one bad cell must not cost the hours of the cells after it."""
     cells = [(d, a, arch, s) for d in config.datasets for arch in config.archs for a in config.attacks
              for s in config.seeds]
-    done = []
+    done, failed = [], {}
     for index, (dataset, attack, arch, seed) in enumerate(cells, 1):
         case = cell_dir(config.out, dataset, attack, arch, seed, config.settings_tag(dataset))
         label = f"[{index}/{len(cells)}] {case.name}{f' --auxiliary {config.auxiliary}' if config.auxiliary else ''}"
@@ -123,9 +127,14 @@ def run_bench(config: BenchConfig) -> list[Path]:
             print(f"{label}: measured already, reused", file=sys.stderr, flush=True)
         else:
             started = time.monotonic()
-            report = (calibrate_and_evaluate(case, attack, config.auxiliary) if recalibrate
-                      else run_cell(case, dataset, attack, arch, seed, config.poison_settings(dataset),
-                                    repoison=config.force, auxiliary=config.auxiliary))
+            try:
+                report = (calibrate_and_evaluate(case, attack, config.auxiliary) if recalibrate
+                          else run_cell(case, dataset, attack, arch, seed, config.poison_settings(dataset),
+                                        repoison=config.force, auxiliary=config.auxiliary))
+            except UserError as error:
+                failed[case.name] = str(error)
+                print(f"{label}: failed, the matrix goes on: {error}", file=sys.stderr, flush=True)
+                continue
             firewall = report["rules"]["firewall"]
             summary = (f"AUROC {firewall['auroc']:.4f}" if "auroc" in firewall
                        else f"FPR {firewall['threshold_fpr']:.4f}")
@@ -134,5 +143,5 @@ def run_bench(config: BenchConfig) -> list[Path]:
             keep_records(case, config.records)
         done.append(case)
     config.out.mkdir(parents=True, exist_ok=True)  # every cell may have been reused from its records
-    (config.out / "bench.json").write_text(json.dumps({"cells": [c.name for c in done]}, indent=2))
-    return done
+    (config.out / "bench.json").write_text(json.dumps({"cells": [c.name for c in done], "failed": failed}, indent=2))
+    return done, failed

@@ -169,12 +169,15 @@ def run(args: argparse.Namespace) -> None:
             raise UserError("--quick has its own tiny poison settings; drop --width/--epochs")
         grid = QUICK if args.quick else {"datasets": args.datasets, "archs": args.archs, "attacks": args.attacks,
                                          "seeds": args.seeds}
-        run_bench(BenchConfig(out=args.out, datasets=tuple(grid["datasets"]), archs=tuple(grid["archs"]),
-                              attacks=tuple(grid["attacks"]), seeds=tuple(grid["seeds"]), quick=args.quick,
-                              force=args.force, rebuild=args.rebuild, recalibrate=args.recalibrate,
-                              width=args.width, epochs=args.epochs,
-                              auxiliary=args.auxiliary, records=args.records))
+        _, failed = run_bench(BenchConfig(out=args.out, datasets=tuple(grid["datasets"]),
+                                          archs=tuple(grid["archs"]), attacks=tuple(grid["attacks"]),
+                                          seeds=tuple(grid["seeds"]), quick=args.quick, force=args.force,
+                                          rebuild=args.rebuild, recalibrate=args.recalibrate, width=args.width,
+                                          epochs=args.epochs, auxiliary=args.auxiliary, records=args.records))
         print(results_document(args.records or args.out, args.markdown))
+        if failed:
+            raise UserError(f"{len(failed)} cell(s) failed, the others are measured and rendered: "
+                            + "; ".join(f"{name}: {why}" for name, why in failed.items()))
     elif args.command == "evaluate":
         from offline.evaluate import EvaluateConfig, format_table, run_evaluate
 

@@ -404,3 +404,21 @@ def test_results_table_says_which_later_rules_the_verdict_ran_and_what_share_of_
     assert ("- 2 cells and seeds: the first stage with `strip_original` and `strip` in a 10% band, which 5.0% of the "
             "clean test inputs reached on average.") in text
     assert "- 1 cells and seeds: the first stage alone (no band)." in text
+
+
+def test_bench_reports_a_failing_cell_and_measures_the_cells_after_it(tmp_path: Path, monkeypatch):
+    import offline.bench as bench
+    from firewall.errors import UserError
+
+    def cell(case: Path, dataset: str, attack: str, *args, **kwargs) -> dict:
+        if attack == "sig":
+            raise UserError("fused.onnx: the fused graph's badexpert scores differ from the rule's by 0.111")
+        case.mkdir(parents=True)
+        return {"rules": {"firewall": {"auroc": 0.99}}}
+
+    monkeypatch.setattr(bench, "run_cell", cell)
+    config = bench.BenchConfig(out=tmp_path, datasets=("digits",), archs=("resnet",), attacks=("sig", "wanet"))
+    done, failed = bench.run_bench(config)
+    assert [case.name for case in done] == ["digits-wanet-resnet"]
+    assert "0.111" in failed["digits-sig-resnet"]
+    assert json.loads((tmp_path / "bench.json").read_text())["failed"] == failed
