@@ -240,13 +240,20 @@ def test_the_sidecar_scores_what_offline_scoring_scores(tiny_artifacts, mlserver
     finally:
         process.stop()
     assert len(audit) == len(sent)
+    fusion = thresholds.fusion
+    in_band = 0  # the default cascade: inputs in its band also run the STRIP rules, the others do not
     for row, entry in zip(sent, audit):
-        offline = engine.score(row[None], rules=list(thresholds.fusion.first))[1]
+        offline = engine.score(row[None], rules=[*fusion.first, *fusion.reachable_later])[1]
         offline[FIREWALL] = thresholds.fused(offline)
+        if fusion.in_band(fusion.first_stage_evidence(offline))[0]:
+            in_band += 1
+        else:
+            offline = {rule: value for rule, value in offline.items() if rule not in fusion.reachable_later}
         served = {rule: values[0] for rule, values in entry["scores"].items() if values[0] is not None}
         assert set(served) == set(offline)
         for rule, value in offline.items():
             assert served[rule] == pytest.approx(float(value[0]), rel=1e-5, abs=1e-6), rule
+    assert 0 < in_band < len(sent)
 
 
 def test_upstream_down_is_unavailable_and_the_firewall_recovers(tiny_artifacts, logs, inputs):
