@@ -6,7 +6,8 @@ test sets; then for each setting (which costly rules run inside the band, and ho
 the band is) the fusion and its threshold are fitted on the calibration set alone,
 exactly as `offline calibrate --later-rules R --cascade-band F` does, and measured on the
 test sets. The band is also the cost: the share of clean inputs that pay for 64
-superimposed forward passes per later rule.
+superimposed forward passes per later rule. One setting weighs the later rules' evidence
+at 0.5, which calibrate has no flag for yet: measured to decide whether it should.
 
 usage: python -m offline.cascade_study CASE_DIR... > docs/CASCADE.md
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from firewall.artifacts import load_artifacts
-from firewall.fusion import DEFAULT_CASCADE_BAND, DEFAULT_LATER_RULES
+from firewall.fusion import DEFAULT_CASCADE_BAND, DEFAULT_LATER_RULES, DEFAULT_WEIGHTS
 from firewall.scoring import ScoringEngine
 from firewall.thresholds import fit_threshold
 from offline.calibrate import fit_fusion
@@ -34,20 +35,27 @@ TARGET_FPR = 0.01
 class Setting:
     later_rules: tuple[str, ...]
     band: float
+    weight: float = 1.0  # of each later rule's evidence: a STRIP blind to a trigger spreads the clean scores
 
     @property
     def label(self) -> str:
         if not self.later_rules or self.band == 0.0:
             return "first stage alone"
         names = {"strip_original": "STRIP on M", "strip": "exposed STRIP"}
-        return f"{' + '.join(names[r] for r in self.later_rules)}, band {self.band:g}"
+        weight = f", weight {self.weight:g}" if self.weight != 1.0 else ""
+        return f"{' + '.join(names[r] for r in self.later_rules)}, band {self.band:g}{weight}"
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {**DEFAULT_WEIGHTS, **{rule: self.weight for rule in self.later_rules}}
 
 
 FIRST_STAGE_ALONE = Setting((), 0.0)
 DEFAULT = Setting(DEFAULT_LATER_RULES, DEFAULT_CASCADE_BAND) if DEFAULT_CASCADE_BAND > 0 else FIRST_STAGE_ALONE
 SETTINGS = tuple(dict.fromkeys((FIRST_STAGE_ALONE,
                                 *(Setting(("strip_original",), band) for band in (0.05, 0.1, 0.2, 0.3, 1.0)),
-                                Setting(("strip",), 0.1), Setting(("strip_original", "strip"), 0.1), DEFAULT)))
+                                Setting(("strip",), 0.1), Setting(("strip_original", "strip"), 0.1),
+                                Setting(("strip_original", "strip"), 0.1, 0.5), DEFAULT)))
 
 
 def study(case: Path) -> dict[Setting, dict]:
@@ -60,7 +68,7 @@ def study(case: Path) -> dict[Setting, dict]:
     backdoor = {rule: values[hit] for rule, values in backdoor.items()}
     rows = {}
     for setting in SETTINGS:
-        fusion = fit_fusion(calib, engine.first_stage_rules, setting.later_rules, setting.band)
+        fusion = fit_fusion(calib, engine.first_stage_rules, setting.later_rules, setting.band, setting.weights)
         threshold = fit_threshold(fusion.fuse(calib), TARGET_FPR).threshold
         c, b = fusion.fuse(clean), fusion.fuse(backdoor)
         rows[setting] = {"auroc": auroc(c, b), "tpr_at_1": tpr_at_fpr(c, b, TARGET_FPR),
