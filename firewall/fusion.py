@@ -18,9 +18,9 @@ The first `first_stage` rules are the cheap ones (BaDExpert, the exposed model's
 margin, the Mahalanobis distance of M's features: one fused graph of small forward
 passes). The others (STRIP on M and exposed STRIP: 64 superimposed copies each) are
 consulted only for inputs the cheap rules put in an uncertain band, at or above
-`band_low`; below it the fused score is the cheap rules' alone. That is the cascade: its cost is the band's
-share of clean traffic, and `offline evaluate` measures its detection with exactly
-this arithmetic.
+`band_low`; below it the fused score is the cheap rules' alone. That is the cascade:
+its cost is the band's share of clean traffic, and `offline evaluate` measures its
+detection with exactly this arithmetic.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from firewall.rules import badexpert_rules, posterior_rules
 
 # By default inputs whose first-stage evidence is among the top 10% of the clean
 # calibration inputs' also run STRIP on M and exposed STRIP (about 5% of clean test
-# inputs reach the band; docs/RESULTS.md). The two catch different triggers: STRIP on M the ViT's
-# patch and blend cells (digits/ViT blend, TPR at 1% FPR 0.53 -> 0.95), exposed STRIP
-# the warping ones (shapes/VGG dynamic 0.42 -> 0.51 with both). Over the 25 attack cells
+# inputs reach the band; docs/RESULTS.md). The two catch different triggers: STRIP on M
+# the ViT's patch and blend cells (digits/ViT blend, TPR at 1% FPR 0.53 -> 0.95), exposed
+# STRIP the warping ones (shapes/VGG dynamic 0.42 -> 0.51 with both). Over the 25 attack cells
 # session 22 recalibrated on unchanged models, mean AUROC 0.9837 -> 0.9856 and mean TPR
 # at 1% FPR 0.724 -> 0.780; three cells lose (shapes/VGG width-8 all2all 0.70 -> 0.57,
 # two width-16 seeds of dynamic and adaptive_blend 0.08 each), none by more than 0.003
