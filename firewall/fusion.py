@@ -32,20 +32,30 @@ import numpy as np
 from firewall.errors import UserError
 from firewall.rules import badexpert_rules, posterior_rules
 
-# By default inputs whose first-stage evidence is among the top 10% of the clean
-# calibration inputs' also run STRIP on M and exposed STRIP (about 5% of clean test
-# inputs reach the band; docs/RESULTS.md). The two catch different triggers: STRIP on M
-# the ViT's patch and blend cells (digits/ViT blend, TPR at 1% FPR 0.53 -> 0.95), exposed
-# STRIP the warping ones (shapes/VGG dynamic 0.42 -> 0.51 with both). Over the 25 attack cells
-# session 22 recalibrated on unchanged models, mean AUROC 0.9837 -> 0.9856 and mean TPR
-# at 1% FPR 0.724 -> 0.780; three cells lose (shapes/VGG width-8 all2all 0.70 -> 0.57,
-# two width-16 seeds of dynamic and adaptive_blend 0.08 each), none by more than 0.003
-# in AUROC. The price: 128 forward passes on those 5% of clean traffic (docs/METHODS.md,
-# "The cascade as the default"; docs/PERFORMANCE.md measures it). Band 0 serves the
-# first stage alone. Session 8's first stage lost by a band with exposed STRIP alone.
-DEFAULT_CASCADE_BAND = 0.1
+# By default inputs whose first-stage evidence is among the top 5% of the clean
+# calibration inputs' also run STRIP on M and exposed STRIP. The two catch different
+# triggers: STRIP on M the ViT's patch and blend cells (digits/ViT blend, TPR at 1% FPR
+# 0.53 -> 0.91), exposed STRIP the warping ones (shapes/VGG width-16 WaNet 0.94 -> 0.98).
+# Until session 23 the band was "0.1" but fitted on the sum of each rule's separately
+# sorted clean scores, which opened it for about 5% of clean traffic; 0.05 fitted on each
+# input's own evidence opens it for the same share, which is what the serving cost was
+# measured at. A true 10% band adds little more (over the 25 attack cells of
+# docs/RESULTS.md, seeds averaged, at the later weight below: mean TPR at 1% FPR 0.822 ->
+# 0.829, nearly all on the ViT) at twice the STRIP cost (docs/CASCADE.md). Band 0 serves
+# the first stage alone.
+DEFAULT_CASCADE_BAND = 0.05
 # What an open band runs (`offline calibrate --later-rules`).
 DEFAULT_LATER_RULES = ("strip_original", "strip")
+
+# The later rules' evidence counts half. A STRIP blind to a trigger (it scores triggered
+# inputs as cleaner than clean ones) adds nothing to them in the band and spreads the
+# clean inputs there, so the fused threshold rises for all: at weight 1 the cascade cost
+# shapes/VGG width-8 all2all 0.70 -> 0.56 and width-16 SIG 0.95 -> 0.84 in TPR at 1% FPR.
+# Over the 25 attack cells, band 0.05: first stage alone 0.9854 / 0.770 (mean AUROC / TPR
+# at 1% FPR), weight 1 0.9868 / 0.811, weight 0.5 0.9870 / 0.822, achieved FPR 0.0089 ->
+# 0.0085 (docs/METHODS.md, "The cascade's band, measured right"). `offline calibrate
+# --later-rule-weight`.
+DEFAULT_LATER_RULE_WEIGHT = 0.5
 
 # The exposed margin's evidence counts half of BaDExpert's. E is blind where clean
 # unlearning takes the backdoor with the task (all-to-all, where the target depends on
@@ -63,7 +73,8 @@ DEFAULT_EXPOSED_WEIGHT = 0.5
 # (0.9943 and 0.9940; worst 0.966 and 0.972): docs/METHODS.md, "The Mahalanobis
 # rule". `offline calibrate --mahalanobis-weight`.
 DEFAULT_MAHALANOBIS_WEIGHT = 0.5
-DEFAULT_WEIGHTS = {"exposed": DEFAULT_EXPOSED_WEIGHT, "mahalanobis": DEFAULT_MAHALANOBIS_WEIGHT}
+DEFAULT_WEIGHTS = {"exposed": DEFAULT_EXPOSED_WEIGHT, "mahalanobis": DEFAULT_MAHALANOBIS_WEIGHT,
+                   **{rule: DEFAULT_LATER_RULE_WEIGHT for rule in DEFAULT_LATER_RULES}}
 
 # The auxiliary posterior's evidence counts half as well, shared between the auxiliaries
 # like BaDExpert's. Read off the 32 attack cells built before session 16 (fused mean
@@ -136,13 +147,18 @@ class Fusion:
         weights = {rule: float(w) for rule, w in (weights or {}).items() if rule in rules}
         if any(not (np.isfinite(w) and w > 0) for w in weights.values()):
             raise UserError(f"rule weights must be positive numbers, got {weights}")
-        clean = {rule: np.sort(np.asarray(clean_scores[rule], np.float64)) for rule in rules}
+        aligned = {rule: np.asarray(clean_scores[rule], np.float64) for rule in rules}
+        if len({len(scores) for scores in aligned.values()}) > 1:
+            raise UserError("the rules' clean scores must come from the same clean inputs, got lengths "
+                            f"{ {rule: len(scores) for rule, scores in aligned.items()} }")
+        clean = {rule: np.sort(scores) for rule, scores in aligned.items()}
         if band_fraction == 0.0:
             band_low = np.inf
         elif band_fraction == 1.0:
             band_low = -np.inf
         else:
-            first = _weighted_sum(clean, _tail_scales(clean), weights, rules[:first_stage], clean)
+            # Each input's own first-stage evidence: the rules' scores paired input by input.
+            first = _weighted_sum(clean, _tail_scales(clean), weights, rules[:first_stage], aligned)
             band_low = float(np.quantile(first, 1.0 - band_fraction))
         return cls(tuple(rules), clean, band_low, band_fraction, first_stage, weights)
 

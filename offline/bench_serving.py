@@ -62,7 +62,8 @@ LADDER = (
     FirewallConfig("+ no batching wait when the scorer is idle", 0.0),
     FirewallConfig("+ parallel forwarding", 0.0, (), PARALLEL),
     FirewallConfig("+ prediction from the upstream", 0.0, (), FROM_UPSTREAM),
-    FirewallConfig("+ the default cascade: STRIP on M and exposed STRIP in a 10% band (all defaults)",
+    FirewallConfig(f"+ the default cascade: STRIP on M and exposed STRIP in a {DEFAULT_CASCADE_BAND:.0%} band "
+                   "(all defaults)",
                    DEFAULT_CASCADE_BAND, DEFAULT_LATER_RULES, FROM_UPSTREAM),
     FirewallConfig("floor: bare Python gRPC pass-through, no scoring", 0.0, passthrough=True),
 )

@@ -2,14 +2,19 @@
 
 For every case directory (as `offline bench` or `scripts/run_case.sh` leave them) every
 rule the verdict can fuse is scored once on the calibration, clean test and triggered
-test sets; then for each setting (which costly rules run inside the band, and how wide
-the band is) the fusion and its threshold are fitted on the calibration set alone,
-exactly as `offline calibrate --later-rules R --cascade-band F` does, and measured on the
-test sets. The band is also the cost: the share of clean inputs that pay for 64
-superimposed forward passes per later rule. One setting weighs the later rules' evidence
-at 0.5, which calibrate has no flag for yet: measured to decide whether it should.
+test sets; then for each setting (which costly rules run inside the band, how wide the
+band is, and what the later rules' evidence weighs) the fusion and its threshold are
+fitted on the calibration set alone, exactly as `offline calibrate --later-rules R
+--cascade-band F --later-rule-weight W` does, and measured on the test sets. The band is
+also the cost: the share of clean inputs that pay for 64 superimposed forward passes per
+later rule.
 
-usage: python -m offline.cascade_study CASE_DIR... > docs/CASCADE.md
+Scoring is nearly all the time (about a minute a shapes case on 2 cores); with
+`--scores DIR` each case's scores are kept in DIR/<case>.npz and read back on the next
+run, so that the settings can be changed and measured again in seconds. Stale scores are
+the caller's to delete.
+
+usage: python -m offline.cascade_study [--scores DIR] CASE_DIR... > docs/CASCADE.md
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from firewall.artifacts import load_artifacts
-from firewall.fusion import DEFAULT_CASCADE_BAND, DEFAULT_LATER_RULES, DEFAULT_WEIGHTS
+from firewall.fusion import DEFAULT_CASCADE_BAND, DEFAULT_LATER_RULE_WEIGHT, DEFAULT_LATER_RULES, DEFAULT_WEIGHTS
 from firewall.scoring import ScoringEngine
 from firewall.thresholds import fit_threshold
 from offline.calibrate import fit_fusion
@@ -35,15 +40,14 @@ TARGET_FPR = 0.01
 class Setting:
     later_rules: tuple[str, ...]
     band: float
-    weight: float = 1.0  # of each later rule's evidence: a STRIP blind to a trigger spreads the clean scores
+    weight: float = DEFAULT_LATER_RULE_WEIGHT  # of each later rule's evidence, beside BaDExpert's 1
 
     @property
     def label(self) -> str:
         if not self.later_rules or self.band == 0.0:
             return "first stage alone"
         names = {"strip_original": "STRIP on M", "strip": "exposed STRIP"}
-        weight = f", weight {self.weight:g}" if self.weight != 1.0 else ""
-        return f"{' + '.join(names[r] for r in self.later_rules)}, band {self.band:g}{weight}"
+        return f"{' + '.join(names[r] for r in self.later_rules)}, band {self.band:g}, weight {self.weight:g}"
 
     @property
     def weights(self) -> dict[str, float]:
@@ -52,30 +56,71 @@ class Setting:
 
 FIRST_STAGE_ALONE = Setting((), 0.0)
 DEFAULT = Setting(DEFAULT_LATER_RULES, DEFAULT_CASCADE_BAND) if DEFAULT_CASCADE_BAND > 0 else FIRST_STAGE_ALONE
+BOTH = ("strip_original", "strip")
 SETTINGS = tuple(dict.fromkeys((FIRST_STAGE_ALONE,
-                                *(Setting(("strip_original",), band) for band in (0.05, 0.1, 0.2, 0.3, 1.0)),
-                                Setting(("strip",), 0.1), Setting(("strip_original", "strip"), 0.1),
-                                Setting(("strip_original", "strip"), 0.1, 0.5), DEFAULT)))
+                                *(Setting(("strip_original",), band) for band in (0.05, 0.1, 0.2, 1.0)),
+                                Setting(("strip",), 0.05),
+                                *(Setting(BOTH, band, weight) for weight in (1.0, 0.5) for band in (0.05, 0.1, 0.2)),
+                                DEFAULT)))
 
 
-def study(case: Path) -> dict[Setting, dict]:
+@dataclass(frozen=True)
+class CaseScores:
+    """Every rule's scores on the calibration set, the clean test set and the triggered test
+    inputs the backdoor succeeded on."""
+    first_stage_rules: tuple[str, ...]
+    calib: dict[str, np.ndarray]
+    clean: dict[str, np.ndarray]
+    backdoor: dict[str, np.ndarray]
+
+    PARTS = ("calib", "clean", "backdoor")
+
+    def save(self, path: Path) -> None:
+        np.savez(path, first_stage_rules=np.array(self.first_stage_rules),
+                 **{f"{part}/{rule}": values for part in self.PARTS for rule, values in getattr(self, part).items()})
+
+    @classmethod
+    def load(cls, path: Path) -> "CaseScores":
+        with np.load(path, allow_pickle=False) as stored:
+            parts = {part: {key.split("/", 1)[1]: stored[key] for key in stored.files if key.startswith(f"{part}/")}
+                     for part in cls.PARTS}
+            return cls(tuple(str(rule) for rule in stored["first_stage_rules"]), **parts)
+
+
+def score_case(case: Path, cache: Path | None = None) -> CaseScores:
+    """The case's scores, from the cache when it holds them (and into it when it does not)."""
+    cached = cache / f"{case.name}.npz" if cache else None
+    if cached and cached.is_file():
+        return CaseScores.load(cached)
     engine = ScoringEngine(load_artifacts(case / "artifacts"))  # every rule the verdict can fuse
     calib = engine.score(np.load(case / "calib.npz")["x"])[1]
     clean = engine.score(np.load(case / "test_clean.npz")["x"])[1]
     triggered = np.load(case / "test_triggered.npz")
     predictions, backdoor = engine.score(triggered["x"])
     hit = predictions == triggered["target"]
-    backdoor = {rule: values[hit] for rule, values in backdoor.items()}
+    scores = CaseScores(engine.first_stage_rules, calib, clean, {rule: values[hit] for rule, values in backdoor.items()})
+    if cached:
+        cache.mkdir(parents=True, exist_ok=True)
+        scores.save(cached)
+    return scores
+
+
+def measure(scores: CaseScores) -> dict[Setting, dict]:
     rows = {}
     for setting in SETTINGS:
-        fusion = fit_fusion(calib, engine.first_stage_rules, setting.later_rules, setting.band, setting.weights)
-        threshold = fit_threshold(fusion.fuse(calib), TARGET_FPR).threshold
-        c, b = fusion.fuse(clean), fusion.fuse(backdoor)
+        fusion = fit_fusion(scores.calib, scores.first_stage_rules, setting.later_rules, setting.band,
+                            setting.weights)
+        threshold = fit_threshold(fusion.fuse(scores.calib), TARGET_FPR).threshold
+        c, b = fusion.fuse(scores.clean), fusion.fuse(scores.backdoor)
         rows[setting] = {"auroc": auroc(c, b), "tpr_at_1": tpr_at_fpr(c, b, TARGET_FPR),
                          "fpr": rate_above(c, threshold), "tpr": rate_above(b, threshold),
-                         "clean_share": float(fusion.needs_later(clean).mean()),
-                         "backdoor_share": float(fusion.needs_later(backdoor).mean())}
+                         "clean_share": float(fusion.needs_later(scores.clean).mean()),
+                         "backdoor_share": float(fusion.needs_later(scores.backdoor).mean())}
     return rows
+
+
+def study(case: Path, cache: Path | None = None) -> dict[Setting, dict]:
+    return measure(score_case(case, cache))
 
 
 def to_markdown(results: dict[str, dict[Setting, dict]]) -> str:
@@ -86,7 +131,8 @@ def to_markdown(results: dict[str, dict[Setting, dict]]) -> str:
              "The first stage (BaDExpert, the exposed margin, the Mahalanobis distance, the auxiliary posterior: "
              "one fused graph) scores every input; the later rules, STRIP on M (`strip_original`) and exposed "
              "STRIP (`strip`), 64 superimposed copies each, run only for inputs whose first-stage evidence is in "
-             "the band. Rules fused by summing their clean-tail evidence (firewall/fusion.py); fusion and "
+             "the band. Rules fused by summing their clean-tail evidence times their weights (firewall/fusion.py; "
+             "`weight` is each later rule's); fusion and "
              f"threshold fitted on calib.npz at {TARGET_FPR:.0%} FPR, measured on the test sets. "
              f"The default is **{DEFAULT.label}**. `clean share` is the share of clean test inputs that run the "
              "later rules, i.e. the cost; `backdoor share` the share of successful triggered inputs that reach "
@@ -112,14 +158,18 @@ def to_markdown(results: dict[str, dict[Setting, dict]]) -> str:
 
 
 def main() -> int:
-    cases = [Path(p) for p in sys.argv[1:] if (Path(p) / "attack.json").is_file()
+    args = sys.argv[1:]
+    cache = None
+    if args[:1] == ["--scores"] and len(args) > 1:
+        cache, args = Path(args[1]), args[2:]
+    cases = [Path(p) for p in args if (Path(p) / "attack.json").is_file()
              and json.loads((Path(p) / "attack.json").read_text())["attack"] != "none"]
     if not cases:
         print(__doc__.strip().splitlines()[-1], file=sys.stderr)
         return 2
     results = {}
     for case in cases:
-        results[case.name] = study(case)
+        results[case.name] = study(case, cache)
         print(f"{case.name} done", file=sys.stderr, flush=True)
     print(to_markdown(results))
     return 0

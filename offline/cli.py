@@ -10,7 +10,7 @@ from pathlib import Path
 
 from firewall.errors import UserError, run_reporting_errors
 from firewall.fusion import (DEFAULT_AUXILIARY_POSTERIOR_WEIGHT, DEFAULT_CASCADE_BAND, DEFAULT_EXPOSED_WEIGHT,
-                             DEFAULT_LATER_RULES, DEFAULT_MAHALANOBIS_WEIGHT)
+                             DEFAULT_LATER_RULE_WEIGHT, DEFAULT_LATER_RULES, DEFAULT_MAHALANOBIS_WEIGHT)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how much the exposed margin's evidence counts in the verdict beside BaDExpert's (weight 1)")
     c.add_argument("--mahalanobis-weight", type=float, default=DEFAULT_MAHALANOBIS_WEIGHT,
                    help="how much the Mahalanobis rule's evidence counts in the verdict beside BaDExpert's (weight 1)")
+    c.add_argument("--later-rule-weight", type=float, default=DEFAULT_LATER_RULE_WEIGHT,
+                   help="how much each later rule's evidence counts in the band beside BaDExpert's (weight 1)")
     c.add_argument("--auxiliary-posterior-weight", type=float, default=DEFAULT_AUXILIARY_POSTERIOR_WEIGHT,
                    help="how much the auxiliary posterior's evidence counts in the verdict beside BaDExpert's "
                         "(weight 1); shared between the auxiliaries like BaDExpert's")
@@ -145,12 +147,14 @@ def run(args: argparse.Namespace) -> None:
             print(f"{role:<14} held-out clean accuracy {info['heldout_clean_accuracy']:.2%}{extra}")
         print(f"wrote {args.out}")
     elif args.command == "calibrate":
+        from firewall.scoring import LATER_RULES
         from offline.calibrate import CalibrateConfig, run_calibrate
 
         thresholds = run_calibrate(CalibrateConfig(args.artifacts, args.clean_data, args.target_fpr,
                                                    args.cascade_band,
                                                    {"exposed": args.exposed_weight,
-                                                    "mahalanobis": args.mahalanobis_weight},
+                                                    "mahalanobis": args.mahalanobis_weight,
+                                                    **{rule: args.later_rule_weight for rule in LATER_RULES}},
                                                    args.auxiliary_posterior_weight, args.later_rules))
         for rule, t in thresholds.rules.items():
             print(f"{rule:<26} threshold {t.threshold:+.6g}  FPR on {t.n} clean: {t.fpr:.2%}")

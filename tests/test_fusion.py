@@ -123,6 +123,22 @@ def three_rules(n=2000):
     return {**clean_scores(n), "exposed": RNG.normal(-8.0, 2.0, n)}
 
 
+@pytest.mark.parametrize("band", [0.05, 0.1, 0.3])
+def test_the_band_holds_its_share_of_the_calibration_inputs_when_several_rules_open_it(band):
+    """The band is a quantile of each input's summed first-stage evidence, not of the sum of
+    each rule's sorted scores: that pairs the most suspicious score of one rule with the
+    most suspicious of the other, and opened the band for about half the share asked."""
+    scores = three_rules()
+    fusion = Fusion.fit(scores, ("badexpert", "exposed", "strip"), band, first_stage=2)
+    assert fusion.needs_later(scores).mean() == pytest.approx(band, abs=0.002)
+
+
+def test_the_clean_scores_must_come_from_the_same_inputs_for_every_rule():
+    scores = dict(three_rules(), exposed=RNG.normal(-8.0, 2.0, 1999))
+    with pytest.raises(UserError, match="same clean inputs"):
+        Fusion.fit(scores, ("badexpert", "exposed", "strip"), 0.1, first_stage=2)
+
+
 def test_the_first_stage_rules_are_always_fused_and_open_the_band_together():
     scores = three_rules()
     fusion = Fusion.fit(scores, ("badexpert", "exposed", "strip"), 0.1, first_stage=2)

@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from firewall.artifacts import MODEL_FILES, load_artifacts
+from firewall.fusion import DEFAULT_EXPOSED_WEIGHT, DEFAULT_LATER_RULE_WEIGHT
 from offline.cli import main as offline
 from offline.data.tensorsets import TensorSet, load_tensor_set
 
@@ -121,6 +122,19 @@ def test_calibrate_fuses_the_later_rules_it_is_given_inside_the_band(tiny_case: 
         assert offline([*calibrate, "--cascade-band", "0.1", "--later-rules", later]) == 0
         fusion = json.loads((copy / "thresholds.json").read_text())["fusion"]
         assert fusion["rules"][fusion["first_stage"]:] == fused_later and fusion["band_fraction"] == 0.1
+        assert all(fusion["weights"][rule] == DEFAULT_LATER_RULE_WEIGHT for rule in fused_later)
+
+
+def test_calibrate_weighs_the_later_rules_evidence_as_asked(tiny_case: Path, tiny_artifacts: Path, tmp_path: Path):
+    copy = tmp_path / "artifacts"
+    shutil.copytree(tiny_artifacts, copy)
+    assert offline(["calibrate", "--artifacts", str(copy), "--clean-data", str(tiny_case / "calib.npz"),
+                    "--later-rule-weight", "0.25"]) == 0
+    fusion = json.loads((copy / "thresholds.json").read_text())["fusion"]
+    later = fusion["rules"][fusion["first_stage"]:]
+    assert later == ["strip_original", "strip"]
+    assert {rule: fusion["weights"][rule] for rule in later} == {"strip_original": 0.25, "strip": 0.25}
+    assert fusion["weights"]["exposed"] == DEFAULT_EXPOSED_WEIGHT
 
 
 @pytest.mark.parametrize("later", ["scaleup", "strip,strip"])
@@ -144,10 +158,12 @@ def test_the_cascade_study_measures_the_verdict_offline_calibrate_makes(tiny_cas
     assert offline(["evaluate", "--artifacts", str(tiny_artifacts), "--clean-data", str(tiny_case / "test_clean.npz"),
                     "--backdoor-data", str(tiny_case / "test_triggered.npz"), "--json", str(report)]) == 0
     verdict = json.loads(report.read_text())["rules"]["firewall"]
-    measured = study(case)[DEFAULT]
-    assert measured["auroc"] == pytest.approx(verdict["auroc"])
-    assert measured["tpr_at_1"] == pytest.approx(verdict["tpr_at_fpr"]["0.01"])
-    assert measured["fpr"] == pytest.approx(verdict["threshold_fpr"])
+    measured = study(case, cache=tmp_path / "scores")
+    assert measured[DEFAULT]["auroc"] == pytest.approx(verdict["auroc"])
+    assert measured[DEFAULT]["tpr_at_1"] == pytest.approx(verdict["tpr_at_fpr"]["0.01"])
+    assert measured[DEFAULT]["fpr"] == pytest.approx(verdict["threshold_fpr"])
+    (case / "artifacts").unlink()  # the second run reads the scores it kept
+    assert study(case, cache=tmp_path / "scores") == measured
 
 
 def test_evaluate_writes_the_json_contract_and_plots(tiny_case: Path, tiny_artifacts: Path, tmp_path: Path):
