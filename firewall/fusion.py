@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from firewall.errors import UserError
-from firewall.rules import badexpert_rules, posterior_rules
+from firewall.rules import LATER_RULES, badexpert_rules, posterior_rules
 
 # By default inputs whose first-stage evidence is among the top 5% of the clean
 # calibration inputs' also run STRIP on M and exposed STRIP. The two catch different
@@ -44,8 +44,8 @@ from firewall.rules import badexpert_rules, posterior_rules
 # 0.829, nearly all on the ViT) at twice the STRIP cost (docs/CASCADE.md). Band 0 serves
 # the first stage alone.
 DEFAULT_CASCADE_BAND = 0.05
-# What an open band runs (`offline calibrate --later-rules`).
-DEFAULT_LATER_RULES = ("strip_original", "strip")
+# What an open band runs (`offline calibrate --later-rules`): both STRIPs.
+DEFAULT_LATER_RULES = LATER_RULES
 
 # The later rules' evidence counts half. A STRIP blind to a trigger (it scores triggered
 # inputs as cleaner than clean ones) adds nothing to them in the band and spreads the
@@ -74,7 +74,7 @@ DEFAULT_EXPOSED_WEIGHT = 0.5
 # rule". `offline calibrate --mahalanobis-weight`.
 DEFAULT_MAHALANOBIS_WEIGHT = 0.5
 DEFAULT_WEIGHTS = {"exposed": DEFAULT_EXPOSED_WEIGHT, "mahalanobis": DEFAULT_MAHALANOBIS_WEIGHT,
-                   **{rule: DEFAULT_LATER_RULE_WEIGHT for rule in DEFAULT_LATER_RULES}}
+                   **{rule: DEFAULT_LATER_RULE_WEIGHT for rule in LATER_RULES}}
 
 # The auxiliary posterior's evidence counts half as well, shared between the auxiliaries
 # like BaDExpert's. Read off the 32 attack cells built before session 16 (fused mean

@@ -16,19 +16,16 @@ import numpy as np
 from firewall.artifacts import PREDICTION_OUTPUT, Artifacts
 from firewall.errors import UserError
 from firewall.models import ModelSet, SessionTuning
-from firewall.rules import RULES, Batch, first_stage_rules
+from firewall.rules import LATER_RULES, RULES, Batch, first_stage_rules
 
 FIREWALL = "firewall"
-# The rules the sidecar can serve, cheap first: the first-stage rules are those the
-# artifacts' fused graph computes (`firewall.rules.first_stage_rules`), in one run for every
-# request; the later ones (64 superimposed copies through M or E) run only in the cascade's
-# band, those of them the calibration chose (`offline calibrate --later-rules`).
-LATER_RULES = ("strip_original", "strip")
 BASELINE_RULES = ("scaleup", "strip_exposed_entropy")
 
 
 def serving_rules(artifacts: Artifacts) -> tuple[str, ...]:
-    """Every rule a calibration of these artifacts can fuse: the first stage and the later rules."""
+    """Every rule a calibration of these artifacts can fuse, cheap first: the first-stage rules
+    the artifacts' fused graph computes in one run for every request, then the later rules
+    the cascade's band runs."""
     return (*first_stage_rules(artifacts.model_roles), *LATER_RULES)
 
 

@@ -17,7 +17,8 @@ from firewall.artifacts import THRESHOLDS, Artifacts, load_artifacts
 from firewall.errors import UserError
 from firewall.fusion import (DEFAULT_AUXILIARY_POSTERIOR_WEIGHT, DEFAULT_CASCADE_BAND, DEFAULT_LATER_RULES,
                              DEFAULT_WEIGHTS, Fusion, default_weights)
-from firewall.scoring import BASELINE_RULES, LATER_RULES, ScoringEngine, serving_rules
+from firewall.rules import LATER_RULES
+from firewall.scoring import BASELINE_RULES, ScoringEngine, serving_rules
 from firewall.thresholds import Thresholds
 from offline.data.tensorsets import load_tensor_set
 

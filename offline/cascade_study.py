@@ -28,6 +28,7 @@ import numpy as np
 
 from firewall.artifacts import load_artifacts
 from firewall.fusion import DEFAULT_CASCADE_BAND, DEFAULT_LATER_RULE_WEIGHT, DEFAULT_LATER_RULES, DEFAULT_WEIGHTS
+from firewall.rules import LATER_RULES
 from firewall.scoring import ScoringEngine
 from firewall.thresholds import fit_threshold
 from offline.calibrate import fit_fusion
@@ -56,7 +57,7 @@ class Setting:
 
 FIRST_STAGE_ALONE = Setting((), 0.0)
 DEFAULT = Setting(DEFAULT_LATER_RULES, DEFAULT_CASCADE_BAND) if DEFAULT_CASCADE_BAND > 0 else FIRST_STAGE_ALONE
-BOTH = ("strip_original", "strip")
+BOTH = LATER_RULES
 SETTINGS = tuple(dict.fromkeys((FIRST_STAGE_ALONE,
                                 *(Setting(("strip_original",), band) for band in (0.05, 0.1, 0.2, 1.0)),
                                 Setting(("strip",), 0.05),

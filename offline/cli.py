@@ -11,6 +11,7 @@ from pathlib import Path
 from firewall.errors import UserError, run_reporting_errors
 from firewall.fusion import (DEFAULT_AUXILIARY_POSTERIOR_WEIGHT, DEFAULT_CASCADE_BAND, DEFAULT_EXPOSED_WEIGHT,
                              DEFAULT_LATER_RULE_WEIGHT, DEFAULT_LATER_RULES, DEFAULT_MAHALANOBIS_WEIGHT)
+from firewall.rules import LATER_RULES
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -147,7 +148,6 @@ def run(args: argparse.Namespace) -> None:
             print(f"{role:<14} held-out clean accuracy {info['heldout_clean_accuracy']:.2%}{extra}")
         print(f"wrote {args.out}")
     elif args.command == "calibrate":
-        from firewall.scoring import LATER_RULES
         from offline.calibrate import CalibrateConfig, run_calibrate
 
         thresholds = run_calibrate(CalibrateConfig(args.artifacts, args.clean_data, args.target_fpr,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from firewall.artifacts import SCHEMA_VERSION
-from firewall.scoring import LATER_RULES
+from firewall.rules import LATER_RULES
 from offline.cells import built_manifest, built_variants, eval_path
 
 RULES = ("firewall", "badexpert", "badexpert_tsbd", "exposed", "mahalanobis", "auxiliary_posterior",

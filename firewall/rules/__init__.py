@@ -18,6 +18,10 @@ RULES: dict[str, type[Rule]] = {
                  AuxiliaryTsbdPosteriorRule, ExposedStripRule, StripOriginalRule, ScaleUpRule, ExposedEntropyRule)
 }
 
+# The costly rules (64 superimposed copies through M or E each) that run only in the
+# cascade's band, those of them the calibration chose (`offline calibrate --later-rules`).
+LATER_RULES = (StripOriginalRule.name, ExposedStripRule.name)
+
 
 def badexpert_rules(rules: Iterable[str]) -> list[str]:
     """The BaDExpert rules among `rules` (one per M'), in their order."""
@@ -42,7 +46,7 @@ def first_stage_rules(model_roles: Iterable[str]) -> tuple[str, ...]:
     return tuple(rule for rule in BY_CLASS_OUTPUTS if getattr(RULES[rule], "auxiliary", None) in (None, *roles))
 
 
-__all__ = ["RULES", "auxiliary_roles", "badexpert_rules", "first_stage_rules", "posterior_rules", "Batch", "Rule",
+__all__ = ["RULES", "LATER_RULES", "auxiliary_roles", "badexpert_rules", "first_stage_rules", "posterior_rules", "Batch", "Rule",
            "BadExpertRule", "BadExpertTsbdRule", "AuxiliaryPosteriorRule", "AuxiliaryTsbdPosteriorRule", "ExposedRule",
            "MahalanobisRule", "ExposedStripRule", "StripOriginalRule",
            "ScaleUpRule", "ExposedEntropyRule"]
