@@ -119,6 +119,9 @@ class Fusion:
     band_fraction: float
     first_stage: int = 1
     weights: dict[str, float] = field(default_factory=dict)  # a rule's evidence multiplier; 1 if absent
+    # The share of the calibration inputs the band opened for, as fitted; None in files
+    # calibrated before session 23, whose band opened for about half its `band_fraction`.
+    band_share: float | None = None
     # Each rule's tail scale, read once from its clean scores rather than on every batch
     # (most of the evidence's cost on the scoring thread: about 215 -> 145 us a one-input batch, six rules).
     tail_scales: dict[str, float] = field(init=False, repr=False, compare=False)
@@ -152,15 +155,16 @@ class Fusion:
             raise UserError("the rules' clean scores must come from the same clean inputs, got lengths "
                             f"{ {rule: len(scores) for rule, scores in aligned.items()} }")
         clean = {rule: np.sort(scores) for rule, scores in aligned.items()}
+        # Each input's own first-stage evidence: the rules' scores paired input by input.
+        first = _weighted_sum(clean, _tail_scales(clean), weights, rules[:first_stage], aligned)
         if band_fraction == 0.0:
             band_low = np.inf
         elif band_fraction == 1.0:
             band_low = -np.inf
         else:
-            # Each input's own first-stage evidence: the rules' scores paired input by input.
-            first = _weighted_sum(clean, _tail_scales(clean), weights, rules[:first_stage], aligned)
             band_low = float(np.quantile(first, 1.0 - band_fraction))
-        return cls(tuple(rules), clean, band_low, band_fraction, first_stage, weights)
+        band_share = float((first >= band_low).mean())
+        return cls(tuple(rules), clean, band_low, band_fraction, first_stage, weights, band_share)
 
     @property
     def first(self) -> tuple[str, ...]:
@@ -179,6 +183,14 @@ class Fusion:
     @property
     def band_open(self) -> bool:
         return bool(self.reachable_later)
+
+    @property
+    def band_predates_per_input_fit(self) -> bool:
+        """Whether an open, partial band was fitted before session 23, when its edge was a
+        quantile of the sum of each rule's separately sorted clean scores: such a band
+        opens for about half the share `band_fraction` says (verdicts still meet the
+        target FPR; the cascade just consults its later rules less often than asked)."""
+        return self.band_open and 0.0 < self.band_fraction < 1.0 and self.band_share is None
 
     def evidence(self, rule: str, scores: np.ndarray) -> np.ndarray:
         """The rule's weight times -log of the smoothed share of clean calibration scores
@@ -224,7 +236,7 @@ class Fusion:
         return {"method": "fisher", "rules": list(self.rules), "first_stage": self.first_stage,
                 "weights": self.weight_of_each_rule(),
                 "band_low": _finite_or_text(self.band_low), "band_fraction": self.band_fraction,
-                "clean": {rule: scores.tolist() for rule, scores in self.clean.items()}}
+                "band_share": self.band_share, "clean": {rule: scores.tolist() for rule, scores in self.clean.items()}}
 
     @classmethod
     def from_json(cls, data: dict) -> "Fusion":
@@ -232,13 +244,15 @@ class Fusion:
             raise KeyError("fusion.method (this firewall fuses by Fisher's method)")
         clean = {rule: np.sort(np.asarray(values, np.float64)) for rule, values in data["clean"].items()}
         weights = {rule: float(w) for rule, w in data.get("weights", {}).items()}  # absent before weights existed
+        band_share = data.get("band_share")  # absent before session 23
         return cls(tuple(data["rules"]), clean, float(data["band_low"]), float(data["band_fraction"]),
-                   int(data["first_stage"]), weights)
+                   int(data["first_stage"]), weights, None if band_share is None else float(band_share))
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, Fusion) and self.rules == other.rules and self.first_stage == other.first_stage
                 and self.weight_of_each_rule() == other.weight_of_each_rule()
                 and self.band_low == other.band_low and self.band_fraction == other.band_fraction
+                and self.band_share == other.band_share
                 and all(np.array_equal(self.clean[r], other.clean[r]) for r in self.rules))
 
     __hash__ = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -102,6 +103,11 @@ class Thresholds:
             rules = {k: RuleThreshold(float(v["threshold"]), float(v["fpr"]), int(v["n"]))
                      for k, v in data["rules"].items()}
             fusion = Fusion.from_json(data["fusion"]) if "fusion" in data else None
-            return cls(float(data["target_fpr"]), rules, fusion)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{path} is malformed ({exc!r}): run `offline calibrate` again") from exc
+        if fusion is not None and fusion.band_predates_per_input_fit:
+            print(f"warning: {path} was calibrated before the cascade band was fitted on each input's own "
+                  f"evidence: its band opens for about half of the {fusion.band_fraction:.0%} of clean traffic "
+                  "it names (the verdict still meets its target FPR); run `offline calibrate` again",
+                  file=sys.stderr)
+        return cls(float(data["target_fpr"]), rules, fusion)

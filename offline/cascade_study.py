@@ -19,6 +19,7 @@ usage: python -m offline.cascade_study [--scores DIR] CASE_DIR... > docs/CASCADE
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -159,18 +160,17 @@ def to_markdown(results: dict[str, dict[Setting, dict]]) -> str:
 
 
 def main() -> int:
-    args = sys.argv[1:]
-    cache = None
-    if args[:1] == ["--scores"] and len(args) > 1:
-        cache, args = Path(args[1]), args[2:]
-    cases = [Path(p) for p in args if (Path(p) / "attack.json").is_file()
-             and json.loads((Path(p) / "attack.json").read_text())["attack"] != "none"]
+    parser = argparse.ArgumentParser(prog="cascade_study", description=__doc__.splitlines()[0])
+    parser.add_argument("--scores", type=Path, help="keep each case's scores in DIR/<case>.npz and reuse them")
+    parser.add_argument("cases", type=Path, nargs="+", help="case directories; clean-model cases are skipped")
+    args = parser.parse_args()
+    cases = [case for case in args.cases if (case / "attack.json").is_file()
+             and json.loads((case / "attack.json").read_text())["attack"] != "none"]
     if not cases:
-        print(__doc__.strip().splitlines()[-1], file=sys.stderr)
-        return 2
+        parser.error("no attack case among the directories given (each needs an attack.json)")
     results = {}
     for case in cases:
-        results[case.name] = study(case, cache)
+        results[case.name] = study(case, args.scores)
         print(f"{case.name} done", file=sys.stderr, flush=True)
     print(to_markdown(results))
     return 0

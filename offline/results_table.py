@@ -173,24 +173,29 @@ def earlier_builds_note(table: dict) -> list[str]:
 
 
 def cascade_note(table: dict) -> list[str]:
-    """Which later rules the verdict ran, in how wide a band, and what share of clean traffic paid for them,
-    as each cell's evaluation recorded it: a matrix recalibrated over sessions may mix settings."""
-    settings: dict[tuple[tuple[str, ...], float], list[float]] = defaultdict(list)
+    """Which later rules the verdict ran, at what weight, in how wide a band, and what share of clean traffic
+    paid for them, as each cell's evaluation recorded it: a matrix recalibrated over sessions may mix settings."""
+    settings: dict[tuple[tuple[str, ...], float, tuple[float, ...] | None], list[float]] = defaultdict(list)
     for attacks in table.values():
         for records in attacks.values():
             for record in records:
                 cascade = record["eval"].get("cascade", {})
                 band = float(cascade.get("band_fraction", 0.0))
                 later = tuple(rule for rule in cascade.get("rules", ()) if rule in LATER_RULES) if band > 0 else ()
-                settings[later, band].append(float(cascade.get("clean_share_scored_by_later_rules", 0.0)))
+                recorded = cascade.get("later_rule_weights")  # evaluations before session 24 did not record them
+                weights = tuple(float(recorded[rule]) for rule in later) if later and recorded is not None else None
+                settings[later, band, weights].append(float(cascade.get("clean_share_scored_by_later_rules", 0.0)))
     lines = []
-    for (later, band), shares in sorted(settings.items(), key=lambda item: -len(item[1])):
-        ran = (f"the first stage with {' and '.join(f'`{rule}`' for rule in later)} in a {band:.0%} band, which "
+    for (later, band, weights), shares in sorted(settings.items(), key=lambda item: -len(item[1])):
+        at = ("" if weights is None else
+              f" at weight {weights[0]:g}" if len(set(weights)) == 1 else
+              " at weights " + ", ".join(f"{w:g}" for w in weights))
+        ran = (f"the first stage with {' and '.join(f'`{rule}`' for rule in later)}{at} in a {band:.0%} band, which "
                f"{np.mean(shares):.1%} of the clean test inputs reached on average" if later
                else "the first stage alone (no band)")
         lines.append(f"- {len(shares)} cells and seeds: {ran}.")
     return ["The verdict's cascade, as the cells were calibrated (`offline calibrate --cascade-band`, "
-            "`--later-rules`):", "", *lines, ""] if lines else []
+            "`--later-rules`, `--later-rule-weight`):", "", *lines, ""] if lines else []
 
 
 def _cell_names(table: dict) -> set[str]:

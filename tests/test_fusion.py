@@ -1,5 +1,7 @@
 """The firewall's verdict fuses the rules and is calibrated as one score on clean data."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -131,6 +133,7 @@ def test_the_band_holds_its_share_of_the_calibration_inputs_when_several_rules_o
     scores = three_rules()
     fusion = Fusion.fit(scores, ("badexpert", "exposed", "strip"), band, first_stage=2)
     assert fusion.needs_later(scores).mean() == pytest.approx(band, abs=0.002)
+    assert fusion.band_share == fusion.needs_later(scores).mean()
 
 
 def test_the_clean_scores_must_come_from_the_same_inputs_for_every_rule():
@@ -234,3 +237,19 @@ def test_a_rule_with_constant_clean_scores_does_not_divide_by_zero():
 def test_a_band_outside_zero_to_one_is_refused(band):
     with pytest.raises(UserError, match="fraction"):
         Fusion.fit(clean_scores(), ("badexpert", "strip"), band)
+
+
+def test_a_band_calibrated_before_it_was_fitted_per_input_is_reported_when_loaded(tmp_path, capsys):
+    """Files from before session 23 carry no `band_share`: their band opens for about half
+    the share they name, so loading one says to calibrate again."""
+    scores = three_rules()
+    for band, stale in ((0.1, True), (0.0, False), (1.0, False)):
+        thresholds = Thresholds.fit(scores, 0.01, Fusion.fit(scores, ("badexpert", "exposed", "strip"), band, 2))
+        thresholds.save(tmp_path / "thresholds.json")
+        assert Thresholds.load(tmp_path / "thresholds.json").fusion == thresholds.fusion
+        assert "calibrate" not in capsys.readouterr().err
+        data = json.loads((tmp_path / "thresholds.json").read_text())
+        del data["fusion"]["band_share"]
+        (tmp_path / "thresholds.json").write_text(json.dumps(data))
+        assert Thresholds.load(tmp_path / "thresholds.json").fusion.band_predates_per_input_fit is stale
+        assert ("run `offline calibrate` again" in capsys.readouterr().err) is stale

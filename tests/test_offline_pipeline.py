@@ -416,9 +416,14 @@ def test_results_table_says_which_later_rules_the_verdict_ran_and_what_share_of_
                                  "clean_share_scored_by_later_rules": 0.06})
     cell("digits-wanet-resnet", {"rules": [*first, "strip"], "band_fraction": 0.0,
                                  "clean_share_scored_by_later_rules": 0.0})
+    cell("digits-trojan-resnet", {"rules": [*first, "strip_original", "strip"], "band_fraction": 0.05,
+                                  "later_rule_weights": {"strip_original": 0.5, "strip": 0.5},
+                                  "clean_share_scored_by_later_rules": 0.045})
     text = render(load_cells(tmp_path))
     assert ("- 2 cells and seeds: the first stage with `strip_original` and `strip` in a 10% band, which 5.0% of the "
             "clean test inputs reached on average.") in text
+    assert ("- 1 cells and seeds: the first stage with `strip_original` and `strip` at weight 0.5 in a 5% band, which "
+            "4.5% of the clean test inputs reached on average.") in text
     assert "- 1 cells and seeds: the first stage alone (no band)." in text
 
 
