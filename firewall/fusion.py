@@ -192,6 +192,18 @@ class Fusion:
         target FPR; the cascade just consults its later rules less often than asked)."""
         return self.band_open and 0.0 < self.band_fraction < 1.0 and self.band_share is None
 
+    def describe_band(self) -> str:
+        """One line for the sidecar's start-up log: what the cascade runs, and for how much
+        clean traffic, so that an operator sees the STRIP cost they calibrated for."""
+        if not self.band_open:
+            return "first stage only (no cascade band)"
+        weights = self.weight_of_each_rule()
+        later = " and ".join(f"{rule} (weight {weights[rule]:g})" for rule in self.later)
+        share = ("not recorded: calibrated before session 23, about half that; calibrate again"
+                 if self.band_share is None else f"{self.band_share:.1%} of them")
+        return (f"{later} for inputs in the top {self.band_fraction:.0%} of the clean calibration inputs' "
+                f"first-stage evidence ({share})")
+
     def evidence(self, rule: str, scores: np.ndarray) -> np.ndarray:
         """The rule's weight times -log of the smoothed share of clean calibration scores
         at or above each score: 0 for the least suspicious, weight x log(n + 1) just

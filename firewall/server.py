@@ -283,6 +283,7 @@ async def serve(config: ServeConfig, ready: asyncio.Event | None = None) -> None
     print(f"firewall: protecting '{firewall.model}' on port {port} -> {config.upstream} "
           f"(mode {config.mode}, on-error {config.on_error}, onnxruntime {firewall.engine.models.providers[0]}, "
           f"metrics :{config.metrics_port}/metrics)", flush=True)
+    print(f"firewall: cascade: {firewall.fusion.describe_band()}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

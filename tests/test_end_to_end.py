@@ -80,6 +80,11 @@ def upstream_infers(mlserver) -> float:
     return metric(read_metrics(mlserver[1]), "grpc_server_started_total", grpc_method="ModelInfer")
 
 
+def test_the_sidecar_says_at_start_what_its_cascade_runs(firewall, logs):
+    log = (logs / f"firewall-{firewall[0]}.log").read_text()
+    assert "firewall: cascade: strip_original (weight 0.5) and strip (weight 0.5) for inputs in the top 5%" in log
+
+
 def test_clean_inputs_pass_with_the_upstreams_exact_output(firewall, mlserver, inputs):
     clean, _ = inputs
     for row in range(5):

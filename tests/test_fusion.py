@@ -253,3 +253,14 @@ def test_a_band_calibrated_before_it_was_fitted_per_input_is_reported_when_loade
         (tmp_path / "thresholds.json").write_text(json.dumps(data))
         assert Thresholds.load(tmp_path / "thresholds.json").fusion.band_predates_per_input_fit is stale
         assert ("run `offline calibrate` again" in capsys.readouterr().err) is stale
+
+
+def test_the_band_is_described_with_its_rules_weights_and_share_of_clean_traffic():
+    scores = three_rules()
+    shut = Fusion.fit(scores, ("badexpert", "exposed", "strip"), 0.0, first_stage=2)
+    assert shut.describe_band() == "first stage only (no cascade band)"
+    band = Fusion.fit(scores, ("badexpert", "exposed", "strip"), 0.05, first_stage=2, weights={"strip": 0.5})
+    assert band.describe_band() == ("strip (weight 0.5) for inputs in the top 5% of the clean calibration inputs' "
+                                    f"first-stage evidence ({band.band_share:.1%} of them)")
+    old = Fusion.from_json({**band.to_json(), "band_share": None})
+    assert "calibrate again" in old.describe_band()
