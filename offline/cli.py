@@ -158,6 +158,7 @@ def run(args: argparse.Namespace) -> None:
                                                    args.auxiliary_posterior_weight, args.later_rules))
         for rule, t in thresholds.rules.items():
             print(f"{rule:<26} threshold {t.threshold:+.6g}  FPR on {t.n} clean: {t.fpr:.2%}")
+        print(f"cascade: {thresholds.fusion.describe_band()}")
     elif args.command == "bench":
         from offline.attacks import ATTACKS
         from offline.bench import QUICK, BenchConfig, run_bench

@@ -125,7 +125,8 @@ def test_calibrate_fuses_the_later_rules_it_is_given_inside_the_band(tiny_case: 
         assert all(fusion["weights"][rule] == DEFAULT_LATER_RULE_WEIGHT for rule in fused_later)
 
 
-def test_calibrate_weighs_the_later_rules_evidence_as_asked(tiny_case: Path, tiny_artifacts: Path, tmp_path: Path):
+def test_calibrate_weighs_the_later_rules_evidence_as_asked(tiny_case: Path, tiny_artifacts: Path, tmp_path: Path,
+                                                            capsys):
     copy = tmp_path / "artifacts"
     shutil.copytree(tiny_artifacts, copy)
     assert offline(["calibrate", "--artifacts", str(copy), "--clean-data", str(tiny_case / "calib.npz"),
@@ -135,6 +136,8 @@ def test_calibrate_weighs_the_later_rules_evidence_as_asked(tiny_case: Path, tin
     assert later == ["strip_original", "strip"]
     assert {rule: fusion["weights"][rule] for rule in later} == {"strip_original": 0.25, "strip": 0.25}
     assert fusion["weights"]["exposed"] == DEFAULT_EXPOSED_WEIGHT
+    assert (f"cascade: strip_original (weight 0.25) and strip (weight 0.25) for inputs in the top 5% of the clean "
+            f"calibration inputs' first-stage evidence ({fusion['band_share']:.1%} of them)") in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("later", ["scaleup", "strip,strip"])
