@@ -122,6 +122,31 @@ def test_an_auxiliary_rate_that_diverges_never_counts_as_recovered():
     assert report.lr == 1e-3
 
 
+def _search(monkeypatch, drops: dict[float, list[float]]) -> tuple[float, list[float]]:
+    """The auxiliary's rate search over fine-tunes whose held-out accuracy, epoch by epoch,
+    lies the given amounts below M's; returns (the rate kept, the rates tried)."""
+    def fine_tune(model, train, heldout, lr, *args):
+        start = stages.accuracy(model, heldout.x, heldout.y)
+        trajectory = [start, *(start - drop for drop in drops[lr])]
+        return model, stages.StageReport("sgd-nesterov", lr, "test", "budget", 10, trajectory[-1]), trajectory
+
+    monkeypatch.setattr(stages, "_auxiliary_at", fine_tune)
+    _, report = stages.auxiliary_model(tiny_model(), tiny_task(60, 0), tiny_task(30, 1), num_classes=3,
+                                       lrs=tuple(drops))
+    return report.lr, [run["lr"] for run in report.selection["search"]]
+
+
+def test_the_auxiliary_keeps_the_largest_rate_that_shook_the_task_and_recovered(monkeypatch):
+    """A rate that never dips leaves M's backdoor in M'; one that dips and recovers has shaken it loose."""
+    lr, tried = _search(monkeypatch, {0.1: [0.3, 0.3], 0.07: [0.3, 0.1], 0.05: [0.2, 0.0], 0.03: [0.0, 0.0]})
+    assert lr == 0.07 and tried == [0.1, 0.07]  # the search stops at the first that does both
+
+
+def test_when_no_rate_dips_and_recovers_the_auxiliary_takes_the_largest_that_ends_near_m(monkeypatch):
+    lr, tried = _search(monkeypatch, {0.1: [0.3, 0.3], 0.07: [0.3, 0.2], 0.03: [0.02, 0.02]})
+    assert lr == 0.07 and tried == [0.1, 0.07, 0.03]  # every rate tried; 0.03 never left the task
+
+
 def test_tsbd_fine_tuning_that_diverges_returns_finite_weights_and_the_steps_it_kept():
     model = tiny_model()
     trajectory, taken = activeness_aware_finetune(model, tiny_task(60, 0), tiny_task(30, 1), steps=20,

@@ -63,16 +63,14 @@ def test_the_expert_rate_is_the_one_that_forgot_with_the_least_weight_change(tin
     assert collapsed and expert["lr"] == min(collapsed, key=lambda run: run["weight_change"])["lr"]
 
 
-def test_the_auxiliary_rate_is_the_largest_that_keeps_the_task(tiny_artifacts: Path):
+def test_the_auxiliary_rate_is_the_largest_that_dips_and_recovers(tiny_artifacts: Path):
     auxiliary = json.loads((tiny_artifacts / "manifest.json").read_text())["models"]["auxiliary"]
     search = auxiliary["selection"]["search"]
     tried = [run["lr"] for run in search]
     assert tried == sorted(tried, reverse=True)  # largest first
-    assert not any(run["recovered"] for run in search[:-1])  # the search stops at the first that recovers
-    if search[-1]["recovered"]:
+    assert not any(run["dipped"] and run["recovered"] for run in search[:-1])  # it stops at the first that does both
+    if search[-1]["dipped"] and search[-1]["recovered"]:
         assert auxiliary["lr"] == search[-1]["lr"]
-    else:
-        assert auxiliary["lr"] == max(search, key=lambda run: run["final"])["lr"]
     assert all(len(run["trajectory"]) == 11 for run in search)  # M, then every epoch
 
 

@@ -221,7 +221,11 @@ def exposed_model(model: nn.Module, train: TensorSet, heldout: TensorSet, num_cl
 
 
 AUXILIARY_LRS = (0.1, 0.07, 0.05, 0.03, 0.01)
+# A rate shook M when held-out accuracy fell more than AUXILIARY_MARGIN below M's, and
+# recovered when it ended within it; AUXILIARY_WIDE_MARGIN is the recovery accepted when
+# no rate does both.
 AUXILIARY_MARGIN = 0.15
+AUXILIARY_WIDE_MARGIN = 0.25
 
 
 def _auxiliary_at(model: nn.Module, train: TensorSet, heldout: TensorSet, lr: float, epochs: int,
@@ -241,19 +245,25 @@ def _auxiliary_at(model: nn.Module, train: TensorSet, heldout: TensorSet, lr: fl
 
 
 def auxiliary_model(model: nn.Module, train: TensorSet, heldout: TensorSet, num_classes: int, *,
-                    lrs: tuple[float, ...] = AUXILIARY_LRS, margin: float = AUXILIARY_MARGIN, epochs: int = 10,
-                    min_epoch_steps: int = 20, batch_size: int = 64, seed: int = 0) -> tuple[nn.Module, StageReport]:
+                    lrs: tuple[float, ...] = AUXILIARY_LRS, margin: float = AUXILIARY_MARGIN,
+                    wide_margin: float = AUXILIARY_WIDE_MARGIN, epochs: int = 10, min_epoch_steps: int = 20,
+                    batch_size: int = 64, seed: int = 0) -> tuple[nn.Module, StageReport]:
     """BaDExpert's M': clean fine-tuning with a large learning rate (SGD, nesterov).
 
     The schedule keeps the paper's shape (10 epochs, lr x0.1 at epochs 2, 4, 6, 8) but an
     "epoch" is at least `min_epoch_steps` steps so that small clean sets still move M.
-    The rate is chosen on clean data: the largest rate whose M' ends within `margin` of
-    M's held-out accuracy. The larger the rate, the more of the backdoor is shaken loose;
-    M' only has to keep enough of the task that clean inputs' `a` stays high. Measured on
-    six poisoned models (docs/METHODS.md): the previous criterion (deepest dip among the
-    rates that recover to within 5 points) kept 0.03 on shapes/lowfreq, where M' still
-    gave triggered inputs' target 41% and the rule's AUROC was 0.73; SGD 0.1 ended 12
-    points down, left 2% and gave 0.98.
+    The rate is chosen on clean data, largest first: the largest rate whose held-out
+    accuracy dips more than `margin` below M's and ends within `margin` of it (it shook
+    the task loose and recovered); if none does, the largest that ends within
+    `wide_margin`; if none, the one that ends highest. The dip is what unlearns the
+    backdoor: on the digits ViT every rate from 0.05 up dips and cannot recover within the
+    schedule, and the largest rate ending within 15 points (the criterion until session
+    24) was 0.03, which barely moved M (held-out 1.00 -> 0.98) and kept the backdoor (M'
+    gave triggered inputs' target 0.96 on average), so the rule rested on the expert alone
+    (docs/METHODS.md, "The fine-tuned auxiliary on the ViT"). The larger the rate, the more
+    of the backdoor is shaken loose; M' only has to keep enough of the task that clean
+    inputs' `a` stays high (shapes/lowfreq: SGD 0.1 ended 12 points down, left the target
+    2% and gave AUROC 0.98 where 0.03 left it 41% and gave 0.73).
     """
     start = accuracy(model, heldout.x, heldout.y)
     runs = []
@@ -262,12 +272,15 @@ def auxiliary_model(model: nn.Module, train: TensorSet, heldout: TensorSet, num_
                                                       batch_size, seed)
         diverged = report.stopped_by == "divergence"
         evidence = {"lr": lr, "trajectory": [round(a, 4) for a in trajectory], "dip": min(trajectory),
-                    "final": trajectory[-1], "diverged": diverged,
+                    "final": trajectory[-1], "diverged": diverged, "dipped": min(trajectory) < start - margin,
                     "recovered": not diverged and trajectory[-1] >= start - margin}
         runs.append((auxiliary, report, evidence))
-        if evidence["recovered"]:
-            break  # rates are tried largest first: the first that recovers is the largest that does
-    auxiliary, report, _ = runs[-1] if runs[-1][2]["recovered"] else max(runs, key=lambda run: run[2]["final"])
-    report.selection = {"criterion": f"largest rate whose held-out accuracy ends within {margin} of M's "
-                                     f"({start:.4f})", "search": [run[2] for run in runs]}
+        if evidence["dipped"] and evidence["recovered"]:
+            break  # rates are tried largest first: the first that does both is the largest that does
+    shook = [run for run in runs if run[2]["dipped"] and run[2]["recovered"]]
+    within_wide = [run for run in runs if not run[2]["diverged"] and run[2]["final"] >= start - wide_margin]
+    auxiliary, report, _ = (shook or within_wide or [max(runs, key=lambda run: run[2]["final"])])[0]
+    report.selection = {"criterion": f"largest rate whose held-out accuracy dips more than {margin} below M's "
+                                     f"({start:.4f}) and ends within {margin} of it; if none, the largest ending "
+                                     f"within {wide_margin}", "search": [run[2] for run in runs]}
     return auxiliary, report
