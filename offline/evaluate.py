@@ -63,9 +63,10 @@ def run_evaluate(config: EvaluateConfig) -> dict:
 
     clean_pred, clean_scores = score(clean.x)
     fusion = thresholds.fusion
+    weights = fusion.weight_of_each_rule()
     report: dict = {"n_clean": len(clean), "clean_accuracy": float((clean_pred == clean.y).mean()),
                     "cascade": {"rules": list(fusion.rules), "band_fraction": fusion.band_fraction,
-                                "later_rule_weights": {rule: fusion.weight_of_each_rule()[rule] for rule in fusion.later},
+                                "later_rule_weights": {rule: weights[rule] for rule in fusion.later},
                                 "clean_share_scored_by_later_rules":
                                     float(fusion.needs_later(clean_scores).mean())},
                     "clean_by_predicted_class": np.bincount(clean_pred, minlength=manifest.num_classes).tolist(),
