@@ -44,6 +44,10 @@ FUSED_FILES = {
     "fused": "fused.onnx",
     "fused_without_original": "fused_without_original.onnx",
 }
+# Their int8 copies (`offline quantize`, offline/build/quantize.py), which only sets that were
+# quantized have; thresholds.json says which of the two its thresholds were fitted on.
+INT8_FUSED_FILES = {role: filename.replace(".onnx", ".int8.onnx") for role, filename in FUSED_FILES.items()}
+PRECISIONS = ("fp32", "int8")
 PREDICTION_OUTPUT = "prediction"
 # The fused graphs' per-class score outputs, by the rule that reads them.
 BY_CLASS_OUTPUTS = {"badexpert": "badexpert_by_class", "badexpert_tsbd": "badexpert_tsbd_by_class",
@@ -136,7 +140,14 @@ class Artifacts:
     def path(self, filename: str) -> Path:
         return self.root / filename
 
-    def model_path(self, role: str) -> Path:
+    def model_path(self, role: str, precision: str = "fp32") -> Path:
+        """The ONNX file of a model or a fused graph; `precision` picks the fused graphs' int8 copies."""
+        if precision == "int8" and role in INT8_FUSED_FILES:
+            filename = INT8_FUSED_FILES[role]
+            if filename not in self.manifest.files:
+                raise ArtifactError(f"{self.root} has no int8 graphs: run `offline quantize --artifacts {self.root} "
+                                    "--clean-data CLEAN.npz` first (or calibrate with --precision fp32)")
+            return self.root / filename
         return self.root / {**MODEL_FILES, **FUSED_FILES}[role]
 
     @property

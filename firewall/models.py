@@ -64,8 +64,9 @@ class ModelSet:
     """
 
     def __init__(self, artifacts: Artifacts, providers: list[str | tuple[str, dict]] | None = None,
-                 tuning: SessionTuning = SessionTuning()):
+                 tuning: SessionTuning = SessionTuning(), precision: str = "fp32"):
         self._artifacts = artifacts
+        self.precision = precision  # of the fused graphs (the separate models are float)
         self._options = tuning.session_options()
         self._providers = providers or default_providers()
         self._gpu_batch = tuning.gpu_batch
@@ -87,7 +88,7 @@ class ModelSet:
                 raise KeyError(f"no model '{role}' in this artifacts set")
             with self._opening:
                 if role not in self.sessions:
-                    opened = ort.InferenceSession(str(self._artifacts.model_path(role)), self._options,
+                    opened = ort.InferenceSession(str(self._artifacts.model_path(role, self.precision)), self._options,
                                                   providers=self._providers)
                     self.output_names[role] = [o.name for o in opened.get_outputs()]
                     if opened.get_providers()[0] == "CUDAExecutionProvider":

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from firewall.artifacts import PREDICTION_OUTPUT, Artifacts
+from firewall.artifacts import PRECISIONS, PREDICTION_OUTPUT, Artifacts
 from firewall.errors import UserError
 from firewall.models import ModelSet, SessionTuning
 from firewall.rules import LATER_RULES, RULES, Batch, first_stage_rules
@@ -37,6 +37,7 @@ class ScoringEngine:
         providers: list[str] | None = None,
         chunk_size: int = 128,
         tuning: SessionTuning = SessionTuning(),
+        precision: str = "fp32",  # of the fused first-stage graph: thresholds.json's, where it is served
     ):
         rules = serving_rules(artifacts) if rules is None else rules
         unknown = [r for r in rules if r not in RULES]
@@ -44,7 +45,9 @@ class ScoringEngine:
             raise UserError(f"unknown rule(s) {unknown}; known rules: {sorted(RULES)}")
         self.manifest = artifacts.manifest
         self.first_stage_rules = first_stage_rules(artifacts.model_roles)
-        self.models = ModelSet(artifacts, providers=providers, tuning=tuning)
+        if precision not in PRECISIONS:
+            raise UserError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
+        self.models = ModelSet(artifacts, providers=providers, tuning=tuning, precision=precision)
         self.bank = artifacts.strip_bank().astype(np.float32)
         self.rules = {name: RULES[name]() for name in rules}
         self.chunk_size = chunk_size

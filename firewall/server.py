@@ -68,7 +68,8 @@ class Firewall:
         self.thresholds = Thresholds.load(artifacts.path(THRESHOLDS))
         self.fusion = _serving_fusion(self.thresholds, artifacts)
         tuning = SessionTuning(threads=config.threads, spinning=config.spinning, gpu_batch=config.max_batch_size)
-        self.engine = ScoringEngine(artifacts, rules=self.fusion.rules, tuning=tuning)
+        self.engine = ScoringEngine(artifacts, rules=self.fusion.rules, tuning=tuning,
+                                    precision=self.thresholds.precision)
         self.thresholds.require([*self.fusion.rules, FIREWALL])
         self.model = self.manifest.name
         self.metrics = FirewallMetrics()
@@ -282,6 +283,7 @@ async def serve(config: ServeConfig, ready: asyncio.Event | None = None) -> None
     port = await firewall.start()
     print(f"firewall: protecting '{firewall.model}' on port {port} -> {config.upstream} "
           f"(mode {config.mode}, on-error {config.on_error}, onnxruntime {firewall.engine.models.providers[0]}, "
+          f"{firewall.thresholds.precision} first stage, "
           f"metrics :{config.metrics_port}/metrics)", flush=True)
     print(f"firewall: cascade: {firewall.fusion.describe_band()}", flush=True)
     stop = asyncio.Event()

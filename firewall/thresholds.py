@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from firewall.artifacts import PRECISIONS
 from firewall.errors import ArtifactError, UserError
 from firewall.fusion import Fusion
 
@@ -52,16 +53,19 @@ class Thresholds:
     target_fpr: float
     rules: dict[str, RuleThreshold]
     fusion: Fusion | None = None
+    # The fused first-stage graph the scores were taken with, which is the one to serve:
+    # thresholds fitted on the float graph do not hold for its int8 copy, nor the reverse.
+    precision: str = "fp32"
 
     @classmethod
     def fit(cls, clean_scores: dict[str, np.ndarray], target_fpr: float, fusion: Fusion | None = None,
-            fused_name: str = "firewall") -> "Thresholds":
+            fused_name: str = "firewall", precision: str = "fp32") -> "Thresholds":
         """Each rule at the target on its own; with a fusion, also the fused score at the
         target, so the verdict's combined false-positive rate is the one calibrated."""
         rules = {name: fit_threshold(s, target_fpr) for name, s in clean_scores.items()}
         if fusion is not None:
             rules[fused_name] = fit_threshold(fusion.fuse(clean_scores), target_fpr)
-        return cls(target_fpr, rules, fusion)
+        return cls(target_fpr, rules, fusion, precision)
 
     def require(self, rules: list[str]) -> None:
         """Refuse to score with rules that were never calibrated."""
@@ -80,7 +84,8 @@ class Thresholds:
         return np.asarray(scores) > self.rules[rule].threshold
 
     def to_json(self) -> dict:
-        data = {"target_fpr": self.target_fpr, "rules": {k: asdict(v) for k, v in self.rules.items()}}
+        data = {"target_fpr": self.target_fpr, "precision": self.precision,
+                "rules": {k: asdict(v) for k, v in self.rules.items()}}
         if self.fusion is not None:
             data["fusion"] = self.fusion.to_json()
         return data
@@ -103,6 +108,9 @@ class Thresholds:
             rules = {k: RuleThreshold(float(v["threshold"]), float(v["fpr"]), int(v["n"]))
                      for k, v in data["rules"].items()}
             fusion = Fusion.from_json(data["fusion"]) if "fusion" in data else None
+            precision = str(data.get("precision", "fp32"))  # files older than int8 serving were all fp32
+            if precision not in PRECISIONS:
+                raise ValueError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{path} is malformed ({exc!r}): run `offline calibrate` again") from exc
         if fusion is not None and fusion.band_predates_per_input_fit:
@@ -110,4 +118,4 @@ class Thresholds:
                   f"evidence: its band opens for about half of the {fusion.band_fraction:.0%} of clean traffic "
                   "it names (the verdict still meets its target FPR); run `offline calibrate` again",
                   file=sys.stderr)
-        return cls(float(data["target_fpr"]), rules, fusion)
+        return cls(float(data["target_fpr"]), rules, fusion, precision)

@@ -7,7 +7,8 @@ of CPU threads, at batch 1, 8 and 64:
   the exposed margin (E) and the Mahalanobis distance (M's penultimate features) on every
   input; eager PyTorch runs M's layers once for the features and the prediction, as the
   fused graph the sidecar serves does; onnxruntime also as separate sessions (M whole for
-  the prediction, M up to its penultimate layer for the features, B, each M', E);
+  the prediction, M up to its penultimate layer for the features, B, each M', E), and
+  as the fused graph's int8 copy where the artifacts were quantized (`offline quantize`);
 - `strip`: exposed STRIP, E on 64 superimposed copies of every input.
 Each cell is the median over repeated calls of the time one call takes. With `--device
 cuda` eager PyTorch runs on the GPU (each call waits for the GPU to finish) and
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from firewall.artifacts import TORCH_FILES, load_artifacts
+from firewall.artifacts import INT8_FUSED_FILES, TORCH_FILES, load_artifacts
 from firewall.models import SessionTuning
 from firewall.probabilities import prob_of
 from firewall.rules import auxiliary_roles
@@ -46,6 +47,7 @@ from offline.model_io import load_pt2
 BATCHES = (1, 8, 64)
 FIRST_STAGE = "first stage"  # the report names its rules (`first_stage_rules`) and sessions (`separate_sessions`)
 EAGER, SEPARATE, FUSED = "eager PyTorch", "onnxruntime, separate sessions", "onnxruntime, fused graph"
+FUSED_INT8 = "onnxruntime, fused graph, int8"  # where the artifacts were quantized (`offline quantize`)
 
 
 class EagerRules:
@@ -112,6 +114,8 @@ def run(case: Path, threads: int, seconds: float, device: str = "cpu") -> dict:
     artifacts = load_artifacts(case / "artifacts")
     norm = artifacts.manifest.normalization
     engine = ScoringEngine(artifacts, tuning=SessionTuning(threads=threads))  # the serving rules
+    int8 = (ScoringEngine(artifacts, tuning=SessionTuning(threads=threads), precision="int8")
+            if INT8_FUSED_FILES["fused"] in artifacts.manifest.files else None)
     first_stage = engine.first_stage_rules
     auxiliaries = auxiliary_roles(first_stage)
     torch.set_num_threads(threads)
@@ -140,6 +144,7 @@ def run(case: Path, threads: int, seconds: float, device: str = "cpu") -> dict:
             (FIRST_STAGE, EAGER): _waiting_for(device, lambda: eager.first_stage(tx)),
             (FIRST_STAGE, SEPARATE): lambda: separate_sessions(x),
             (FIRST_STAGE, FUSED): lambda: engine.score(x, rules=first_stage),
+            **({(FIRST_STAGE, FUSED_INT8): lambda: int8.score(x, rules=first_stage)} if int8 else {}),
             ("strip", EAGER): _waiting_for(device, lambda: eager.strip(tx, ty)),
             ("strip", "onnxruntime"): lambda: engine.score(x, yhat=yhat, rules=("strip",)),
         }

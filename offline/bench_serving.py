@@ -8,7 +8,8 @@ session's (every rule on every input, onnxruntime's default threads) to every co
 on, so each cut's effect is read against the same bare upstream.
 
 The upstream runs onnxruntime as it comes (a thread per core, idle threads spinning),
-and then, for the issue's configuration and the floor, pinned to one thread: on a
+and then, for the issue's configuration (with the float and with the int8 first stage)
+and the floor, pinned to one thread: on a
 machine the firewall shares, the spinning upstream takes CPU from it
 (docs/PERFORMANCE_NOTES.md).
 
@@ -34,6 +35,7 @@ import onnxruntime as ort
 import tritonclient.grpc as triton
 
 from firewall.fusion import DEFAULT_CASCADE_BAND, DEFAULT_LATER_RULES
+from offline.build.quantize import QuantizeConfig, run_quantize
 from offline.calibrate import CalibrateConfig, run_calibrate
 from offline.live_stack import Process, metric, read_metrics, start_firewall, start_mlserver, start_passthrough
 from offline.machine import case_description, describe_machine
@@ -46,6 +48,7 @@ class FirewallConfig:
     later_rules: tuple[str, ...] = ()  # what the band runs (`offline calibrate --later-rules`)
     flags: tuple[str, ...] = ()
     passthrough: bool = False  # the floor: a bare proxy in place of the firewall
+    precision: str = "fp32"  # the first stage's graph (`offline quantize`, `offline calibrate --precision`)
 
 
 WAIT = ("--max-wait-us", "500")  # the batcher's wait before session 4 made 0 the default
@@ -65,11 +68,15 @@ LADDER = (
     FirewallConfig(f"+ the default cascade: STRIP on M and exposed STRIP in a {DEFAULT_CASCADE_BAND:.0%} band "
                    "(all defaults)",
                    DEFAULT_CASCADE_BAND, DEFAULT_LATER_RULES, FROM_UPSTREAM),
+    FirewallConfig("+ int8 first stage (`offline quantize`, `offline calibrate --precision int8`)",
+                   DEFAULT_CASCADE_BAND, DEFAULT_LATER_RULES, FROM_UPSTREAM, precision="int8"),
     FirewallConfig("floor: bare Python gRPC pass-through, no scoring", 0.0, passthrough=True),
 )
 # The issue's targets are for `--forwarding parallel --prediction-from-upstream` with every other setting default.
-TARGET_RUNG = next(config.label for config in LADDER if config.flags == FROM_UPSTREAM
+TARGET_RUNG = next(config.label for config in LADDER if config.flags == FROM_UPSTREAM and config.precision == "fp32"
                    and (config.cascade_band, config.later_rules) == (DEFAULT_CASCADE_BAND, DEFAULT_LATER_RULES))
+# The same with the int8 first stage, an opt-in for CPUs.
+INT8_TARGET_RUNG = next(config.label for config in LADDER if config.flags == FROM_UPSTREAM and config.precision == "int8")
 # The same flags without the cascade: the issue's configuration until session 22 opened the band by default.
 FIRST_STAGE_TARGET_RUNG = next(config.label for config in LADDER if config.flags == FROM_UPSTREAM
                                and config.cascade_band == 0.0)
@@ -127,13 +134,17 @@ def summarize(latencies: list[np.ndarray], seconds: float) -> dict:
 
 
 def _calibrated_copy(case: Path, config: FirewallConfig, scratch: Path) -> Path:
-    """The case's artifacts (models unchanged) calibrated with the rung's band and later
-    rules, so that a rung measures what it names whatever the case was calibrated with."""
-    copy = scratch / f"artifacts-band-{config.cascade_band:g}-{'+'.join(config.later_rules) or 'none'}"
+    """The case's artifacts (models unchanged) calibrated with the rung's band, later rules
+    and precision (quantized first where it is int8), so that a rung measures what it names
+    whatever the case was calibrated with."""
+    copy = scratch / (f"artifacts-band-{config.cascade_band:g}-{'+'.join(config.later_rules) or 'none'}"
+                      f"-{config.precision}")
     if not copy.exists():
         shutil.copytree(case / "artifacts", copy)
+        if config.precision == "int8":
+            run_quantize(QuantizeConfig(copy, case / "clean.npz", force=True))
         run_calibrate(CalibrateConfig(copy, case / "calib.npz", cascade_band=config.cascade_band,
-                                      later_rules=config.later_rules))
+                                      later_rules=config.later_rules, precision=config.precision))
     return copy
 
 
@@ -237,7 +248,7 @@ def main() -> int:
                              "index or 'issue' (the default; '' for none)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    issue = ",".join(str(i) for i, c in enumerate(LADDER) if c.label in (TARGET_RUNG, FLOOR_RUNG))
+    issue = ",".join(str(i) for i, c in enumerate(LADDER) if c.label in (TARGET_RUNG, INT8_TARGET_RUNG, FLOOR_RUNG))
     rungs = lambda indices: [LADDER[int(i)] for i in (issue if indices == "issue" else indices).split(",") if i]
     report = run(args.case, rungs(args.configs), [int(c) for c in args.concurrency.split(",")], args.seconds,
                  args.rounds, rungs(args.pinned_upstream_configs))

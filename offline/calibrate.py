@@ -40,6 +40,8 @@ class CalibrateConfig:
     auxiliary_posterior_weight: float = DEFAULT_AUXILIARY_POSTERIOR_WEIGHT
     # the costly rules the verdict consults inside the cascade's band
     later_rules: tuple[str, ...] = DEFAULT_LATER_RULES
+    # the fused first-stage graph scored here, and therefore served: fp32, or int8 (`offline quantize`)
+    precision: str = "fp32"
 
 
 def fit_fusion(clean_scores: dict[str, np.ndarray], first_stage_rules: tuple[str, ...],
@@ -66,10 +68,10 @@ def run_calibrate(config: CalibrateConfig) -> Thresholds:
               "artifacts were built from; the models and class Gaussians were fitted to them, so thresholds taken "
               "on them reject more than the target FPR on new inputs. Calibrate on clean data the build did not "
               "see.", file=sys.stderr)
-    engine = ScoringEngine(artifacts, rules=every_rule(artifacts))
+    engine = ScoringEngine(artifacts, rules=every_rule(artifacts), precision=config.precision)
     _, scores = engine.score(clean.x)
     fusion = fit_fusion(scores, engine.first_stage_rules, config.later_rules, config.cascade_band,
                         config.weights, config.auxiliary_posterior_weight)
-    thresholds = Thresholds.fit(scores, config.target_fpr, fusion)
+    thresholds = Thresholds.fit(scores, config.target_fpr, fusion, precision=config.precision)
     thresholds.save(artifacts.path(THRESHOLDS))
     return thresholds

@@ -1,4 +1,4 @@
-"""`offline poison|build|calibrate|evaluate`: flags in, one typed config per command out."""
+"""`offline poison|build|quantize|calibrate|evaluate|bench`: flags in, one typed config per command out."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from firewall.artifacts import PRECISIONS
 from firewall.errors import UserError, run_reporting_errors
 from firewall.fusion import (DEFAULT_AUXILIARY_POSTERIOR_WEIGHT, DEFAULT_CASCADE_BAND, DEFAULT_EXPOSED_WEIGHT,
                              DEFAULT_LATER_RULE_WEIGHT, DEFAULT_LATER_RULES, DEFAULT_MAHALANOBIS_WEIGHT)
@@ -88,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--auxiliary-posterior-weight", type=float, default=DEFAULT_AUXILIARY_POSTERIOR_WEIGHT,
                    help="how much the auxiliary posterior's evidence counts in the verdict beside BaDExpert's "
                         "(weight 1); shared between the auxiliaries like BaDExpert's")
+    c.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="the fused first-stage graph to score with, and so to serve: int8 needs `offline quantize` "
+                        "first and is for CPUs (about 1.4x faster at large batches)")
+
+    q = sub.add_parser("quantize", help="add int8 copies of the fused first-stage graphs, for CPU serving")
+    q.add_argument("--artifacts", required=True, type=Path)
+    q.add_argument("--clean-data", required=True, type=Path,
+                   help="clean inputs the activations' int8 ranges are read off (the build's clean set)")
+    q.add_argument("--force", action="store_true", help="quantize again where the int8 graphs exist")
 
     m = sub.add_parser("bench", help="run the detection matrix and regenerate the results table")
     m.add_argument("--out", type=Path, default=Path("runs"), help="where the cells go (reused when measured)")
@@ -155,10 +165,23 @@ def run(args: argparse.Namespace) -> None:
                                                    {"exposed": args.exposed_weight,
                                                     "mahalanobis": args.mahalanobis_weight,
                                                     **{rule: args.later_rule_weight for rule in LATER_RULES}},
-                                                   args.auxiliary_posterior_weight, args.later_rules))
+                                                   args.auxiliary_posterior_weight, args.later_rules,
+                                                   args.precision))
+        print(f"scored with the {thresholds.precision} first-stage graph, which `firewall serve` will serve")
         for rule, t in thresholds.rules.items():
             print(f"{rule:<26} threshold {t.threshold:+.6g}  FPR on {t.n} clean: {t.fpr:.2%}")
         print(f"cascade: {thresholds.fusion.describe_band()}")
+    elif args.command == "quantize":
+        from offline.build.quantize import QuantizeConfig, run_quantize
+
+        done = run_quantize(QuantizeConfig(args.artifacts, args.clean_data, args.force))
+        agreement = done["agreement_on_calibration_rows"]
+        for filename, nodes in done["nodes_quantized"].items():
+            print(f"wrote {args.artifacts / filename}: {nodes} layers of B, M' and E in int8")
+        print(f"on the {done['calibration_rows']} clean inputs: M's prediction unchanged on "
+              f"{agreement['prediction_agreement']:.2%}; correlation of each rule's int8 score with its float score: "
+              + ", ".join(f"{rule} {r:.4f}" for rule, r in agreement["score_correlation"].items()))
+        print("serve it by calibrating on it: offline calibrate --precision int8 ...")
     elif args.command == "bench":
         from offline.attacks import ATTACKS
         from offline.bench import QUICK, BenchConfig, run_bench

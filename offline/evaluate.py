@@ -52,7 +52,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     manifest = artifacts.manifest
     check = {"num_classes": manifest.num_classes, "input_shape": manifest.input_shape}
     clean = load_tensor_set(config.clean_data, **check)
-    engine = ScoringEngine(artifacts, rules=every_rule(artifacts))
+    engine = ScoringEngine(artifacts, rules=every_rule(artifacts), precision=thresholds.precision)
     rule_names = [*engine.rule_names, FIREWALL]
     thresholds.require(rule_names)
 

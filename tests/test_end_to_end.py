@@ -24,6 +24,7 @@ from tritonclient.grpc import service_pb2
 from firewall.artifacts import THRESHOLDS, load_artifacts
 from firewall.scoring import FIREWALL, ScoringEngine
 from firewall.thresholds import RuleThreshold, Thresholds
+from offline.cli import main as offline_cli
 from offline.live_stack import free_port, metric, read_metrics, start_firewall, start_mlserver
 
 MODEL = "classifier"
@@ -223,19 +224,29 @@ def test_monitor_mode_forwards_everything_but_counts(tiny_artifacts, mlserver, l
         process.stop()
 
 
-@pytest.mark.parametrize("flags", [(), ("--forwarding", "parallel", "--prediction-from-upstream", "logits")],
-                         ids=["own prediction", "upstream's prediction"])
-def test_the_sidecar_scores_what_offline_scoring_scores(tiny_artifacts, mlserver, logs, inputs, tmp_path, flags):
+@pytest.mark.parametrize("flags, precision",
+                         [((), "fp32"), (("--forwarding", "parallel", "--prediction-from-upstream", "logits"), "fp32"),
+                          ((), "int8")],
+                         ids=["own prediction", "upstream's prediction", "int8 first stage"])
+def test_the_sidecar_scores_what_offline_scoring_scores(tiny_case, tiny_artifacts, mlserver, logs, inputs, tmp_path,
+                                                        flags, precision):
     """Every rule's score and the fused one, as the audit log records them, are the offline
     engine's for the same input: what `offline calibrate` and `evaluate` measured is what
-    runs. A verdict threshold below every score makes the sidecar audit every input."""
+    runs, the int8 graph included when it was calibrated on. A verdict threshold below
+    every score makes the sidecar audit every input."""
     clean, triggered = inputs
-    engine = ScoringEngine(load_artifacts(tiny_artifacts))
-    thresholds = Thresholds.load(tiny_artifacts / THRESHOLDS)
     audit_everything = tmp_path / "artifacts"
     shutil.copytree(tiny_artifacts, audit_everything)
+    if precision == "int8":
+        assert offline_cli(["quantize", "--artifacts", str(audit_everything),
+                        "--clean-data", str(tiny_case / "clean.npz")]) == 0
+        assert offline_cli(["calibrate", "--artifacts", str(audit_everything), "--clean-data", str(tiny_case / "calib.npz"),
+                        "--precision", "int8"]) == 0
+    thresholds = Thresholds.load(audit_everything / THRESHOLDS)
+    assert thresholds.precision == precision
+    engine = ScoringEngine(load_artifacts(audit_everything), precision=precision)
     Thresholds(thresholds.target_fpr, {**thresholds.rules, FIREWALL: RuleThreshold(-np.inf, 1.0, 1)},
-               thresholds.fusion).save(audit_everything / THRESHOLDS)
+               thresholds.fusion, thresholds.precision).save(audit_everything / THRESHOLDS)
     sent = np.concatenate([clean[:6], triggered[:4]])
     process, port, _ = start_firewall(audit_everything, mlserver[0], logs, "--mode", "monitor", *flags)
     try:
@@ -244,6 +255,7 @@ def test_the_sidecar_scores_what_offline_scoring_scores(tiny_artifacts, mlserver
         audit = [json.loads(line) for line in (logs / f"audit-{port}.jsonl").read_text().splitlines()]
     finally:
         process.stop()
+    assert f"{precision} first stage" in (logs / f"firewall-{port}.log").read_text()
     assert len(audit) == len(sent)
     fusion = thresholds.fusion
     in_band = 0  # the default cascade: inputs in its band also run the STRIP rules, the others do not
