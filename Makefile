@@ -12,7 +12,7 @@ OFFLINE := $(VENV)/bin/offline
 STAMP := $(VENV)/.installed-offline
 RUNS := runs
 
-.PHONY: venv test demo results bench-serving bench-gpu performance-doc cascade-study protos clean
+.PHONY: venv test demo results bench-serving bench-gpu performance-doc cascade-study int8-study protos clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -96,6 +96,12 @@ performance-doc: venv
 # Regenerates docs/CASCADE.md from the cases `make results` left in runs/.
 cascade-study: venv
 	$(PY) -m offline.cascade_study $(RUNS)/*/ > docs/CASCADE.md
+
+# Regenerates docs/INT8.md (the int8 first stage's detection against the float one) from
+# the same cases (about 40 minutes on 2 cores; `--scores DIR` reuses the cascade study's
+# float scores when they are current).
+int8-study: venv
+	$(PY) -m offline.precision_study $(RUNS)/*/ > docs/INT8.md
 
 # Regenerates firewall/protocol/ from protos/ (a test fails when they drift apart).
 protos: venv

@@ -107,6 +107,12 @@ def score_case(case: Path, cache: Path | None = None) -> CaseScores:
     return scores
 
 
+def attack_cases(directories: list[Path]) -> list[Path]:
+    """The directories that hold an attack case (a clean model's has no backdoor to measure)."""
+    return [case for case in directories if (case / "attack.json").is_file()
+            and json.loads((case / "attack.json").read_text())["attack"] != "none"]
+
+
 def measure(scores: CaseScores) -> dict[Setting, dict]:
     rows = {}
     for setting in SETTINGS:
@@ -164,8 +170,7 @@ def main() -> int:
     parser.add_argument("--scores", type=Path, help="keep each case's scores in DIR/<case>.npz and reuse them")
     parser.add_argument("cases", type=Path, nargs="+", help="case directories; clean-model cases are skipped")
     args = parser.parse_args()
-    cases = [case for case in args.cases if (case / "attack.json").is_file()
-             and json.loads((case / "attack.json").read_text())["attack"] != "none"]
+    cases = attack_cases(args.cases)
     if not cases:
         parser.error("no attack case among the directories given (each needs an attack.json)")
     results = {}

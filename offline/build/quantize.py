@@ -1,6 +1,6 @@
 """int8 copies of the fused first-stage graphs, for serving on CPUs (`offline quantize`).
 
-At batch 64 the fused graph is compute-bound on its convolutions (95% of its time), so
+At batch 64 the fused graph is compute-bound on its convolutions (95-97% of its time), so
 the one lever left on a CPU is their precision. Quantized here: the convolutions and
 fully connected layers of B, each M' and E, as QDQ with per-channel int8 weights and
 uint8 activations whose ranges are read off clean inputs. Left in float:
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +109,7 @@ def run_quantize(config: QuantizeConfig) -> dict:
                             "ops": list(QUANTIZED_OPS), "networks": [n.rstrip(".") for n in QUANTIZED_NETWORKS],
                             "nodes_quantized": quantized, "calibration_rows": len(clean),
                             "calibration_row_digests": clean.row_digests()}
-    _write_manifest(artifacts.path(MANIFEST), data)
+    _write_manifest(artifacts.path(MANIFEST), data)  # listed first: the engine opens only verified files
     data["quantization"]["agreement_on_calibration_rows"] = _agreement(config.artifacts, clean.x)
     _write_manifest(artifacts.path(MANIFEST), data)
     _warn_if_thresholds_are_stale(artifacts.path(THRESHOLDS))
@@ -125,4 +126,4 @@ def _write_manifest(path: Path, data: dict) -> None:
 def _warn_if_thresholds_are_stale(path: Path) -> None:
     if path.is_file() and Thresholds.load(path).precision == "int8":
         print(f"warning: {path} was fitted on the int8 graphs just replaced: run `offline calibrate --precision "
-              "int8` again", flush=True)
+              "int8` again", file=sys.stderr)
