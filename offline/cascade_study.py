@@ -165,17 +165,24 @@ def to_markdown(results: dict[str, dict[Setting, dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="cascade_study", description=__doc__.splitlines()[0])
-    parser.add_argument("--scores", type=Path, help="keep each case's scores in DIR/<case>.npz and reuse them")
+def parse_case_arguments(prog: str, description: str, scores_help: str) -> tuple[Path | None, list[Path]]:
+    """(the scores cache, the attack cases) from a study's command line: `[--scores DIR] CASE_DIR...`."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--scores", type=Path, help=scores_help)
     parser.add_argument("cases", type=Path, nargs="+", help="case directories; clean-model cases are skipped")
     args = parser.parse_args()
     cases = attack_cases(args.cases)
     if not cases:
         parser.error("no attack case among the directories given (each needs an attack.json)")
+    return args.scores, cases
+
+
+def main() -> int:
+    cache, cases = parse_case_arguments("cascade_study", __doc__.splitlines()[0],
+                                        "keep each case's scores in DIR/<case>.npz and reuse them")
     results = {}
     for case in cases:
-        results[case.name] = study(case, args.scores)
+        results[case.name] = study(case, cache)
         print(f"{case.name} done", file=sys.stderr, flush=True)
     print(to_markdown(results))
     return 0

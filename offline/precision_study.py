@@ -16,7 +16,6 @@ usage: python -m offline.precision_study [--scores DIR] CASE_DIR... > docs/INT8.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -27,7 +26,8 @@ import numpy as np
 from firewall.artifacts import load_artifacts
 from firewall.scoring import ScoringEngine
 from offline.build.quantize import QuantizeConfig, run_quantize
-from offline.cascade_study import DEFAULT, FIRST_STAGE_ALONE, CaseScores, attack_cases, measure, score_case
+from offline.cascade_study import (DEFAULT, FIRST_STAGE_ALONE, CaseScores, measure, parse_case_arguments,
+                                   score_case)
 
 SETTINGS = {"the verdict (default cascade)": DEFAULT, "the first stage alone": FIRST_STAGE_ALONE}
 
@@ -76,17 +76,12 @@ def to_markdown(results: dict[str, dict[str, dict]]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="precision_study", description=__doc__.splitlines()[0])
-    parser.add_argument("--scores", type=Path, help="the cascade study's cache of each case's float scores")
-    parser.add_argument("cases", type=Path, nargs="+", help="case directories; clean-model cases are skipped")
-    args = parser.parse_args()
-    cases = attack_cases(args.cases)
-    if not cases:
-        parser.error("no attack case among the directories given (each needs an attack.json)")
+    cache, cases = parse_case_arguments("precision_study", __doc__.splitlines()[0],
+                                        "the cascade study's cache of each case's float scores")
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         for case in cases:
-            fp32 = score_case(case, args.scores)
+            fp32 = score_case(case, cache)
             measured = {"fp32": measure(fp32), "int8": measure(int8_scores(case, fp32, Path(scratch)))}
             results[case.name] = {precision: {label: rows[setting] for label, setting in SETTINGS.items()}
                                   for precision, rows in measured.items()}
