@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from firewall.errors import UserError
+from firewall.rules.auxiliary_posterior import posterior_by_class
 from firewall.rules.mahalanobis import mahalanobis_by_class
 from offline.build.class_gaussians import fit_class_gaussians
+from offline.build.fused_export import MahalanobisByClass, posterior_by_class_torch
 from offline.build.trunk_split import split_before_classifier
 from offline.models import ARCHITECTURES, create_model
 
@@ -58,3 +60,18 @@ def test_a_class_without_clean_samples_is_judged_against_all_clean_data():
 def test_non_finite_features_are_refused():
     with pytest.raises(UserError, match="not finite"):
         fit_class_gaussians(np.full((10, 3), np.nan), np.zeros(10, int), num_classes=2)
+
+
+def test_the_graphs_distances_hold_in_float32_when_features_share_a_large_offset():
+    """ReLU features of a wide untrained network sit far from the origin, all in one
+    direction; the fused graph's expanded distance must still match the float64 rule
+    closely enough for the auxiliary posterior, which compares distances across classes."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(10), 40)
+    features = (50.0 + rng.normal(size=(400, 512)) + rng.normal(size=(10, 512))[y]).astype(np.float32)
+    gaussians = fit_class_gaussians(features, y, num_classes=10)
+    graph = MahalanobisByClass(gaussians.means, gaussians.precision)
+    with torch.no_grad():
+        got = posterior_by_class_torch(graph(torch.from_numpy(features))).numpy()
+    want = posterior_by_class(mahalanobis_by_class(features.astype(np.float64), gaussians.means, gaussians.precision))
+    assert np.abs(got - want).max() / np.abs(want).max() < 1e-3

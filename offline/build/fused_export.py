@@ -56,18 +56,23 @@ class MahalanobisByClass(nn.Module):
     """Features [N, d] -> squared Mahalanobis distance to every class mean, [N, K].
 
     Expanded as f'Pf - 2 mu_k'Pf + mu_k'P mu_k, so that K classes cost one [d, K]
-    product instead of K copies of the features.
+    product instead of K copies of the features. The expansion subtracts large terms in
+    float32, so features and means are first centred on the class means' average: ReLU
+    features share a large positive offset (an untrained ResNet-18's penultimate
+    features put the auxiliary posterior 1.5% off the float64 rule without it).
     """
 
     def __init__(self, means: np.ndarray, precision: np.ndarray):
         super().__init__()
-        means, precision = torch.from_numpy(means), torch.from_numpy(precision)
+        centre = means.mean(axis=0)
+        means, precision = torch.from_numpy(means - centre), torch.from_numpy(precision)
+        self.register_buffer("centre", torch.from_numpy(centre))
         self.register_buffer("precision", precision)
         self.register_buffer("projected_means", precision @ means.T)  # [d, K]
         self.register_buffer("mean_norms", (means @ precision * means).sum(dim=1))  # [K]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        f = features.flatten(1)
+        f = features.flatten(1) - self.centre
         quadratic = ((f @ self.precision) * f).sum(dim=1, keepdim=True)
         return quadratic - 2.0 * (f @ self.projected_means) + self.mean_norms
 
