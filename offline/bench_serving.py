@@ -14,7 +14,7 @@ machine the firewall shares, the spinning upstream takes CPU from it
 (docs/PERFORMANCE_NOTES.md).
 
 usage: python -m offline.bench_serving CASE_DIR [--concurrency 1,8,32] [--seconds 5] [--rounds 2]
-       [--configs 0,1,2,3,4|issue] [--pinned-upstream-configs issue] [--require-provider P] [--json OUT.json]
+       [--configs 0,1,2,3,4|issue|issue+int8] [--pinned-upstream-configs issue+int8] [--require-provider P] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -239,17 +239,18 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--configs", default=",".join(map(str, range(len(LADDER)))),
                         help="which rungs of the ladder to measure, by index, or 'issue' for the issue's "
-                             "configuration and the floor")
+                             "configuration and the floor ('issue+int8': and the int8 first stage, a CPU option)")
     parser.add_argument("--require-provider", metavar="PROVIDER",
                         help="fail unless both servers' models ran on this onnxruntime provider "
                              "(e.g. CUDAExecutionProvider: no CPU fallback passes for a GPU number)")
-    parser.add_argument("--pinned-upstream-configs", default="issue",
+    parser.add_argument("--pinned-upstream-configs", default="issue+int8",
                         help="rungs measured again against an upstream pinned to one onnxruntime thread, by "
-                             "index or 'issue' (the default; '' for none)")
+                             "index, 'issue' or 'issue+int8' (the default; '' for none)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    issue = ",".join(str(i) for i, c in enumerate(LADDER) if c.label in (TARGET_RUNG, INT8_TARGET_RUNG, FLOOR_RUNG))
-    rungs = lambda indices: [LADDER[int(i)] for i in (issue if indices == "issue" else indices).split(",") if i]
+    named = {"issue": (TARGET_RUNG, FLOOR_RUNG), "issue+int8": (TARGET_RUNG, INT8_TARGET_RUNG, FLOOR_RUNG)}
+    named = {name: ",".join(str(i) for i, c in enumerate(LADDER) if c.label in labels) for name, labels in named.items()}
+    rungs = lambda indices: [LADDER[int(i)] for i in named.get(indices, indices).split(",") if i]
     report = run(args.case, rungs(args.configs), [int(c) for c in args.concurrency.split(",")], args.seconds,
                  args.rounds, rungs(args.pinned_upstream_configs))
     if args.json:
