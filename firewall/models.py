@@ -101,26 +101,28 @@ class ModelSet:
         return dict(zip(self.output_names[role], outputs))
 
     def _outputs(self, role: str, x: np.ndarray) -> list[np.ndarray]:
-        return self.session(role).run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})
+        """One run of `role` on x. On CUDA it runs on blocks of exactly `gpu_batch` rows, the
+        last one padded with zeros, so that the kernels always see one shape
+        (SessionTuning.gpu_batch): the first stage's batches and the cascade's superimposed
+        copies (64 per input in the band, so 64, 128, ... rows) alike."""
+        session = self.session(role)  # opened first: opening records where it runs
+        x = np.ascontiguousarray(x, np.float32)
+        if role not in self._on_cuda:
+            return session.run(None, {self.input_name: x})
+        n, rows = len(x), self._gpu_batch
+        padded = np.zeros((-(-n // rows) * rows, *x.shape[1:]), np.float32)
+        padded[:n] = x
+        blocks = [session.run(None, {self.input_name: padded[i : i + rows]}) for i in range(0, len(padded), rows)]
+        return [np.concatenate(parts)[:n] for parts in zip(*blocks)]
 
     def first_stage(self, x: np.ndarray, predict: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         """(M's prediction or None, {rule: its score for every class}) from one fused-graph run.
 
         Without `predict` the graph without M runs: the prediction comes from elsewhere."""
         role = "fused" if predict else "fused_without_original"
-        self.session(role)  # opened first: opening records where it runs
-        outputs = self._run_fixed_rows(role, x) if role in self._on_cuda else self.run(role, x)
+        outputs = self.run(role, x)
         by_class = {rule: outputs[name] for rule, name in BY_CLASS_OUTPUTS.items() if name in outputs}
         return (outputs[PREDICTION_OUTPUT].astype(np.int64) if predict else None), by_class
-
-    def _run_fixed_rows(self, role: str, x: np.ndarray) -> dict[str, np.ndarray]:
-        """`run` on blocks of exactly `gpu_batch` rows, the last one padded with zeros, so
-        that the CUDA kernels always see one shape (SessionTuning.gpu_batch)."""
-        n, rows = len(x), self._gpu_batch
-        padded = np.zeros((-(-n // rows) * rows, *x.shape[1:]), np.float32)
-        padded[:n] = x
-        blocks = [self.run(role, padded[i : i + rows]) for i in range(0, len(padded), rows)]
-        return {name: np.concatenate([b[name] for b in blocks])[:n] for name in blocks[0]}
 
     def logits(self, role: str, x: np.ndarray) -> np.ndarray:
         return self._outputs(role, x)[0]

@@ -78,12 +78,14 @@ class ScoringEngine:
         return np.concatenate(predictions), {n: np.concatenate(v) for n, v in per_rule.items()}
 
     def warm_up(self, predict: bool, later_rules: Sequence[str]) -> None:
-        """Run the first stage once and open the sessions `later_rules` use, so that no
-        request pays for opening a session and a graph that cannot run fails here."""
-        self.first_stage(np.zeros((1, *self.manifest.input_shape), np.float32), predict)
+        """Run the first stage and the models `later_rules` use once, so that no request
+        pays for opening a session (or, on CUDA, for cuDNN's set-up of the one batch shape)
+        and a graph that cannot run fails here."""
+        zeros = np.zeros((1, *self.manifest.input_shape), np.float32)
+        self.first_stage(zeros, predict)
         for rule in later_rules:
             for role in RULES[rule].models:
-                self.models.session(role)
+                self.models.logits(role, zeros)
 
     def first_stage(self, x: np.ndarray, predict: bool = True) -> dict[str, np.ndarray]:
         """The sidecar's cheap stage: {rule: its score for every class} for the first-stage

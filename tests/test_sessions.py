@@ -67,16 +67,29 @@ def test_offline_scoring_opens_what_its_rules_ask_for(tiny_artifacts):
     assert set(engine.models.sessions) == {"fused", "original"}
 
 
-def test_on_cuda_the_fused_graph_sees_one_batch_size_and_the_padding_never_reaches_a_score(tiny_artifacts):
+class _RowsSeen:
+    """A session stand-in that records the rows of every run and delegates to the real one."""
+
+    def __init__(self, session, seen: list[int]):
+        self._session, self._seen = session, seen
+
+    def run(self, names, feed):
+        self._seen.append(len(next(iter(feed.values()))))
+        return self._session.run(names, feed)
+
+
+@pytest.mark.parametrize("role, rows", [("fused", 6), ("exposed", 6)], ids=["first stage", "cascade's copies"])
+def test_on_cuda_every_session_sees_one_batch_size_and_the_padding_never_reaches_a_score(tiny_artifacts, role, rows):
     # onnxruntime's CUDA convolutions redo their cuDNN set-up whenever the batch size
-    # changes (300 ms a call on an H100), so on a GPU every batch is padded to gpu_batch rows
+    # changes (300 ms a call on an H100), so on a GPU every run is padded to gpu_batch rows:
+    # the fused graph's batches and the superimposed copies the cascade's band runs
     models = ModelSet(load_artifacts(tiny_artifacts), tuning=SessionTuning(gpu_batch=4))
-    x = np.random.default_rng(0).random((6, *models._artifacts.manifest.input_shape), np.float32)
-    unpadded = models.run("fused", x)
-    seen = []
-    run = models.run
-    models.run = lambda role, rows: seen.append(len(rows)) or run(role, rows)
-    padded = models._run_fixed_rows("fused", x)
+    x = np.random.default_rng(0).random((rows, *models._artifacts.manifest.input_shape), np.float32)
+    unpadded = models.run(role, x)
+    seen: list[int] = []
+    models.sessions[role] = _RowsSeen(models.sessions[role], seen)
+    models._on_cuda.add(role)  # as if the session had opened on CUDA
+    padded = models.run(role, x)
     assert seen == [4, 4]
     assert padded.keys() == unpadded.keys()
     for name, values in unpadded.items():
