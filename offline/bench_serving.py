@@ -248,8 +248,9 @@ def main() -> int:
                              "index, 'issue' or 'issue+int8' (the default; '' for none)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    named = {"issue": (TARGET_RUNG, FLOOR_RUNG), "issue+int8": (TARGET_RUNG, INT8_TARGET_RUNG, FLOOR_RUNG)}
-    named = {name: ",".join(str(i) for i, c in enumerate(LADDER) if c.label in labels) for name, labels in named.items()}
+    rung_sets = {"issue": (TARGET_RUNG, FLOOR_RUNG), "issue+int8": (TARGET_RUNG, INT8_TARGET_RUNG, FLOOR_RUNG)}
+    named = {name: ",".join(str(i) for i, c in enumerate(LADDER) if c.label in labels)
+             for name, labels in rung_sets.items()}
     rungs = lambda indices: [LADDER[int(i)] for i in named.get(indices, indices).split(",") if i]
     report = run(args.case, rungs(args.configs), [int(c) for c in args.concurrency.split(",")], args.seconds,
                  args.rounds, rungs(args.pinned_upstream_configs))
