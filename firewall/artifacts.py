@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,15 @@ BY_CLASS_OUTPUTS = {"badexpert": "badexpert_by_class", "badexpert_tsbd": "badexp
 # sidecar never opens them.
 TORCH_FILES = {role: f"torch/{role}.pt2"
                for role in ("original", "expert", "auxiliary", "exposed", "auxiliary_tsbd")}
+
+
+def write_json_atomically(path: Path, data: Any) -> None:
+    """Write through a temporary file and a rename, so a reader (a sidecar starting, a
+    calibration running) never sees half a manifest or thresholds file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2)
+    os.replace(tmp, path)
 
 
 def sha256_file(path: Path) -> str:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from firewall.artifacts import PRECISIONS
+from firewall.artifacts import PRECISIONS, write_json_atomically
 from firewall.errors import ArtifactError, UserError
 from firewall.fusion import Fusion
 
@@ -91,12 +89,7 @@ class Thresholds:
         return data
 
     def save(self, path: Path) -> None:
-        """Write atomically so a reader never sees half a file."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".thresholds-", suffix=".json")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self.to_json(), handle, indent=2)
-        os.replace(tmp, path)
+        write_json_atomically(Path(path), self.to_json())
 
     @classmethod
     def load(cls, path: Path) -> "Thresholds":

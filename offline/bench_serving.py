@@ -34,6 +34,7 @@ import numpy as np
 import onnxruntime as ort
 import tritonclient.grpc as triton
 
+from firewall.artifacts import INT8_FUSED_FILES
 from firewall.fusion import DEFAULT_CASCADE_BAND, DEFAULT_LATER_RULES
 from offline.build.quantize import QuantizeConfig, run_quantize
 from offline.calibrate import CalibrateConfig, run_calibrate
@@ -135,14 +136,14 @@ def summarize(latencies: list[np.ndarray], seconds: float) -> dict:
 
 def _calibrated_copy(case: Path, config: FirewallConfig, scratch: Path) -> Path:
     """The case's artifacts (models unchanged) calibrated with the rung's band, later rules
-    and precision (quantized first where it is int8), so that a rung measures what it names
+    and precision (quantized first where it is int8 and the case was not), so that a rung measures what it names
     whatever the case was calibrated with."""
     copy = scratch / (f"artifacts-band-{config.cascade_band:g}-{'+'.join(config.later_rules) or 'none'}"
                       f"-{config.precision}")
     if not copy.exists():
         shutil.copytree(case / "artifacts", copy)
-        if config.precision == "int8":
-            run_quantize(QuantizeConfig(copy, case / "clean.npz", force=True))
+        if config.precision == "int8" and not (copy / INT8_FUSED_FILES["fused"]).is_file():
+            run_quantize(QuantizeConfig(copy, case / "clean.npz"))
         run_calibrate(CalibrateConfig(copy, case / "calib.npz", cascade_band=config.cascade_band,
                                       later_rules=config.later_rules, precision=config.precision))
     return copy

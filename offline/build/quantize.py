@@ -15,8 +15,6 @@ int8` scores with these copies, and thresholds.json records which graph it was f
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -27,7 +25,8 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from firewall.artifacts import FUSED_FILES, INT8_FUSED_FILES, MANIFEST, THRESHOLDS, load_artifacts, sha256_file
+from firewall.artifacts import (FUSED_FILES, INT8_FUSED_FILES, MANIFEST, THRESHOLDS, Artifacts, Manifest,
+                                load_artifacts, sha256_file, write_json_atomically)
 from firewall.errors import UserError
 from firewall.rules import first_stage_rules
 from firewall.scoring import ScoringEngine
@@ -82,9 +81,8 @@ def quantize_graph(source: Path, target: Path, input_name: str, x: np.ndarray) -
     return len(nodes)
 
 
-def _agreement(artifacts_dir: Path, x: np.ndarray) -> dict:
+def _agreement(artifacts: Artifacts, x: np.ndarray) -> dict:
     """How close the int8 first stage's scores are to the float graph's on the clean inputs."""
-    artifacts = load_artifacts(artifacts_dir)
     rules = first_stage_rules(artifacts.model_roles)
     (yhat, fp32), (yhat_int8, int8) = (ScoringEngine(artifacts, rules=rules, precision=p).score(x)
                                        for p in ("fp32", "int8"))
@@ -109,18 +107,12 @@ def run_quantize(config: QuantizeConfig) -> dict:
                             "ops": list(QUANTIZED_OPS), "networks": [n.rstrip(".") for n in QUANTIZED_NETWORKS],
                             "nodes_quantized": quantized, "calibration_rows": len(clean),
                             "calibration_row_digests": clean.row_digests()}
-    _write_manifest(artifacts.path(MANIFEST), data)  # listed first: the engine opens only verified files
-    data["quantization"]["agreement_on_calibration_rows"] = _agreement(config.artifacts, clean.x)
-    _write_manifest(artifacts.path(MANIFEST), data)
+    # the graphs were written just now: the engine may open them before the manifest on disk lists them
+    quantized_set = Artifacts(artifacts.root, Manifest.from_json(data), artifacts.manifest_sha256)
+    data["quantization"]["agreement_on_calibration_rows"] = _agreement(quantized_set, clean.x)
+    write_json_atomically(artifacts.path(MANIFEST), data)
     _warn_if_thresholds_are_stale(artifacts.path(THRESHOLDS))
     return data["quantization"]
-
-
-def _write_manifest(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest-", suffix=".json")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-    os.replace(tmp, path)
 
 
 def _warn_if_thresholds_are_stale(path: Path) -> None:
