@@ -19,13 +19,15 @@ import numpy as np
 
 from firewall.errors import ArtifactError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 MANIFEST = "manifest.json"
 THRESHOLDS = "thresholds.json"
 STRIP_BANK = "strip_bank.npy"
 # Clean class means and a shared precision matrix in a penultimate feature space (also
 # inside the fused graphs as constants): `means`, `precision` in M's (the Mahalanobis
-# rule's), `<role>_means`, `<role>_precision` in each auxiliary's (its posterior rule's).
+# rule's), `<role>_means`, `<role>_precision` in each auxiliary's (its posterior rule's),
+# `layer<i>_means`, `layer<i>_precision` at M's tapped layers with their `layer_scales` (the
+# layer-Mahalanobis rule's).
 CLASS_GAUSSIANS = "class_gaussians.npz"
 MODEL_FILES = {
     "original": "original.onnx",
@@ -36,6 +38,7 @@ MODEL_FILES = {
     "auxiliary_tsbd": "auxiliary_tsbd.onnx",  # TSBD's M' beside the fine-tuned one (`--auxiliary both`)
     "auxiliary_features": "auxiliary_features.onnx",  # M' up to its penultimate layer
     "auxiliary_tsbd_features": "auxiliary_tsbd_features.onnx",
+    "layer_features": "layer_features.onnx",  # M's tapped layers' pooled activations, side by side
 }
 # Models only some builds have (a first-stage rule that needs one is computed only where
 # it is: firewall.rules.first_stage_rules).
@@ -55,7 +58,8 @@ PREDICTION_OUTPUT = "prediction"
 BY_CLASS_OUTPUTS = {"badexpert": "badexpert_by_class", "badexpert_tsbd": "badexpert_tsbd_by_class",
                     "exposed": "exposed_by_class", "mahalanobis": "mahalanobis_by_class",
                     "auxiliary_posterior": "auxiliary_posterior_by_class",
-                    "auxiliary_tsbd_posterior": "auxiliary_tsbd_posterior_by_class"}
+                    "auxiliary_tsbd_posterior": "auxiliary_tsbd_posterior_by_class",
+                    "layer_mahalanobis": "layer_mahalanobis_by_class"}
 # The classifiers as torch.export programs, for the eager-PyTorch engine benchmark
 # (which cuts M's features from M itself). Listed and hashed like every file; the
 # sidecar never opens them.
@@ -120,7 +124,8 @@ class Manifest:
             if data["schema_version"] != SCHEMA_VERSION:
                 raise ArtifactError(
                     f"manifest schema_version {data['schema_version']} is not {SCHEMA_VERSION}: "
-                    "rebuild the artifacts with this version's `offline build`"
+                    "rebuild the artifacts with this version's `offline build` (`--reuse-models` the old "
+                    "directory keeps its fine-tuned models: minutes instead of hours)"
                 )
             norm = data["input"].get("normalization", {})
             return cls(
@@ -176,6 +181,12 @@ class Artifacts:
         prefix = f"{auxiliary}_" if auxiliary else ""
         with np.load(self.path(CLASS_GAUSSIANS), allow_pickle=False) as stored:
             return stored[prefix + "means"], stored[prefix + "precision"]
+
+    def layer_gaussians(self) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        """(means, precision, scale) of each of M's tapped layers, in the layers' order."""
+        with np.load(self.path(CLASS_GAUSSIANS), allow_pickle=False) as stored:
+            return [(stored[f"layer{i}_means"], stored[f"layer{i}_precision"], float(scale))
+                    for i, scale in enumerate(stored["layer_scales"])]
 
 
 def load_artifacts(root: str | Path) -> Artifacts:

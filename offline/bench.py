@@ -2,8 +2,9 @@
 
 Every cell is the whole red-team story in-process: poison, build, calibrate at 1% FPR,
 evaluate. A cell whose eval.json exists is reused (pass --force to measure again from
-scratch, --rebuild to keep the poisoned model and data and build again, or
---recalibrate to keep the build and calibrate and evaluate it again), so an
+scratch, --rebuild to keep the poisoned model and data and build again, with
+--reuse-models around the build's own fine-tuned models, or --recalibrate to keep the
+build and calibrate and evaluate it again), so an
 interrupted matrix resumes where it stopped; with --records, a cell whose records were
 kept is reused too, though runs/ be gone. --auxiliary X builds each cell's model once
 more with M' made that way, beside the default build (offline/cells.py). The table in
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from firewall.artifacts import SCHEMA_VERSION
+from firewall.artifacts import MANIFEST, SCHEMA_VERSION
 from firewall.errors import UserError
 from offline.build.pipeline import DEFAULT_AUXILIARY, BuildConfig, run_build
 from offline.calibrate import CalibrateConfig, run_calibrate
@@ -44,6 +45,7 @@ class BenchConfig:
     quick: bool = False
     force: bool = False
     rebuild: bool = False
+    reuse_models: bool = False  # with rebuild: each cell's fine-tuned models from its existing build
     recalibrate: bool = False  # a change to calibration or to the verdict's arithmetic, not to the build
     width: int | None = None
     epochs: int | None = None
@@ -71,13 +73,14 @@ def cell_dir(out: Path, dataset: str, attack: str, arch: str, seed: int, tag: st
 
 
 def run_cell(case: Path, dataset: str, attack: str, arch: str, seed: int, poison: dict, repoison: bool,
-             auxiliary: str | None = None) -> dict:
+             auxiliary: str | None = None, reuse_models: bool = False) -> dict:
     if repoison or not (case / "attack.json").is_file():
         run_poison(PoisonConfig(dataset=dataset, attack=attack, out=case, arch=arch, seed=seed, force=True,
                                 **poison))
-    run_build(BuildConfig(model=str(case / "model.pt2"), clean_data=case / "clean.npz",
-                          out=artifacts_dir(case, auxiliary), auxiliary=auxiliary or DEFAULT_AUXILIARY, seed=seed,
-                          force=True))
+    artifacts = artifacts_dir(case, auxiliary)
+    reuse = artifacts if reuse_models and (artifacts / MANIFEST).is_file() else None
+    run_build(BuildConfig(model=str(case / "model.pt2"), clean_data=case / "clean.npz", out=artifacts,
+                          auxiliary=auxiliary or DEFAULT_AUXILIARY, seed=seed, reuse_models=reuse, force=True))
     return calibrate_and_evaluate(case, attack, auxiliary)
 
 
@@ -130,7 +133,8 @@ def run_bench(config: BenchConfig) -> tuple[list[Path], dict[str, str]]:
             try:
                 report = (calibrate_and_evaluate(case, attack, config.auxiliary) if recalibrate
                           else run_cell(case, dataset, attack, arch, seed, config.poison_settings(dataset),
-                                        repoison=config.force, auxiliary=config.auxiliary))
+                                        repoison=config.force, auxiliary=config.auxiliary,
+                                        reuse_models=config.reuse_models))
             except UserError as error:
                 failed[case.name] = str(error)
                 print(f"{label}: failed, the matrix goes on: {error}", file=sys.stderr, flush=True)

@@ -4,10 +4,12 @@ Both sides run the same rules on the same models (the build writes the models as
 for the sidecar and as torch.export programs for this comparison) with the same number
 of CPU threads, at batch 1, 8 and 64:
 - the first stage: M's prediction, the BaDExpert score (B and each M' the build made),
-  the exposed margin (E) and the Mahalanobis distance (M's penultimate features) on every
+  the exposed margin (E), the Mahalanobis distance (M's penultimate features), the
+  auxiliary posterior and the layer-Mahalanobis distance (M's tapped layers) on every
   input; eager PyTorch runs M's layers once for the features and the prediction, as the
   fused graph the sidecar serves does; onnxruntime also as separate sessions (M whole for
-  the prediction, M up to its penultimate layer for the features, B, each M', E), and
+  the prediction, M up to its penultimate layer for the features, M's tapped layers, B,
+  each M', E), and
   as the fused graph's int8 copy where the artifacts were quantized (`offline quantize`);
 - `strip`: exposed STRIP, E on 64 superimposed copies of every input.
 Each cell is the median over repeated calls of the time one call takes. With `--device
@@ -36,10 +38,12 @@ from firewall.rules import auxiliary_roles
 from firewall.rules.auxiliary_posterior import posterior_by_class
 from firewall.rules.badexpert import triangle_statistic
 from firewall.rules.exposed import margin_by_class
+from firewall.rules.layer_mahalanobis import LayerGaussians, layer_mahalanobis_by_class
 from firewall.rules.mahalanobis import mahalanobis_by_class
 from firewall.scoring import ScoringEngine
-from offline.build.fused_export import (MahalanobisByClass, badexpert_by_class, exposed_by_class,
-                                       posterior_by_class_torch)
+from offline.build.fused_export import (LayerMahalanobisByClass, MahalanobisByClass, badexpert_by_class,
+                                       exposed_by_class, posterior_by_class_torch)
+from offline.build.layer_taps import TappedFeatures
 from offline.build.trunk_split import split_before_classifier
 from offline.machine import case_description, describe_machine
 from offline.model_io import load_pt2
@@ -54,12 +58,17 @@ class EagerRules:
     """The serving rules written directly in PyTorch, run eagerly on the torch models."""
 
     def __init__(self, artifacts_dir: Path, bank: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...],
-                 gaussians: dict[str, tuple[np.ndarray, np.ndarray]], auxiliaries: list[str], device: str = "cpu"):
+                 gaussians: dict[str, tuple[np.ndarray, np.ndarray]], auxiliaries: list[str],
+                 layers: list[LayerGaussians] | None, device: str = "cpu"):
         roles = ["original", "expert", "exposed", *auxiliaries]
         self.models = {role: load_pt2(artifacts_dir / TORCH_FILES[role]).module().to(device) for role in roles}
         self.auxiliaries = {role: split_before_classifier(self.models[role]) for role in auxiliaries}
         self.original = split_before_classifier(self.models["original"])
         self.mahalanobis = {role: MahalanobisByClass(*gaussians[role]).to(device) for role in ["original", *auxiliaries]}
+        # M's features with its tapped layers, found again in the reloaded graph by the build's rule
+        # (where the set has the layer-Mahalanobis rule).
+        self.features = TappedFeatures(self.original.trunk).to(device) if layers else None
+        self.layer_mahalanobis = LayerMahalanobisByClass(layers).to(device) if layers else None
         shape = (1, -1, 1, 1)
         self.mean = torch.tensor(mean, device=device).reshape(shape)
         self.std = torch.tensor(std, device=device).reshape(shape)
@@ -69,7 +78,7 @@ class EagerRules:
     def first_stage(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """M's prediction, and the BaDExpert (with each auxiliary), exposed-margin, Mahalanobis and
         auxiliary-posterior (with each auxiliary) scores of it."""
-        features = self.original.trunk(x)
+        features, pooled = self.features(x) if self.features else (self.original.trunk(x), None)
         yhat = self.original.head(features).argmax(dim=1)
         b = self.models["expert"](x).softmax(dim=1)
         badexpert, posteriors = [], []
@@ -79,8 +88,9 @@ class EagerRules:
             posteriors.append(posterior_by_class_torch(self.mahalanobis[role](aux_features)))
         exposed = exposed_by_class(self.models["exposed"](x))
         mahalanobis = self.mahalanobis["original"](features)
+        layers = [self.layer_mahalanobis(pooled)] if self.layer_mahalanobis else []
         return yhat, *(scores.gather(1, yhat[:, None])[:, 0]
-                       for scores in (*badexpert, exposed, mahalanobis, *posteriors))
+                       for scores in (*badexpert, exposed, mahalanobis, *posteriors, *layers))
 
     @torch.inference_mode()
     def strip(self, x: torch.Tensor, yhat: torch.Tensor) -> torch.Tensor:
@@ -120,7 +130,8 @@ def run(case: Path, threads: int, seconds: float, device: str = "cpu") -> dict:
     auxiliaries = auxiliary_roles(first_stage)
     torch.set_num_threads(threads)
     gaussians = {"original": artifacts.class_gaussians(), **{role: artifacts.class_gaussians(role) for role in auxiliaries}}
-    eager = EagerRules(artifacts.root, engine.bank, norm.mean, norm.std, gaussians, auxiliaries, device)
+    layers = artifacts.layer_gaussians() if "layer_mahalanobis" in first_stage else None
+    eager = EagerRules(artifacts.root, engine.bank, norm.mean, norm.std, gaussians, auxiliaries, layers, device)
     pool = np.load(case / "test_clean.npz")["x"]
     models = engine.models
 
@@ -131,8 +142,10 @@ def run(case: Path, threads: int, seconds: float, device: str = "cpu") -> dict:
         posteriors = [prob_of(posterior_by_class(mahalanobis_by_class(
             models.logits(f"{role}_features", x).reshape(len(x), -1), *gaussians[role])), yhat) for role in auxiliaries]
         features = models.logits("features", x).reshape(len(x), -1)
+        by_layer = ([prob_of(layer_mahalanobis_by_class(models.logits("layer_features", x), layers), yhat)]
+                    if layers else [])
         return (*badexpert, prob_of(margin_by_class(models.logits("exposed", x)), yhat),
-                prob_of(mahalanobis_by_class(features, *gaussians["original"]), yhat), *posteriors)
+                prob_of(mahalanobis_by_class(features, *gaussians["original"]), yhat), *posteriors, *by_layer)
 
     rows = []
     for batch in BATCHES:

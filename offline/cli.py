@@ -11,7 +11,8 @@ from pathlib import Path
 from firewall.artifacts import PRECISIONS
 from firewall.errors import UserError, run_reporting_errors
 from firewall.fusion import (DEFAULT_AUXILIARY_POSTERIOR_WEIGHT, DEFAULT_CASCADE_BAND, DEFAULT_EXPOSED_WEIGHT,
-                             DEFAULT_LATER_RULE_WEIGHT, DEFAULT_LATER_RULES, DEFAULT_MAHALANOBIS_WEIGHT)
+                             DEFAULT_LATER_RULE_WEIGHT, DEFAULT_LATER_RULES, DEFAULT_LAYER_MAHALANOBIS_WEIGHT,
+                             DEFAULT_MAHALANOBIS_WEIGHT)
 from firewall.rules import LATER_RULES
 
 
@@ -67,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "M's parameters (e.g. 0.9), so that the sidecar runs M's trunk once for all four; off by default: "
                         "it costs detection on some attacks (docs/METHODS.md)")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--reuse-models", type=Path, metavar="ARTIFACTS",
+                   help="take B, E and M' from this earlier build of the same model on the same clean data instead "
+                        "of fine-tuning them again (after an upgrade changed the scoring graphs or the schema; "
+                        "minutes instead of the fine-tunes' hours)")
     b.add_argument("--force", action="store_true", help="replace --out if it exists")
 
     c = sub.add_parser("calibrate", help="learn thresholds from clean data")
@@ -75,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--target-fpr", type=float, default=0.01)
     c.add_argument("--cascade-band", type=float, default=DEFAULT_CASCADE_BAND,
                    help="share of clean calibration inputs for which the firewall also runs the later rules "
-                        "(default %(default)s; 0: the first-stage rules alone, BaDExpert, the exposed margin, Mahalanobis and the "
-                        "auxiliary posterior; 1: the later rules on every input too)")
+                        "(default %(default)s; 0: the first-stage rules alone, BaDExpert, the exposed margin, the two "
+                        "Mahalanobis rules and the auxiliary posterior; 1: the later rules on every input too)")
     c.add_argument("--later-rules", type=_names, default=DEFAULT_LATER_RULES,
                    help="comma-separated: the costly rules run inside the band, among strip_original (STRIP on M) "
                         "and strip (exposed STRIP); an empty string for none")
@@ -84,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how much the exposed margin's evidence counts in the verdict beside BaDExpert's (weight 1)")
     c.add_argument("--mahalanobis-weight", type=float, default=DEFAULT_MAHALANOBIS_WEIGHT,
                    help="how much the Mahalanobis rule's evidence counts in the verdict beside BaDExpert's (weight 1)")
+    c.add_argument("--layer-mahalanobis-weight", type=float, default=DEFAULT_LAYER_MAHALANOBIS_WEIGHT,
+                   help="how much the layer-Mahalanobis rule's evidence (M's activations at six depths) counts in "
+                        "the verdict beside BaDExpert's (weight 1)")
     c.add_argument("--later-rule-weight", type=float, default=DEFAULT_LATER_RULE_WEIGHT,
                    help="how much each later rule's evidence counts in the band beside BaDExpert's (weight 1)")
     c.add_argument("--auxiliary-posterior-weight", type=float, default=DEFAULT_AUXILIARY_POSTERIOR_WEIGHT,
@@ -121,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--rebuild", action="store_true",
                    help="build, calibrate and evaluate again on each cell's existing poisoned model and data "
                         "(after a change to the build or the rules); cells without them are poisoned first")
+    m.add_argument("--reuse-models", action="store_true",
+                   help="with --rebuild: take each cell's fine-tuned models from its existing build "
+                        "(`offline build --reuse-models`), for a change to the scoring graphs, not to the fine-tunes")
     m.add_argument("--recalibrate", action="store_true",
                    help="calibrate and evaluate again each cell's build in --out, if of the current artifacts "
                         "schema (after a change to calibration or to the verdict's arithmetic); other cells are "
@@ -152,9 +163,11 @@ def run(args: argparse.Namespace) -> None:
         manifest = run_build(BuildConfig(model=args.model, clean_data=args.clean_data, out=args.out, name=args.name,
                                          auxiliary=args.auxiliary, weights=args.weights, input_shape=args.input_shape,
                                          input_mean=args.input_mean, input_std=args.input_std,
-                                         shared_trunk=args.shared_trunk, seed=args.seed, force=args.force))
+                                         shared_trunk=args.shared_trunk, seed=args.seed,
+                                         reuse_models=args.reuse_models, force=args.force))
         for role, info in manifest["models"].items():
             extra = f", {info['steps']} steps, stopped by {info['stopped_by']}" if "steps" in info else ""
+            extra += " (reused)" if info.get("reused") else ""
             print(f"{role:<14} held-out clean accuracy {info['heldout_clean_accuracy']:.2%}{extra}")
         print(f"wrote {args.out}")
     elif args.command == "calibrate":
@@ -164,6 +177,7 @@ def run(args: argparse.Namespace) -> None:
                                                    args.cascade_band,
                                                    {"exposed": args.exposed_weight,
                                                     "mahalanobis": args.mahalanobis_weight,
+                                                    "layer_mahalanobis": args.layer_mahalanobis_weight,
                                                     **{rule: args.later_rule_weight for rule in LATER_RULES}},
                                                    args.auxiliary_posterior_weight, args.later_rules,
                                                    args.precision))
@@ -193,6 +207,8 @@ def run(args: argparse.Namespace) -> None:
                   [a for a in args.archs if a not in ARCHITECTURES] + [d for d in args.datasets if d not in DATASETS]
         if unknown:
             raise UserError(f"unknown dataset, architecture or attack {unknown}")
+        if args.reuse_models and not args.rebuild:
+            raise UserError("--reuse-models rebuilds each cell around its fine-tuned models: add --rebuild")
         if args.quick and (args.width or args.epochs):
             raise UserError("--quick has its own tiny poison settings; drop --width/--epochs")
         grid = QUICK if args.quick else {"datasets": args.datasets, "archs": args.archs, "attacks": args.attacks,
@@ -200,7 +216,8 @@ def run(args: argparse.Namespace) -> None:
         _, failed = run_bench(BenchConfig(out=args.out, datasets=tuple(grid["datasets"]),
                                           archs=tuple(grid["archs"]), attacks=tuple(grid["attacks"]),
                                           seeds=tuple(grid["seeds"]), quick=args.quick, force=args.force,
-                                          rebuild=args.rebuild, recalibrate=args.recalibrate, width=args.width,
+                                          rebuild=args.rebuild, reuse_models=args.reuse_models,
+                                          recalibrate=args.recalibrate, width=args.width,
                                           epochs=args.epochs, auxiliary=args.auxiliary, records=args.records))
         print(results_document(args.records or args.out, args.markdown))
         if failed:

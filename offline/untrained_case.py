@@ -27,7 +27,8 @@ from torch import nn
 from firewall.artifacts import sha256_file
 from firewall.rules import auxiliary_roles, first_stage_rules
 from offline.build.artifacts_writer import write_artifacts
-from offline.build.class_gaussians import fit_class_gaussians, fit_feature_space
+from offline.build.class_gaussians import fit_class_gaussians, fit_feature_space, fit_layer_space
+from offline.build.layer_taps import PooledLayers, TappedFeatures
 from offline.build.pipeline import BuildConfig
 from offline.build.trunk_split import split_before_classifier
 from offline.calibrate import CalibrateConfig, run_calibrate
@@ -80,7 +81,9 @@ def make_untrained_case(config: UntrainedCaseConfig) -> dict:
         gaussians = fit_class_gaussians(forward(penultimate.trunk, clean.x), clean.y, num_classes)
         auxiliary_spaces = {role: fit_feature_space(split_before_classifier(models[role]), clean, num_classes)
                             for role in auxiliary_roles(first_stage_rules(ROLES))}
+        layers = fit_layer_space(TappedFeatures(penultimate.trunk), clean, num_classes)
     models |= {f"{role}_features": space.split.trunk for role, space in auxiliary_spaces.items()}
+    models["layer_features"] = PooledLayers(layers.tapped)
     bank_rows = np.random.default_rng(config.seed).choice(len(clean.y), size=min(BuildConfig.strip_bank_size, len(clean.y)), replace=False)
     parameters = sum(p.numel() for p in models["original"].parameters())
     description = {
@@ -95,7 +98,7 @@ def make_untrained_case(config: UntrainedCaseConfig) -> dict:
     }
     artifacts = config.out / "artifacts"
     write_artifacts(artifacts, config.force, models=models, penultimate=penultimate, gaussians=gaussians,
-                    auxiliary_spaces=auxiliary_spaces,
+                    auxiliary_spaces=auxiliary_spaces, layers=layers,
                     example=clean.x[:2], check_x=splits["calib"].x[:64], bank=clean.x[bank_rows],
                     description=description)
     run_calibrate(CalibrateConfig(artifacts, config.out / "calib.npz"))

@@ -1,7 +1,8 @@
 """The BaDExpert triangle rule scores the backdoor corner of the (b, a) plane highest; the exposed
 rule scores how far E still backs M's prediction; the Mahalanobis rule how far M's features lie
 from the clean inputs of the predicted class; the auxiliary posterior how unlikely the predicted
-class is under the clean class Gaussians of M''s features; the fused graph computes them as published."""
+class is under the clean class Gaussians of M''s features; the layer-Mahalanobis rule sums
+the same distance over M's tapped layers; the fused graph computes them as published."""
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from firewall.probabilities import entropy, softmax
 from firewall.rules.auxiliary_posterior import posterior_by_class
 from firewall.rules.badexpert import triangle_statistic
 from firewall.rules.exposed import margin_by_class
+from firewall.rules.layer_mahalanobis import layer_mahalanobis_by_class
 from firewall.rules.mahalanobis import mahalanobis_by_class
 
 
@@ -86,6 +88,8 @@ def test_the_fused_graph_scores_like_the_rules_on_the_separate_models(tiny_case,
     aux_distances = mahalanobis_by_class(models.logits("auxiliary_features", x).reshape(len(x), -1).astype(np.float64),
                                          *artifacts.class_gaussians("auxiliary"))
     assert np.allclose(scores["auxiliary_posterior"], prob_of(posterior_by_class(aux_distances), yhat), rtol=1e-3, atol=1e-3)
+    by_layer = layer_mahalanobis_by_class(models.logits("layer_features", x), artifacts.layer_gaussians())
+    assert np.allclose(scores["layer_mahalanobis"], prob_of(by_layer, yhat), rtol=1e-3, atol=1e-3)
     shifted = (yhat + 1) % 10  # a prediction given from outside runs the graph without M
     given = engine.score(x, yhat=shifted)[1]["badexpert"]
     b, a = prob_of(models.probs("expert", x), shifted), prob_of(models.probs("auxiliary", x), shifted)

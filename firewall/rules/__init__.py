@@ -8,6 +8,7 @@ from firewall.rules.auxiliary_posterior import AuxiliaryPosteriorRule, Auxiliary
 from firewall.rules.badexpert import BadExpertRule, BadExpertTsbdRule
 from firewall.rules.base import Batch, Rule
 from firewall.rules.exposed import ExposedRule
+from firewall.rules.layer_mahalanobis import LayerMahalanobisRule
 from firewall.rules.mahalanobis import MahalanobisRule
 from firewall.rules.scaleup import ScaleUpRule
 from firewall.rules.strip import ExposedEntropyRule, ExposedStripRule, StripOriginalRule
@@ -15,7 +16,7 @@ from firewall.rules.strip import ExposedEntropyRule, ExposedStripRule, StripOrig
 RULES: dict[str, type[Rule]] = {
     rule.name: rule
     for rule in (BadExpertRule, BadExpertTsbdRule, ExposedRule, MahalanobisRule, AuxiliaryPosteriorRule,
-                 AuxiliaryTsbdPosteriorRule, ExposedStripRule, StripOriginalRule, ScaleUpRule, ExposedEntropyRule)
+                 AuxiliaryTsbdPosteriorRule, LayerMahalanobisRule, ExposedStripRule, StripOriginalRule, ScaleUpRule, ExposedEntropyRule)
 }
 
 # The costly rules (64 superimposed copies through M or E each) that run only in the
@@ -48,5 +49,5 @@ def first_stage_rules(model_roles: Iterable[str]) -> tuple[str, ...]:
 
 __all__ = ["RULES", "LATER_RULES", "auxiliary_roles", "badexpert_rules", "first_stage_rules", "posterior_rules", "Batch", "Rule",
            "BadExpertRule", "BadExpertTsbdRule", "AuxiliaryPosteriorRule", "AuxiliaryTsbdPosteriorRule", "ExposedRule",
-           "MahalanobisRule", "ExposedStripRule", "StripOriginalRule",
+           "MahalanobisRule", "LayerMahalanobisRule", "ExposedStripRule", "StripOriginalRule",
            "ScaleUpRule", "ExposedEntropyRule"]

@@ -21,7 +21,7 @@ import firewall
 from firewall.artifacts import (CLASS_GAUSSIANS, FUSED_FILES, MANIFEST, MODEL_FILES, SCHEMA_VERSION, STRIP_BANK,
                                 TORCH_FILES, sha256_file)
 from offline.atomic import atomic_directory
-from offline.build.class_gaussians import ClassGaussians, FeatureSpace, save_class_gaussians
+from offline.build.class_gaussians import ClassGaussians, FeatureSpace, LayerSpace, save_class_gaussians
 from offline.build.fused_export import export_fused
 from offline.build.onnx_export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx
 from offline.build.trunk_split import TrunkSplit
@@ -29,13 +29,15 @@ from offline.model_io import save_pt2
 
 
 def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], penultimate: TrunkSplit,
-                    gaussians: ClassGaussians, auxiliary_spaces: dict[str, FeatureSpace], example: np.ndarray,
-                    check_x: np.ndarray, bank: np.ndarray, description: dict, trunk: nn.Module | None = None) -> dict:
-    """Writes `models` (by role: original, expert, exposed, features and the auxiliaries)
-    to `out` and returns the manifest.
+                    gaussians: ClassGaussians, auxiliary_spaces: dict[str, FeatureSpace], layers: LayerSpace,
+                    example: np.ndarray, check_x: np.ndarray, bank: np.ndarray, description: dict,
+                    trunk: nn.Module | None = None) -> dict:
+    """Writes `models` (by role: original, expert, exposed, features, layer_features and the
+    auxiliaries) to `out` and returns the manifest.
 
     `penultimate` is M cut before its classifier layer (the Mahalanobis rule's features),
-    `auxiliary_spaces` each auxiliary cut the same way with its Gaussians (its posterior rule);
+    `auxiliary_spaces` each auxiliary cut the same way with its Gaussians (its posterior rule),
+    `layers` M's tapped layers with theirs (the layer-Mahalanobis rule);
     `trunk` the shared trunk when the fine-tunes changed only a head. `description` holds
     what only the producer knows (name, normalization, source_model, build, models); the
     file digests, shapes and export checks are added here.
@@ -54,10 +56,10 @@ def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], pen
             if role in TORCH_FILES:
                 (scratch / TORCH_FILES[role]).parent.mkdir(exist_ok=True)
                 save_pt2(module, example_tensor, scratch / TORCH_FILES[role])
-        onnx_check.update(export_fused(models, penultimate.head, gaussians, auxiliary_spaces, example_tensor, scratch,
-                                       check_x, trunk))
+        onnx_check.update(export_fused(models, penultimate.head, gaussians, auxiliary_spaces, layers, example_tensor,
+                                       scratch, check_x, trunk))
         np.save(scratch / STRIP_BANK, bank.astype(np.float32), allow_pickle=False)
-        save_class_gaussians(scratch, gaussians, auxiliary_spaces)
+        save_class_gaussians(scratch, gaussians, auxiliary_spaces, layers)
         normalization = description.pop("normalization")
         manifest = {
             "schema_version": SCHEMA_VERSION,
@@ -73,6 +75,7 @@ def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], pen
             **description,
             "mahalanobis": {"features_after": penultimate.cut, **gaussians.to_json()},
             "auxiliary_posterior": {role: space.to_json() for role, space in auxiliary_spaces.items()},
+            "layer_mahalanobis": layers.to_json(),
             "onnx_max_relative_diff": onnx_check,  # absolute below 1 (onnx_export.relative_difference)
         }
         (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2))

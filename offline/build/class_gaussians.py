@@ -1,5 +1,6 @@
 """Clean inputs as one Gaussian per class in a model's penultimate feature space: in M's,
-the Mahalanobis rule's parameters; in each auxiliary's, its posterior rule's.
+the Mahalanobis rule's parameters; in each auxiliary's, its posterior rule's; at each of
+M's tapped layers, the layer-Mahalanobis rule's.
 
 Class means and one covariance shared by all classes, as in Lee et al.'s detector: a
 few hundred clean inputs cannot estimate a covariance per class in a space of 64 to
@@ -21,6 +22,9 @@ from sklearn.covariance import ledoit_wolf
 
 from firewall.artifacts import CLASS_GAUSSIANS
 from firewall.errors import UserError
+from firewall.rules.layer_mahalanobis import LayerGaussians
+from firewall.rules.mahalanobis import mahalanobis_by_class
+from offline.build.layer_taps import TappedFeatures, pooled_layers
 from offline.build.trunk_split import TrunkSplit
 from offline.data.tensorsets import TensorSet
 from offline.training import forward
@@ -39,7 +43,8 @@ class ClassGaussians:
                 "samples": self.samples, "classes_without_samples": list(self.classes_without_samples)}
 
 
-def fit_class_gaussians(features: np.ndarray, labels: np.ndarray, num_classes: int) -> ClassGaussians:
+def fit_class_gaussians(features: np.ndarray, labels: np.ndarray, num_classes: int,
+                        space: str = "M's penultimate features") -> ClassGaussians:
     """Class means and the shrunk shared precision of `features` [N, d] with true `labels`.
 
     A class with no clean sample gets the mean of all features: its inputs are then
@@ -47,7 +52,7 @@ def fit_class_gaussians(features: np.ndarray, labels: np.ndarray, num_classes: i
     """
     features = np.asarray(features, np.float64).reshape(len(features), -1)
     if not np.isfinite(features).all():
-        raise UserError("M's penultimate features on the clean set are not finite: check the clean data")
+        raise UserError(f"{space} on the clean set are not finite: check the clean data")
     overall = features.mean(axis=0)
     present = np.unique(labels)
     means = np.stack([features[labels == k].mean(axis=0) if k in present else overall for k in range(num_classes)])
@@ -76,10 +81,51 @@ def fit_feature_space(split: TrunkSplit, clean: TensorSet, num_classes: int) -> 
     return FeatureSpace(split, fit_class_gaussians(forward(split.trunk, clean.x), clean.y, num_classes))
 
 
-def save_class_gaussians(directory: Path, original: ClassGaussians, auxiliaries: dict[str, FeatureSpace]) -> None:
-    """One CLASS_GAUSSIANS file: M's under `means`/`precision`, each auxiliary's under its role."""
-    arrays = {"means": original.means, "precision": original.precision}
+@dataclass(frozen=True)
+class LayerSpace:
+    """M's tapped layers (offline/build/layer_taps.py) and the class Gaussians of each one's
+    pooled activations on the clean set, with the scale that puts the layers on one footing
+    in the layer-Mahalanobis rule's sum: the median squared distance of the clean inputs to
+    their own class's mean. Without it the widest layer would outvote the others (a
+    distance grows with the dimension); the scale needs no data beyond the build's clean
+    set (dividing by the dimension instead ranked the matrix's cells the same to within
+    0.0006 of mean AUROC, docs/METHODS.md)."""
+
+    tapped: TappedFeatures
+    layers: tuple[ClassGaussians, ...]
+    scales: tuple[float, ...]
+
+    def arrays(self) -> list[LayerGaussians]:
+        """(means, precision, scale) of each layer, as the rule and an artifacts set hold them."""
+        return [(g.means, g.precision, scale) for g, scale in zip(self.layers, self.scales)]
+
+    def to_json(self) -> dict:
+        return {"layers": [{"node": name, "scale": scale, **gaussians.to_json()}
+                           for name, gaussians, scale in zip(self.tapped.names, self.layers, self.scales)]}
+
+
+def fit_layer_space(tapped: TappedFeatures, clean: TensorSet, num_classes: int) -> LayerSpace:
+    """The class Gaussians and scale of each tapped layer on `clean` (inputs already in the
+    space `tapped` reads)."""
+    layers, scales = [], []
+    for name, pooled in zip(tapped.names, pooled_layers(tapped, clean.x)):
+        gaussians = fit_class_gaussians(pooled, clean.y, num_classes, space=f"M's activations at {name}")
+        own = mahalanobis_by_class(pooled.astype(np.float64), gaussians.means, gaussians.precision)
+        scale = float(np.median(own[np.arange(len(clean.y)), clean.y]))
+        layers.append(gaussians)
+        scales.append(scale if scale > 0 else 1.0)  # a layer whose clean distances vanish carries nothing either way
+    return LayerSpace(tapped, tuple(layers), tuple(scales))
+
+
+def save_class_gaussians(directory: Path, original: ClassGaussians, auxiliaries: dict[str, FeatureSpace],
+                         layers: LayerSpace) -> None:
+    """One CLASS_GAUSSIANS file: M's under `means`/`precision`, each auxiliary's under its role,
+    M's tapped layers' under `layer<i>_` with their `layer_scales`."""
+    arrays = {"means": original.means, "precision": original.precision,
+              "layer_scales": np.asarray(layers.scales, np.float64)}
     for role, space in auxiliaries.items():
         arrays |= {f"{role}_means": space.gaussians.means, f"{role}_precision": space.gaussians.precision}
+    for i, gaussians in enumerate(layers.layers):
+        arrays |= {f"layer{i}_means": gaussians.means, f"layer{i}_precision": gaussians.precision}
     with open(directory / CLASS_GAUSSIANS, "wb") as handle:
         np.savez(handle, **arrays)

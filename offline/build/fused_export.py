@@ -6,12 +6,14 @@ one graph with a shared input pays once. The graph scores every class for each r
 `[N, K]` ("how suspicious if M predicted k"): the BaDExpert rule from B and M' (once
 with each M' in a build with two), the exposed rule from E's logit margins, the
 Mahalanobis rule from M's penultimate features and the clean class Gaussians, which the
-graph holds as constants, and the auxiliary-posterior rule from each M''s own features
-and Gaussians (M' runs once for both of its rules). M runs up to those features in both graphs; the one with the
-prediction adds M's classifier layer and the argmax. The same graph serves whether the prediction comes from M inside the graph or, with
-`--prediction-from-upstream`, from the production server's own answer, which can
-arrive after scoring has finished. Built with a shared trunk (`offline build
---shared-trunk`), the graph runs M's frozen early layers once and feeds all four heads.
+graph holds as constants, the auxiliary-posterior rule from each M''s own features
+and Gaussians (M' runs once for both of its rules), and the layer-Mahalanobis rule from
+M's pooled activations at its tapped layers, read on the same run of M's layers. M runs
+up to those features in both graphs; the one with the prediction adds M's classifier
+layer and the argmax. The same graph serves whether the prediction comes from M inside
+the graph or, with `--prediction-from-upstream`, from the production server's own
+answer, which can arrive after scoring has finished. Built with a shared trunk (`offline
+build --shared-trunk`), the graph runs M's frozen early layers once and feeds all four heads.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from firewall.rules import RULES, auxiliary_roles, badexpert_rules, first_stage_
 from firewall.rules.auxiliary_posterior import posterior_by_class
 from firewall.rules.badexpert import triangle_statistic
 from firewall.rules.exposed import margin_by_class
+from firewall.rules.layer_mahalanobis import LayerGaussians, layer_mahalanobis_by_class
 from firewall.rules.mahalanobis import mahalanobis_by_class
-from offline.build.class_gaussians import ClassGaussians, FeatureSpace
+from offline.build.class_gaussians import ClassGaussians, FeatureSpace, LayerSpace
 from offline.build.onnx_export import INPUT_NAME, export_onnx, relative_difference
+from offline.build.trunk_split import Composed
 
 # The rules divide by probabilities that can be 1e-6: float32 rounding moves such a score
 # by parts in 1e4 (measured 1.6e-4 on shapes/blend); BaDExpert's are compared on a bounded
@@ -97,32 +101,49 @@ class AuxiliaryWithPosterior(nn.Module):
         return self.classifier(features), posterior_by_class_torch(self.distances(features))
 
 
+class LayerMahalanobisByClass(nn.Module):
+    """M's tapped layers' pooled activations -> the sum over the layers of each one's squared
+    Mahalanobis distance to every class mean divided by the layer's scale, [N, K] (see
+    firewall.rules.layer_mahalanobis)."""
+
+    def __init__(self, layers: list[LayerGaussians]):
+        super().__init__()
+        self.layers = nn.ModuleList(MahalanobisByClass(means, precision) for means, precision, _ in layers)
+        self.register_buffer("inverse_scales", torch.tensor([1.0 / scale for _, _, scale in layers]))
+
+    def forward(self, pooled: list[torch.Tensor]) -> torch.Tensor:
+        distances = [layer(p) * self.inverse_scales[i] for i, (layer, p) in enumerate(zip(self.layers, pooled))]
+        return torch.stack(distances).sum(dim=0)
+
+
 class FirstStageScorer(nn.Module):
-    """x -> the BaDExpert (once per auxiliary), exposed, Mahalanobis and auxiliary-posterior
-    (once per auxiliary) scores for every class.
+    """x -> the BaDExpert (once per auxiliary), exposed, Mahalanobis, auxiliary-posterior
+    (once per auxiliary) and layer-Mahalanobis scores for every class.
 
     With a shared trunk the networks and M's feature layers are heads on the trunk's
-    output and the trunk runs once; without one the trunk is the identity and they are
-    whole models.
+    output and the trunk runs once (the layer-Mahalanobis rule then taps the layers of
+    M's head only); without one the trunk is the identity and they are whole models.
     """
 
-    def __init__(self, expert: nn.Module, auxiliaries: list[FeatureSpace], exposed: nn.Module, features: nn.Module,
-                 gaussians: ClassGaussians, trunk: nn.Module | None = None):
+    def __init__(self, expert: nn.Module, auxiliaries: list[FeatureSpace], exposed: nn.Module,
+                 gaussians: ClassGaussians, layers: LayerSpace, trunk: nn.Module | None = None):
         super().__init__()
         self.trunk = trunk if trunk is not None else nn.Identity()
-        self.expert, self.exposed, self.features = expert, exposed, features
+        self.expert, self.exposed, self.features = expert, exposed, layers.tapped
         self.auxiliaries = nn.ModuleList(AuxiliaryWithPosterior(space) for space in auxiliaries)
         self.mahalanobis = MahalanobisByClass(gaussians.means, gaussians.precision)
+        self.layer_mahalanobis = LayerMahalanobisByClass(layers.arrays())
 
-    def scores(self, h: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def scores(self, h: torch.Tensor, features: torch.Tensor, pooled: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         b = self.expert(h).softmax(dim=1)
         logits, posteriors = zip(*(auxiliary(h) for auxiliary in self.auxiliaries))
         badexpert = [badexpert_by_class(b, a.softmax(dim=1)) for a in logits]
-        return *badexpert, exposed_by_class(self.exposed(h)), self.mahalanobis(features), *posteriors
+        return (*badexpert, exposed_by_class(self.exposed(h)), self.mahalanobis(features), *posteriors,
+                self.layer_mahalanobis(pooled))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         h = self.trunk(x)
-        return self.scores(h, self.features(h))
+        return self.scores(h, *self.features(h))
 
 
 class PredictingScorer(nn.Module):
@@ -135,13 +156,13 @@ class PredictingScorer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         h = self.scorer.trunk(x)
-        features = self.scorer.features(h)
-        return self.classifier(features).argmax(dim=1), *self.scorer.scores(h, features)
+        features, pooled = self.scorer.features(h)
+        return self.classifier(features).argmax(dim=1), *self.scorer.scores(h, features, pooled)
 
 
 def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians: ClassGaussians,
-                 auxiliary_spaces: dict[str, FeatureSpace], example: torch.Tensor, out: Path, check_x: np.ndarray,
-                 trunk: nn.Module | None = None) -> dict:
+                 auxiliary_spaces: dict[str, FeatureSpace], layers: LayerSpace, example: torch.Tensor, out: Path,
+                 check_x: np.ndarray, trunk: nn.Module | None = None) -> dict:
     """Write both fused graphs and check them against the numpy rules on real inputs.
 
     `models` are the whole networks by role; with a shared `trunk` they are
@@ -150,23 +171,28 @@ def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians:
     which the graph with the prediction runs on those features. `auxiliary_spaces` are
     the auxiliaries (their heads, with a shared trunk) cut before their classifier layer,
     with their clean class Gaussians; `models["<role>_features"]` the same cuts as whole
-    models.
+    models. `layers` taps `models["features"]` (its head, with a shared trunk);
+    `models["layer_features"]` gives the same pooled activations from the input.
     """
-    parts = {role: model.head for role, model in models.items()} if trunk is not None else models
+    # With a shared trunk every classifier is Composed(trunk, head); the pooled layers' model
+    # is not, and the graph reads the layers through `layers.tapped` anyway.
+    parts = {role: model.head for role, model in models.items()
+             if isinstance(model, Composed)} if trunk is not None else models
     rules = first_stage_rules(models)
     scorer = FirstStageScorer(parts["expert"], [auxiliary_spaces[role] for role in auxiliary_roles(rules)],
-                              parts["exposed"], parts["features"], gaussians, trunk)
+                              parts["exposed"], gaussians, layers, trunk)
     scores = [BY_CLASS_OUTPUTS[rule] for rule in rules]
     graphs = {"fused": (PredictingScorer(classifier, scorer), [PREDICTION_OUTPUT, *scores]),
               "fused_without_original": (scorer, scores)}
     for role, (module, outputs) in graphs.items():
         export_onnx(module, example, out / FUSED_FILES[role], output_names=outputs)
-    return {role: _check(models, gaussians, auxiliary_spaces, out / FUSED_FILES[role], check_x) for role in graphs}
+    return {role: _check(models, gaussians, auxiliary_spaces, layers, out / FUSED_FILES[role], check_x)
+            for role in graphs}
 
 
 @torch.no_grad()
 def _check(models: dict[str, nn.Module], gaussians: ClassGaussians, auxiliary_spaces: dict[str, FeatureSpace],
-           path: Path, x: np.ndarray) -> float:
+           layers: LayerSpace, path: Path, x: np.ndarray) -> float:
     """Largest relative difference of the scores between onnxruntime and the numpy rules on torch
     outputs; predictions must match exactly."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -175,7 +201,8 @@ def _check(models: dict[str, nn.Module], gaussians: ClassGaussians, auxiliary_sp
     b = models["expert"](tx).softmax(dim=1).numpy()
     features = models["features"](tx).flatten(1).numpy().astype(np.float64)
     expected = {"exposed": margin_by_class(models["exposed"](tx).numpy()),
-                "mahalanobis": mahalanobis_by_class(features, gaussians.means, gaussians.precision)}
+                "mahalanobis": mahalanobis_by_class(features, gaussians.means, gaussians.precision),
+                "layer_mahalanobis": layer_mahalanobis_by_class(models["layer_features"](tx).numpy(), layers.arrays())}
     for rule in badexpert_rules(first_stage_rules(models)):
         expected[rule] = -triangle_statistic(b, models[RULES[rule].auxiliary](tx).softmax(dim=1).numpy())
     for rule in posterior_rules(first_stage_rules(models)):

@@ -12,7 +12,9 @@ import torch
 from firewall.artifacts import sha256_file
 from firewall.errors import UserError
 from offline.build.artifacts_writer import write_artifacts
-from offline.build.class_gaussians import FeatureSpace, fit_class_gaussians, fit_feature_space
+from offline.build.class_gaussians import FeatureSpace, fit_class_gaussians, fit_feature_space, fit_layer_space
+from offline.build.layer_taps import PooledLayers, TappedFeatures
+from offline.build.reuse import load_prior_models
 from offline.build.stages import auxiliary_model, backdoor_expert, exposed_model
 from offline.build.trunk_split import Composed, TrunkSplit, split_before_classifier, split_trunk
 from offline.build.tsbd import tsbd_auxiliary
@@ -43,6 +45,7 @@ class BuildConfig:
     strip_bank_size: int = 64
     expert_target_accuracy: float = 0.05
     shared_trunk: float | None = None  # fine-tune only a head holding this share of M's parameters
+    reuse_models: Path | None = None  # an earlier build whose fine-tuned models to take (offline/build/reuse.py)
     seed: int = 0
     force: bool = False
 
@@ -90,6 +93,14 @@ def _penultimate(model: torch.nn.Module) -> TrunkSplit:
                         "features there); with --shared-trunk, ask for a larger head share") from None
 
 
+def _tapped(features: torch.fx.GraphModule) -> TappedFeatures:
+    """M's features cut with its tapped layers' activations (the layer-Mahalanobis rule's)."""
+    try:
+        return TappedFeatures(features)
+    except ValueError as exc:
+        raise UserError(f"the layer-Mahalanobis rule cannot read M's layers: {exc}") from None
+
+
 def _auxiliary_space(auxiliary: torch.nn.Module, clean: TensorSet, num_classes: int) -> FeatureSpace:
     """The auxiliary cut before its classifier layer and its clean features' class Gaussians.
 
@@ -99,9 +110,36 @@ def _auxiliary_space(auxiliary: torch.nn.Module, clean: TensorSet, num_classes: 
     return fit_feature_space(_penultimate(auxiliary), clean, num_classes)
 
 
+def _fine_tuned_roles(auxiliary: str) -> list[str]:
+    """The models a build fine-tunes from M; with both auxiliaries TSBD's is `auxiliary_tsbd`."""
+    return ["expert", "exposed", *({"finetune": ["auxiliary"], "tsbd": ["auxiliary"],
+                                    "both": ["auxiliary", "auxiliary_tsbd"]}[auxiliary])]
+
+
+def _fine_tune(model: torch.nn.Module, tuned: torch.nn.Module, tune_train: TensorSet, tune_heldout: TensorSet,
+               train: TensorSet, heldout: TensorSet, config: BuildConfig,
+               num_classes: int) -> tuple[dict[str, torch.nn.Module], dict[str, dict]]:
+    """B, E and the auxiliaries made from M (`tuned`: M, or its head on a shared trunk, with
+    the data as that part reads it), and how each was made."""
+    common = {"num_classes": num_classes, "seed": config.seed}
+    made = {"expert": backdoor_expert(tuned, tune_train, tune_heldout, target_accuracy=config.expert_target_accuracy,
+                                      **common),
+            "exposed": exposed_model(tuned, tune_train, tune_heldout, **common)}
+    # TSBD's clean unlearning is the exposure E already ran.
+    if config.auxiliary in ("finetune", "both"):
+        made["auxiliary"] = auxiliary_model(tuned, tune_train, tune_heldout, **common)
+    if config.auxiliary in ("tsbd", "both"):
+        role = "auxiliary_tsbd" if config.auxiliary == "both" else "auxiliary"
+        made[role] = tsbd_auxiliary(model, made["exposed"][0], train, heldout, seed=config.seed)
+    return {role: m for role, (m, _) in made.items()}, {role: report.to_json() for role, (_, report) in made.items()}
+
+
 def run_build(config: BuildConfig) -> dict:
     if config.auxiliary not in AUXILIARY_METHODS:
         raise UserError(f"--auxiliary {config.auxiliary} is not available; use one of {AUXILIARY_METHODS}")
+    if config.reuse_models is not None and config.shared_trunk is not None:
+        raise UserError("--reuse-models and --shared-trunk do not combine: a shared-trunk build fine-tunes heads on "
+                        "M's trunk, which an earlier build's whole models are not")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     program = load_model(config.model, config.weights, config.input_shape)
@@ -123,27 +161,26 @@ def run_build(config: BuildConfig) -> dict:
     split = _shared_trunk(model, config)
     tuned, tune_train, tune_heldout = ((split.head, _trunk_outputs(split, train), _trunk_outputs(split, heldout))
                                        if split else (model, train, heldout))
-    common = {"num_classes": num_classes, "seed": config.seed}
-    expert, expert_report = backdoor_expert(tuned, tune_train, tune_heldout,
-                                            target_accuracy=config.expert_target_accuracy, **common)
-    exposed, exposed_report = exposed_model(tuned, tune_train, tune_heldout, **common)
-    auxiliaries = {}  # role -> (M', its report); TSBD's clean unlearning is the exposure E already ran
-    if config.auxiliary in ("finetune", "both"):
-        auxiliaries["auxiliary"] = auxiliary_model(tuned, tune_train, tune_heldout, **common)
-    if config.auxiliary in ("tsbd", "both"):
-        role = "auxiliary_tsbd" if config.auxiliary == "both" else "auxiliary"
-        auxiliaries[role] = tsbd_auxiliary(model, exposed, train, heldout, seed=config.seed)
+    roles = _fine_tuned_roles(config.auxiliary)
+    if config.reuse_models is not None:
+        prior = load_prior_models(config.reuse_models, model, clean, config.auxiliary, roles)
+        fine_tuned, reports, reused = prior.models, prior.reports, prior.source
+    else:
+        fine_tuned, reports = _fine_tune(model, tuned, tune_train, tune_heldout, train, heldout, config, num_classes)
+        reused = None
+    auxiliaries = {role: fine_tuned[role] for role in roles if role.startswith("auxiliary")}
     penultimate = _penultimate(tuned)
-    models = {"original": tuned, "expert": expert, "exposed": exposed, "features": penultimate.trunk,
-              **{role: auxiliary for role, (auxiliary, _) in auxiliaries.items()}}
+    models = {"original": tuned, **fine_tuned, "features": penultimate.trunk}
     if split:
         models = {role: Composed(split.trunk, head) for role, head in models.items()}
     gaussians = fit_class_gaussians(forward(models["features"], clean.x), clean.y, num_classes)
     tuned_clean = _trunk_outputs(split, clean) if split else clean
     auxiliary_spaces = {role: _auxiliary_space(auxiliary, tuned_clean, num_classes)
-                        for role, (auxiliary, _) in auxiliaries.items()}
+                        for role, auxiliary in auxiliaries.items()}
     for role, space in auxiliary_spaces.items():
         models[f"{role}_features"] = Composed(split.trunk, space.split.trunk) if split else space.split.trunk
+    layers = fit_layer_space(_tapped(penultimate.trunk), tuned_clean, num_classes)
+    models["layer_features"] = PooledLayers(layers.tapped, split.trunk if split else None)
 
     bank_rows = rng.choice(len(clean), size=min(config.strip_bank_size, len(clean)), replace=False)
     description = {
@@ -155,14 +192,11 @@ def run_build(config: BuildConfig) -> dict:
                   "heldout_samples": len(heldout), "auxiliary_method": config.auxiliary,
                   "strip_bank_size": len(bank_rows), "seed": config.seed,
                   "shared_trunk": ({"head_share": config.shared_trunk, **split.to_json()} if split else None),
-                  "software": software_versions(), "clean_row_digests": clean.row_digests()},
-        "models": {
-            "original": {"heldout_clean_accuracy": original_acc},
-            "expert": expert_report.to_json(),
-            "exposed": exposed_report.to_json(),
-            **{role: report.to_json() for role, (_, report) in auxiliaries.items()},
-        },
+                  "software": software_versions(), "clean_row_digests": clean.row_digests(),
+                  "fine_tuned_models_from": reused},
+        "models": {"original": {"heldout_clean_accuracy": original_acc}, **reports},
     }
     return write_artifacts(config.out, config.force, models=models, penultimate=penultimate, gaussians=gaussians,
-                           auxiliary_spaces=auxiliary_spaces, example=clean.x[:2], check_x=heldout.x[:64],
+                           auxiliary_spaces=auxiliary_spaces, layers=layers, example=clean.x[:2],
+                           check_x=heldout.x[:64],
                            bank=clean.x[bank_rows], description=description, trunk=split.trunk if split else None)

@@ -58,7 +58,10 @@ def _cuts(graph: fx.Graph) -> list[fx.Node]:
     return cuts
 
 
-def _subgraph(source: fx.Graph, keep: list[fx.Node], inputs: dict[fx.Node, str], output: fx.Node) -> fx.Graph:
+def subgraph(source: fx.Graph, keep: list[fx.Node], inputs: dict[fx.Node, str],
+             output: fx.Node | tuple[fx.Node, ...]) -> fx.Graph:
+    """The nodes `keep` of `source` as a graph of its own, reading `inputs` (node -> the
+    placeholder's name) and returning `output`, one node or a tuple of them."""
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     for node, name in inputs.items():
@@ -67,11 +70,11 @@ def _subgraph(source: fx.Graph, keep: list[fx.Node], inputs: dict[fx.Node, str],
     for node in source.nodes:
         if node in needed_attrs or node in keep:
             env[node] = graph.node_copy(node, lambda n: env[n])
-    graph.output(env[output])
+    graph.output(tuple(env[n] for n in output) if isinstance(output, tuple) else env[output])
     return graph
 
 
-def _single_output(graph: fx.Graph) -> fx.Node:
+def single_output(graph: fx.Graph) -> fx.Node:
     (result,) = [n for n in graph.nodes if n.op == "output"]
     value = result.args[0]
     while isinstance(value, (tuple, list)):
@@ -102,8 +105,8 @@ def split_trunk(model: fx.GraphModule, head_share: float) -> TrunkSplit:
     cut = candidates[-1]
     head_nodes = after(cut)
     trunk_nodes = [n for n in order[: position[cut] + 1] if n.op not in ("get_attr", "placeholder")]
-    trunk = fx.GraphModule(model, _subgraph(graph, trunk_nodes, {x: "x"}, cut))
-    head = fx.GraphModule(model, _subgraph(graph, head_nodes, {cut: "h"}, _single_output(graph)))
+    trunk = fx.GraphModule(model, subgraph(graph, trunk_nodes, {x: "x"}, cut))
+    head = fx.GraphModule(model, subgraph(graph, head_nodes, {cut: "h"}, single_output(graph)))
     head_parameters = parameters_in(head_nodes)
     return TrunkSplit(trunk, head, cut.name, head_parameters, total - head_parameters)
 
