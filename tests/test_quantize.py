@@ -55,11 +55,13 @@ def test_the_int8_first_stage_predicts_exactly_what_M_predicts(tiny_case, quanti
     assert np.array_equal(_first_stage(quantized, "fp32", x)[0], _first_stage(quantized, "int8", x)[0])
 
 
-def test_int8_scores_follow_the_float_ones_and_Ms_own_rule_is_unchanged(tiny_case, quantized):
+def test_int8_scores_follow_the_float_ones_and_Ms_own_rules_are_unchanged(tiny_case, quantized):
     x = np.load(tiny_case / "test_clean.npz")["x"][:300]
     (_, fp32), (_, int8) = _first_stage(quantized, "fp32", x), _first_stage(quantized, "int8", x)
-    np.testing.assert_allclose(int8["mahalanobis"], fp32["mahalanobis"], rtol=1e-4, atol=1e-4)  # M's features alone
-    for rule in set(fp32) - {"mahalanobis"}:
+    of_m = {"mahalanobis", "layer_mahalanobis"}  # M's layers alone
+    for rule in of_m:
+        np.testing.assert_allclose(int8[rule], fp32[rule], rtol=1e-4, atol=1e-4)
+    for rule in set(fp32) - of_m:
         assert not np.array_equal(fp32[rule], int8[rule]), rule
         assert np.corrcoef(fp32[rule], int8[rule])[0, 1] > 0.9, rule
 

@@ -63,16 +63,18 @@ def test_the_auxiliary_posterior_is_low_for_the_nearest_class_and_a_coin_toss_ha
 
 
 def test_the_fused_graph_scores_like_the_rules_on_the_separate_models(tiny_case, tiny_artifacts):
-    """The sidecar serves BaDExpert, the exposed rule, the Mahalanobis rule and the auxiliary
-    posterior from one fused graph; it must be the published rule, the margin of E's logits,
-    the distance of M's penultimate features to the stored clean class Gaussians, and the
-    posterior of M's class under M''s."""
+    """The sidecar serves BaDExpert, the exposed rule, the Mahalanobis rule, the auxiliary
+    posterior and the layer-Mahalanobis rule from one fused graph; it must be the published
+    rule, the margin of E's logits, the distance of M's penultimate features to the stored
+    clean class Gaussians, the posterior of M's class under M''s, and the scaled distances
+    of M's pooled layers summed."""
     from firewall.artifacts import load_artifacts
     from firewall.probabilities import prob_of
     from firewall.scoring import ScoringEngine
 
     artifacts = load_artifacts(tiny_artifacts)
-    engine = ScoringEngine(artifacts, rules=("badexpert", "exposed", "mahalanobis", "auxiliary_posterior"))
+    engine = ScoringEngine(artifacts, rules=("badexpert", "exposed", "mahalanobis", "auxiliary_posterior",
+                                             "layer_mahalanobis"))
     x = np.concatenate([np.load(tiny_case / "test_clean.npz")["x"][:100],
                         np.load(tiny_case / "test_triggered.npz")["x"][:100]])
     yhat, scores = engine.score(x)
