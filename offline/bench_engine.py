@@ -59,16 +59,15 @@ class EagerRules:
 
     def __init__(self, artifacts_dir: Path, bank: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...],
                  gaussians: dict[str, tuple[np.ndarray, np.ndarray]], auxiliaries: list[str],
-                 layers: list[LayerGaussians] | None, device: str = "cpu"):
+                 layers: list[LayerGaussians], device: str = "cpu"):
         roles = ["original", "expert", "exposed", *auxiliaries]
         self.models = {role: load_pt2(artifacts_dir / TORCH_FILES[role]).module().to(device) for role in roles}
         self.auxiliaries = {role: split_before_classifier(self.models[role]) for role in auxiliaries}
         self.original = split_before_classifier(self.models["original"])
         self.mahalanobis = {role: MahalanobisByClass(*gaussians[role]).to(device) for role in ["original", *auxiliaries]}
-        # M's features with its tapped layers, found again in the reloaded graph by the build's rule
-        # (where the set has the layer-Mahalanobis rule).
-        self.features = TappedFeatures(self.original.trunk).to(device) if layers else None
-        self.layer_mahalanobis = LayerMahalanobisByClass(layers).to(device) if layers else None
+        # M's features with its tapped layers, found again in the reloaded graph by the build's rule.
+        self.features = TappedFeatures(self.original.trunk).to(device)
+        self.layer_mahalanobis = LayerMahalanobisByClass(layers).to(device)
         shape = (1, -1, 1, 1)
         self.mean = torch.tensor(mean, device=device).reshape(shape)
         self.std = torch.tensor(std, device=device).reshape(shape)
@@ -78,7 +77,7 @@ class EagerRules:
     def first_stage(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """M's prediction, and the BaDExpert (with each auxiliary), exposed-margin, Mahalanobis and
         auxiliary-posterior (with each auxiliary) scores of it."""
-        features, pooled = self.features(x) if self.features else (self.original.trunk(x), None)
+        features, pooled = self.features(x)
         yhat = self.original.head(features).argmax(dim=1)
         b = self.models["expert"](x).softmax(dim=1)
         badexpert, posteriors = [], []
@@ -88,9 +87,8 @@ class EagerRules:
             posteriors.append(posterior_by_class_torch(self.mahalanobis[role](aux_features)))
         exposed = exposed_by_class(self.models["exposed"](x))
         mahalanobis = self.mahalanobis["original"](features)
-        layers = [self.layer_mahalanobis(pooled)] if self.layer_mahalanobis else []
         return yhat, *(scores.gather(1, yhat[:, None])[:, 0]
-                       for scores in (*badexpert, exposed, mahalanobis, *posteriors, *layers))
+                       for scores in (*badexpert, exposed, mahalanobis, *posteriors, self.layer_mahalanobis(pooled)))
 
     @torch.inference_mode()
     def strip(self, x: torch.Tensor, yhat: torch.Tensor) -> torch.Tensor:
@@ -130,7 +128,7 @@ def run(case: Path, threads: int, seconds: float, device: str = "cpu") -> dict:
     auxiliaries = auxiliary_roles(first_stage)
     torch.set_num_threads(threads)
     gaussians = {"original": artifacts.class_gaussians(), **{role: artifacts.class_gaussians(role) for role in auxiliaries}}
-    layers = artifacts.layer_gaussians() if "layer_mahalanobis" in first_stage else None
+    layers = artifacts.layer_gaussians()
     eager = EagerRules(artifacts.root, engine.bank, norm.mean, norm.std, gaussians, auxiliaries, layers, device)
     pool = np.load(case / "test_clean.npz")["x"]
     models = engine.models
@@ -142,10 +140,10 @@ def run(case: Path, threads: int, seconds: float, device: str = "cpu") -> dict:
         posteriors = [prob_of(posterior_by_class(mahalanobis_by_class(
             models.logits(f"{role}_features", x).reshape(len(x), -1), *gaussians[role])), yhat) for role in auxiliaries]
         features = models.logits("features", x).reshape(len(x), -1)
-        by_layer = ([prob_of(layer_mahalanobis_by_class(models.logits("layer_features", x), layers), yhat)]
-                    if layers else [])
+        by_layer = layer_mahalanobis_by_class(models.logits("layer_features", x), layers)
         return (*badexpert, prob_of(margin_by_class(models.logits("exposed", x)), yhat),
-                prob_of(mahalanobis_by_class(features, *gaussians["original"]), yhat), *posteriors, *by_layer)
+                prob_of(mahalanobis_by_class(features, *gaussians["original"]), yhat), *posteriors,
+                prob_of(by_layer, yhat))
 
     rows = []
     for batch in BATCHES:

@@ -16,7 +16,8 @@ from firewall.rules.strip import ExposedEntropyRule, ExposedStripRule, StripOrig
 RULES: dict[str, type[Rule]] = {
     rule.name: rule
     for rule in (BadExpertRule, BadExpertTsbdRule, ExposedRule, MahalanobisRule, AuxiliaryPosteriorRule,
-                 AuxiliaryTsbdPosteriorRule, LayerMahalanobisRule, ExposedStripRule, StripOriginalRule, ScaleUpRule, ExposedEntropyRule)
+                 AuxiliaryTsbdPosteriorRule, LayerMahalanobisRule, ExposedStripRule, StripOriginalRule, ScaleUpRule,
+                 ExposedEntropyRule)
 }
 
 # The costly rules (64 superimposed copies through M or E each) that run only in the
