@@ -27,7 +27,7 @@ from firewall.artifacts import load_artifacts
 from firewall.scoring import ScoringEngine
 from offline.build.quantize import QuantizeConfig, run_quantize
 from offline.cascade_study import (DEFAULT, FIRST_STAGE_ALONE, CaseScores, measure, parse_case_arguments,
-                                   score_case)
+                                   score_case, scores_with)
 
 SETTINGS = {"the verdict (default cascade)": DEFAULT, "the first stage alone": FIRST_STAGE_ALONE}
 
@@ -38,16 +38,12 @@ def int8_scores(case: Path, fp32: CaseScores, scratch: Path) -> CaseScores:
     shutil.copytree(case / "artifacts", copy)
     run_quantize(QuantizeConfig(copy, case / "clean.npz", force=True))
     engine = ScoringEngine(load_artifacts(copy), rules=fp32.first_stage_rules, precision="int8")
-    parts = {part: engine.score(np.load(case / f"{name}.npz")["x"])[1]
-             for part, name in (("calib", "calib"), ("clean", "test_clean"))}
-    triggered = np.load(case / "test_triggered.npz")
-    predictions, scores = engine.score(triggered["x"])
-    parts["backdoor"] = {rule: values[predictions == triggered["target"]] for rule, values in scores.items()}
+    int8 = scores_with(engine, case, fp32.first_stage_rules)
     shutil.rmtree(copy)
-    for part, scores in parts.items():
-        shared = getattr(fp32, part)
+    for part in ("calib", "clean", "backdoor"):
+        scores, shared = getattr(int8, part), getattr(fp32, part)
         scores.update({rule: values for rule, values in shared.items() if rule not in scores})
-    return CaseScores(fp32.first_stage_rules, **parts)
+    return int8
 
 
 def to_markdown(results: dict[str, dict[str, dict]]) -> str:

@@ -35,7 +35,6 @@ from firewall.rules.layer_mahalanobis import LayerGaussians, layer_mahalanobis_b
 from firewall.rules.mahalanobis import mahalanobis_by_class
 from offline.build.class_gaussians import ClassGaussians, FeatureSpace, LayerSpace
 from offline.build.onnx_export import INPUT_NAME, export_onnx, relative_difference
-from offline.build.trunk_split import Composed
 
 # The rules divide by probabilities that can be 1e-6: float32 rounding moves such a score
 # by parts in 1e4 (measured 1.6e-4 on shapes/blend); BaDExpert's are compared on a bounded
@@ -174,13 +173,10 @@ def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians:
     models. `layers` taps `models["features"]` (its head, with a shared trunk);
     `models["layer_features"]` gives the same pooled activations from the input.
     """
-    # With a shared trunk every classifier is Composed(trunk, head); the pooled layers' model
-    # is not, and the graph reads the layers through `layers.tapped` anyway.
-    parts = {role: model.head for role, model in models.items()
-             if isinstance(model, Composed)} if trunk is not None else models
+    expert, exposed = (models[role].head if trunk is not None else models[role] for role in ("expert", "exposed"))
     rules = first_stage_rules(models)
-    scorer = FirstStageScorer(parts["expert"], [auxiliary_spaces[role] for role in auxiliary_roles(rules)],
-                              parts["exposed"], gaussians, layers, trunk)
+    scorer = FirstStageScorer(expert, [auxiliary_spaces[role] for role in auxiliary_roles(rules)], exposed, gaussians,
+                              layers, trunk)
     scores = [BY_CLASS_OUTPUTS[rule] for rule in rules]
     graphs = {"fused": (PredictingScorer(classifier, scorer), [PREDICTION_OUTPUT, *scores]),
               "fused_without_original": (scorer, scores)}

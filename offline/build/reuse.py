@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from firewall.artifacts import MANIFEST, TORCH_FILES, sha256_file
@@ -58,10 +57,10 @@ def load_prior_models(prior: Path, model: nn.Module, clean: TensorSet, auxiliary
     if build.get("clean_row_digests") != clean.row_digests():
         raise UserError(f"--reuse-models {prior}: that set was built on other clean rows than --clean-data; its "
                         "fine-tuned models would not match this build's class Gaussians and held-out checks")
+    # Read and checked here rather than by firewall.artifacts.load_artifacts, which refuses a
+    # set of an older schema: the very sets this option exists to take the models from.
     loaded = {role: _verified_program(prior, files, role) for role in ["original", *roles]}
-    reloaded_m = forward(loaded.pop("original"), clean.x)
-    with torch.no_grad():
-        this_m = forward(model, clean.x)
+    reloaded_m, this_m = forward(loaded.pop("original"), clean.x), forward(model, clean.x)
     difference = float(np.abs(reloaded_m - this_m).max() / max(1.0, np.abs(this_m).max()))
     if not difference <= MAX_LOGIT_DIFF:
         raise UserError(f"--reuse-models {prior}: that set's M differs from --model on the clean rows (relative logit "
