@@ -19,7 +19,7 @@ import numpy as np
 
 from firewall.errors import ArtifactError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 MANIFEST = "manifest.json"
 THRESHOLDS = "thresholds.json"
 STRIP_BANK = "strip_bank.npy"
@@ -27,7 +27,8 @@ STRIP_BANK = "strip_bank.npy"
 # inside the fused graphs as constants): `means`, `precision` in M's (the Mahalanobis
 # rule's), `<role>_means`, `<role>_precision` in each auxiliary's (its posterior rule's),
 # `layer<i>_means`, `layer<i>_precision` at M's tapped layers with their `layer_scales` (the
-# layer-Mahalanobis rule's).
+# layer-Mahalanobis rule's), `spectrum_means`, `spectrum_precision` of the inputs' block
+# spectra (the spectrum rule's).
 CLASS_GAUSSIANS = "class_gaussians.npz"
 MODEL_FILES = {
     "original": "original.onnx",
@@ -59,7 +60,8 @@ BY_CLASS_OUTPUTS = {"badexpert": "badexpert_by_class", "badexpert_tsbd": "badexp
                     "exposed": "exposed_by_class", "mahalanobis": "mahalanobis_by_class",
                     "auxiliary_posterior": "auxiliary_posterior_by_class",
                     "auxiliary_tsbd_posterior": "auxiliary_tsbd_posterior_by_class",
-                    "layer_mahalanobis": "layer_mahalanobis_by_class"}
+                    "layer_mahalanobis": "layer_mahalanobis_by_class",
+                    "spectrum_mahalanobis": "spectrum_mahalanobis_by_class"}
 # The classifiers as torch.export programs, for the eager-PyTorch engine benchmark
 # (which cuts M's features from M itself). Listed and hashed like every file; the
 # sidecar never opens them.
@@ -175,10 +177,10 @@ class Artifacts:
         # allow_pickle=False: the bank is data, never code.
         return np.load(self.path(STRIP_BANK), allow_pickle=False)
 
-    def class_gaussians(self, auxiliary: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def class_gaussians(self, space: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(means [K, d], precision [d, d]) of M's penultimate features on clean data, or of
-        the `auxiliary` model's."""
-        prefix = f"{auxiliary}_" if auxiliary else ""
+        another space's: an auxiliary model's (its role) or the inputs' block spectra ("spectrum")."""
+        prefix = f"{space}_" if space else ""
         with np.load(self.path(CLASS_GAUSSIANS), allow_pickle=False) as stored:
             return stored[prefix + "means"], stored[prefix + "precision"]
 

@@ -5,8 +5,8 @@ for the sidecar and as torch.export programs for this comparison) with the same 
 of CPU threads, at batch 1, 8 and 64:
 - the first stage: M's prediction, the BaDExpert score (B and each M' the build made),
   the exposed margin (E), the Mahalanobis distance (M's penultimate features), the
-  auxiliary posterior and the layer-Mahalanobis distance (M's tapped layers) on every
-  input; eager PyTorch runs M's layers once for the features and the prediction, as the
+  auxiliary posterior, the layer-Mahalanobis distance (M's tapped layers) and the
+  spectrum rule's distance (the input's own block spectrum) on every input; eager PyTorch runs M's layers once for the features and the prediction, as the
   fused graph the sidecar serves does; onnxruntime also as separate sessions (M whole for
   the prediction, M up to its penultimate layer for the features, M's tapped layers, B,
   each M', E), and
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from firewall.artifacts import INT8_FUSED_FILES, TORCH_FILES, load_artifacts
+from firewall.artifacts import INT8_FUSED_FILES, TORCH_FILES, Artifacts, load_artifacts
 from firewall.models import SessionTuning
 from firewall.probabilities import prob_of
 from firewall.rules import auxiliary_roles
@@ -40,9 +40,10 @@ from firewall.rules.badexpert import triangle_statistic
 from firewall.rules.exposed import margin_by_class
 from firewall.rules.layer_mahalanobis import LayerGaussians, layer_mahalanobis_by_class
 from firewall.rules.mahalanobis import mahalanobis_by_class
+from firewall.rules.spectrum_mahalanobis import spectrum_mahalanobis_by_class
 from firewall.scoring import ScoringEngine
-from offline.build.fused_export import (LayerMahalanobisByClass, MahalanobisByClass, badexpert_by_class,
-                                       exposed_by_class, posterior_by_class_torch)
+from offline.build.fused_export import (LayerMahalanobisByClass, MahalanobisByClass, SpectrumMahalanobisByClass,
+                                       badexpert_by_class, exposed_by_class, posterior_by_class_torch)
 from offline.build.layer_taps import TappedFeatures
 from offline.build.trunk_split import split_before_classifier
 from offline.machine import case_description, describe_machine
@@ -59,7 +60,7 @@ class EagerRules:
 
     def __init__(self, artifacts_dir: Path, bank: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...],
                  gaussians: dict[str, tuple[np.ndarray, np.ndarray]], auxiliaries: list[str],
-                 layers: list[LayerGaussians], device: str = "cpu"):
+                 layers: list[LayerGaussians], spectrum: SpectrumMahalanobisByClass, device: str = "cpu"):
         roles = ["original", "expert", "exposed", *auxiliaries]
         self.models = {role: load_pt2(artifacts_dir / TORCH_FILES[role]).module().to(device) for role in roles}
         self.auxiliaries = {role: split_before_classifier(self.models[role]) for role in auxiliaries}
@@ -68,15 +69,26 @@ class EagerRules:
         # M's features with its tapped layers, found again in the reloaded graph by the build's rule.
         self.features = TappedFeatures(self.original.trunk).to(device)
         self.layer_mahalanobis = LayerMahalanobisByClass(layers).to(device)
+        self.spectrum_mahalanobis = spectrum.to(device)
         shape = (1, -1, 1, 1)
         self.mean = torch.tensor(mean, device=device).reshape(shape)
         self.std = torch.tensor(std, device=device).reshape(shape)
         self.bank_pixels = torch.from_numpy(bank).to(device) * self.std + self.mean
 
+    @classmethod
+    def of(cls, artifacts: Artifacts, bank: np.ndarray, auxiliaries: list[str], device: str = "cpu") -> "EagerRules":
+        """The eager rules of an artifacts set, on the Gaussians the set holds."""
+        norm = artifacts.manifest.normalization
+        gaussians = {"original": artifacts.class_gaussians(),
+                     **{role: artifacts.class_gaussians(role) for role in auxiliaries}}
+        spectrum = SpectrumMahalanobisByClass(artifacts.manifest.input_shape, *artifacts.class_gaussians("spectrum"))
+        return cls(artifacts.root, bank, norm.mean, norm.std, gaussians, auxiliaries, artifacts.layer_gaussians(),
+                   spectrum, device)
+
     @torch.inference_mode()
     def first_stage(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """M's prediction, and the BaDExpert (with each auxiliary), exposed-margin, Mahalanobis and
-        auxiliary-posterior (with each auxiliary) scores of it."""
+        """M's prediction, and the BaDExpert (with each auxiliary), exposed-margin, Mahalanobis,
+        auxiliary-posterior (with each auxiliary), layer-Mahalanobis and spectrum scores of it."""
         features, pooled = self.features(x)
         yhat = self.original.head(features).argmax(dim=1)
         b = self.models["expert"](x).softmax(dim=1)
@@ -88,7 +100,8 @@ class EagerRules:
         exposed = exposed_by_class(self.models["exposed"](x))
         mahalanobis = self.mahalanobis["original"](features)
         return yhat, *(scores.gather(1, yhat[:, None])[:, 0]
-                       for scores in (*badexpert, exposed, mahalanobis, *posteriors, self.layer_mahalanobis(pooled)))
+                       for scores in (*badexpert, exposed, mahalanobis, *posteriors, self.layer_mahalanobis(pooled),
+                                      self.spectrum_mahalanobis(x)))
 
     @torch.inference_mode()
     def strip(self, x: torch.Tensor, yhat: torch.Tensor) -> torch.Tensor:
@@ -120,7 +133,6 @@ def _waiting_for(device: str, call: Callable[[], object]) -> Callable[[], object
 
 def run(case: Path, threads: int, seconds: float, device: str = "cpu") -> dict:
     artifacts = load_artifacts(case / "artifacts")
-    norm = artifacts.manifest.normalization
     engine = ScoringEngine(artifacts, tuning=SessionTuning(threads=threads))  # the serving rules
     int8 = (ScoringEngine(artifacts, tuning=SessionTuning(threads=threads), precision="int8")
             if INT8_FUSED_FILES["fused"] in artifacts.manifest.files else None)
@@ -128,8 +140,8 @@ def run(case: Path, threads: int, seconds: float, device: str = "cpu") -> dict:
     auxiliaries = auxiliary_roles(first_stage)
     torch.set_num_threads(threads)
     gaussians = {"original": artifacts.class_gaussians(), **{role: artifacts.class_gaussians(role) for role in auxiliaries}}
-    layers = artifacts.layer_gaussians()
-    eager = EagerRules(artifacts.root, engine.bank, norm.mean, norm.std, gaussians, auxiliaries, layers, device)
+    layers, spectrum = artifacts.layer_gaussians(), artifacts.class_gaussians("spectrum")
+    eager = EagerRules.of(artifacts, engine.bank, auxiliaries, device)
     pool = np.load(case / "test_clean.npz")["x"]
     models = engine.models
 
@@ -143,7 +155,7 @@ def run(case: Path, threads: int, seconds: float, device: str = "cpu") -> dict:
         by_layer = layer_mahalanobis_by_class(models.logits("layer_features", x), layers)
         return (*badexpert, prob_of(margin_by_class(models.logits("exposed", x)), yhat),
                 prob_of(mahalanobis_by_class(features, *gaussians["original"]), yhat), *posteriors,
-                prob_of(by_layer, yhat))
+                prob_of(by_layer, yhat), prob_of(spectrum_mahalanobis_by_class(x, *spectrum), yhat))
 
     rows = []
     for batch in BATCHES:

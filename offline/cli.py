@@ -12,7 +12,7 @@ from firewall.artifacts import PRECISIONS
 from firewall.errors import UserError, run_reporting_errors
 from firewall.fusion import (DEFAULT_AUXILIARY_POSTERIOR_WEIGHT, DEFAULT_CASCADE_BAND, DEFAULT_EXPOSED_WEIGHT,
                              DEFAULT_LATER_RULE_WEIGHT, DEFAULT_LATER_RULES, DEFAULT_LAYER_MAHALANOBIS_WEIGHT,
-                             DEFAULT_MAHALANOBIS_WEIGHT)
+                             DEFAULT_MAHALANOBIS_WEIGHT, DEFAULT_SPECTRUM_MAHALANOBIS_WEIGHT)
 from firewall.rules import LATER_RULES
 
 
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--target-fpr", type=float, default=0.01)
     c.add_argument("--cascade-band", type=float, default=DEFAULT_CASCADE_BAND,
                    help="share of clean calibration inputs for which the firewall also runs the later rules "
-                        "(default %(default)s; 0: the first-stage rules alone, BaDExpert, the exposed margin, the two "
+                        "(default %(default)s; 0: the first-stage rules alone, BaDExpert, the exposed margin, the three "
                         "Mahalanobis rules and the auxiliary posterior; 1: the later rules on every input too)")
     c.add_argument("--later-rules", type=_names, default=DEFAULT_LATER_RULES,
                    help="comma-separated: the costly rules run inside the band, among strip_original (STRIP on M) "
@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--layer-mahalanobis-weight", type=float, default=DEFAULT_LAYER_MAHALANOBIS_WEIGHT,
                    help="how much the layer-Mahalanobis rule's evidence (M's activations at six depths) counts in "
                         "the verdict beside BaDExpert's (weight 1)")
+    c.add_argument("--spectrum-mahalanobis-weight", type=float, default=DEFAULT_SPECTRUM_MAHALANOBIS_WEIGHT,
+                   help="how much the spectrum rule's evidence (the input's own frequency content) counts in the "
+                        "verdict beside BaDExpert's (weight 1)")
     c.add_argument("--later-rule-weight", type=float, default=DEFAULT_LATER_RULE_WEIGHT,
                    help="how much each later rule's evidence counts in the band beside BaDExpert's (weight 1)")
     c.add_argument("--auxiliary-posterior-weight", type=float, default=DEFAULT_AUXILIARY_POSTERIOR_WEIGHT,
@@ -178,6 +181,7 @@ def run(args: argparse.Namespace) -> None:
                                                    {"exposed": args.exposed_weight,
                                                     "mahalanobis": args.mahalanobis_weight,
                                                     "layer_mahalanobis": args.layer_mahalanobis_weight,
+                                                    "spectrum_mahalanobis": args.spectrum_mahalanobis_weight,
                                                     **{rule: args.later_rule_weight for rule in LATER_RULES}},
                                                    args.auxiliary_posterior_weight, args.later_rules,
                                                    args.precision))

@@ -20,7 +20,8 @@ from firewall.rules import LATER_RULES
 from offline.cells import built_manifest, built_variants, eval_path
 
 RULES = ("firewall", "badexpert", "badexpert_tsbd", "exposed", "mahalanobis", "auxiliary_posterior",
-         "auxiliary_tsbd_posterior", "layer_mahalanobis", "strip", "strip_original", "scaleup")
+         "auxiliary_tsbd_posterior", "layer_mahalanobis", "spectrum_mahalanobis", "strip", "strip_original",
+         "scaleup")
 TARGETS = {"mean_auroc": 0.99, "min_auroc": 0.97, "mean_tpr": 0.95, "fpr_slack": 0.01}
 TARGET_FPR = 0.01  # what `offline bench` calibrates at
 _CELL = re.compile(r"(?P<dataset>[a-z]+)-(?P<attack>[a-z0-9_]+)-(?P<arch>[a-z]+)(?:-w\d+e\d+)?(?:-s(?P<seed>\d+))?")

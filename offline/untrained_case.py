@@ -27,7 +27,8 @@ from torch import nn
 from firewall.artifacts import sha256_file
 from firewall.rules import auxiliary_roles, first_stage_rules
 from offline.build.artifacts_writer import write_artifacts
-from offline.build.class_gaussians import fit_class_gaussians, fit_feature_space, fit_layer_space
+from offline.build.class_gaussians import (fit_class_gaussians, fit_feature_space, fit_layer_space,
+                                          fit_spectrum_gaussians)
 from offline.build.layer_taps import PooledLayers, TappedFeatures
 from offline.build.pipeline import BuildConfig
 from offline.build.trunk_split import split_before_classifier
@@ -99,6 +100,7 @@ def make_untrained_case(config: UntrainedCaseConfig) -> dict:
     artifacts = config.out / "artifacts"
     write_artifacts(artifacts, config.force, models=models, penultimate=penultimate, gaussians=gaussians,
                     auxiliary_spaces=auxiliary_spaces, layers=layers,
+                    spectrum=fit_spectrum_gaussians(clean, num_classes),
                     example=clean.x[:2], check_x=splits["calib"].x[:64], bank=clean.x[bank_rows],
                     description=description)
     run_calibrate(CalibrateConfig(artifacts, config.out / "calib.npz"))

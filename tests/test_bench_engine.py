@@ -14,11 +14,7 @@ def test_the_eager_rules_score_as_the_fused_graph(tiny_case, tiny_artifacts):
     artifacts = load_artifacts(tiny_artifacts)
     engine = ScoringEngine(artifacts)
     rules = engine.first_stage_rules
-    auxiliaries = auxiliary_roles(rules)
-    gaussians = {"original": artifacts.class_gaussians(), **{role: artifacts.class_gaussians(role) for role in auxiliaries}}
-    norm = artifacts.manifest.normalization
-    eager = EagerRules(tiny_artifacts, engine.bank, norm.mean, norm.std, gaussians, auxiliaries,
-                       artifacts.layer_gaussians())
+    eager = EagerRules.of(artifacts, engine.bank, auxiliary_roles(rules))
     x = np.concatenate([np.load(tiny_case / "test_clean.npz")["x"][:50], np.load(tiny_case / "test_triggered.npz")["x"][:50]])
     yhat, *scores = eager.first_stage(torch.from_numpy(x))
     served_yhat, served = engine.score(x, rules=rules)

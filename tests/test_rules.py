@@ -12,6 +12,7 @@ from firewall.rules.auxiliary_posterior import posterior_by_class
 from firewall.rules.badexpert import triangle_statistic
 from firewall.rules.exposed import margin_by_class
 from firewall.rules.layer_mahalanobis import layer_mahalanobis_by_class
+from firewall.rules.spectrum_mahalanobis import spectrum_mahalanobis_by_class
 from firewall.rules.mahalanobis import mahalanobis_by_class
 
 
@@ -74,7 +75,7 @@ def test_the_fused_graph_scores_like_the_rules_on_the_separate_models(tiny_case,
 
     artifacts = load_artifacts(tiny_artifacts)
     engine = ScoringEngine(artifacts, rules=("badexpert", "exposed", "mahalanobis", "auxiliary_posterior",
-                                             "layer_mahalanobis"))
+                                             "layer_mahalanobis", "spectrum_mahalanobis"))
     x = np.concatenate([np.load(tiny_case / "test_clean.npz")["x"][:100],
                         np.load(tiny_case / "test_triggered.npz")["x"][:100]])
     yhat, scores = engine.score(x)
@@ -92,6 +93,8 @@ def test_the_fused_graph_scores_like_the_rules_on_the_separate_models(tiny_case,
     assert np.allclose(scores["auxiliary_posterior"], prob_of(posterior_by_class(aux_distances), yhat), rtol=1e-3, atol=1e-3)
     by_layer = layer_mahalanobis_by_class(models.logits("layer_features", x), artifacts.layer_gaussians())
     assert np.allclose(scores["layer_mahalanobis"], prob_of(by_layer, yhat), rtol=1e-3, atol=1e-3)
+    by_spectrum = spectrum_mahalanobis_by_class(x, *artifacts.class_gaussians("spectrum"))
+    assert np.allclose(scores["spectrum_mahalanobis"], prob_of(by_spectrum, yhat), rtol=1e-3, atol=1e-3)
     shifted = (yhat + 1) % 10  # a prediction given from outside runs the graph without M
     given = engine.score(x, yhat=shifted)[1]["badexpert"]
     b, a = prob_of(models.probs("expert", x), shifted), prob_of(models.probs("auxiliary", x), shifted)

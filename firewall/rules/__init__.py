@@ -11,12 +11,13 @@ from firewall.rules.exposed import ExposedRule
 from firewall.rules.layer_mahalanobis import LayerMahalanobisRule
 from firewall.rules.mahalanobis import MahalanobisRule
 from firewall.rules.scaleup import ScaleUpRule
+from firewall.rules.spectrum_mahalanobis import SpectrumMahalanobisRule
 from firewall.rules.strip import ExposedEntropyRule, ExposedStripRule, StripOriginalRule
 
 RULES: dict[str, type[Rule]] = {
     rule.name: rule
     for rule in (BadExpertRule, BadExpertTsbdRule, ExposedRule, MahalanobisRule, AuxiliaryPosteriorRule,
-                 AuxiliaryTsbdPosteriorRule, LayerMahalanobisRule, ExposedStripRule, StripOriginalRule, ScaleUpRule,
+                 AuxiliaryTsbdPosteriorRule, LayerMahalanobisRule, SpectrumMahalanobisRule, ExposedStripRule, StripOriginalRule, ScaleUpRule,
                  ExposedEntropyRule)
 }
 
@@ -50,5 +51,5 @@ def first_stage_rules(model_roles: Iterable[str]) -> tuple[str, ...]:
 
 __all__ = ["RULES", "LATER_RULES", "auxiliary_roles", "badexpert_rules", "first_stage_rules", "posterior_rules", "Batch", "Rule",
            "BadExpertRule", "BadExpertTsbdRule", "AuxiliaryPosteriorRule", "AuxiliaryTsbdPosteriorRule", "ExposedRule",
-           "MahalanobisRule", "LayerMahalanobisRule", "ExposedStripRule", "StripOriginalRule",
+           "MahalanobisRule", "LayerMahalanobisRule", "SpectrumMahalanobisRule", "ExposedStripRule", "StripOriginalRule",
            "ScaleUpRule", "ExposedEntropyRule"]

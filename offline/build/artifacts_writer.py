@@ -22,6 +22,7 @@ from firewall.artifacts import (CLASS_GAUSSIANS, FUSED_FILES, MANIFEST, MODEL_FI
                                 TORCH_FILES, sha256_file)
 from offline.atomic import atomic_directory
 from offline.build.class_gaussians import ClassGaussians, FeatureSpace, LayerSpace, save_class_gaussians
+from firewall.rules.spectrum_mahalanobis import FLOOR, band_matrix
 from offline.build.fused_export import export_fused
 from offline.build.onnx_export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx
 from offline.build.trunk_split import TrunkSplit
@@ -30,14 +31,15 @@ from offline.model_io import save_pt2
 
 def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], penultimate: TrunkSplit,
                     gaussians: ClassGaussians, auxiliary_spaces: dict[str, FeatureSpace], layers: LayerSpace,
-                    example: np.ndarray, check_x: np.ndarray, bank: np.ndarray, description: dict,
+                    spectrum: ClassGaussians, example: np.ndarray, check_x: np.ndarray, bank: np.ndarray, description: dict,
                     trunk: nn.Module | None = None) -> dict:
     """Writes `models` (by role: original, expert, exposed, features, layer_features and the
     auxiliaries) to `out` and returns the manifest.
 
     `penultimate` is M cut before its classifier layer (the Mahalanobis rule's features),
     `auxiliary_spaces` each auxiliary cut the same way with its Gaussians (its posterior rule),
-    `layers` M's tapped layers with theirs (the layer-Mahalanobis rule);
+    `layers` M's tapped layers with theirs (the layer-Mahalanobis rule), `spectrum` the
+    inputs' block spectra's (the spectrum rule);
     `trunk` the shared trunk when the fine-tunes changed only a head. `description` holds
     what only the producer knows (name, normalization, source_model, build, models); the
     file digests, shapes and export checks are added here.
@@ -56,10 +58,10 @@ def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], pen
             if role in TORCH_FILES:
                 (scratch / TORCH_FILES[role]).parent.mkdir(exist_ok=True)
                 save_pt2(module, example_tensor, scratch / TORCH_FILES[role])
-        onnx_check.update(export_fused(models, penultimate.head, gaussians, auxiliary_spaces, layers, example_tensor,
-                                       scratch, check_x, trunk))
+        onnx_check.update(export_fused(models, penultimate.head, gaussians, auxiliary_spaces, layers, spectrum,
+                                       example_tensor, scratch, check_x, trunk))
         np.save(scratch / STRIP_BANK, bank.astype(np.float32), allow_pickle=False)
-        save_class_gaussians(scratch, gaussians, auxiliary_spaces, layers)
+        save_class_gaussians(scratch, gaussians, auxiliary_spaces, layers, spectrum)
         normalization = description.pop("normalization")
         manifest = {
             "schema_version": SCHEMA_VERSION,
@@ -76,6 +78,8 @@ def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], pen
             "mahalanobis": {"features_after": penultimate.cut, **gaussians.to_json()},
             "auxiliary_posterior": {role: space.to_json() for role, space in auxiliary_spaces.items()},
             "layer_mahalanobis": layers.to_json(),
+            "spectrum_mahalanobis": {"bands": [len(band_matrix(side)) for side in input_shape[1:]], "floor": FLOOR,
+                                     **spectrum.to_json()},
             "onnx_max_relative_diff": onnx_check,  # absolute below 1 (onnx_export.relative_difference)
         }
         (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -1,6 +1,7 @@
 """Clean inputs as one Gaussian per class in a model's penultimate feature space: in M's,
 the Mahalanobis rule's parameters; in each auxiliary's, its posterior rule's; at each of
-M's tapped layers, the layer-Mahalanobis rule's.
+M's tapped layers, the layer-Mahalanobis rule's; of the inputs' block spectra, the
+spectrum rule's.
 
 Class means and one covariance shared by all classes, as in Lee et al.'s detector: a
 few hundred clean inputs cannot estimate a covariance per class in a space of 64 to
@@ -24,6 +25,7 @@ from firewall.artifacts import CLASS_GAUSSIANS
 from firewall.errors import UserError
 from firewall.rules.layer_mahalanobis import LayerGaussians
 from firewall.rules.mahalanobis import mahalanobis_by_class
+from firewall.rules.spectrum_mahalanobis import block_spectrum
 from offline.build.layer_taps import TappedFeatures, pooled_layers
 from offline.build.trunk_split import TrunkSplit
 from offline.data.tensorsets import TensorSet
@@ -117,12 +119,20 @@ def fit_layer_space(tapped: TappedFeatures, clean: TensorSet, num_classes: int) 
     return LayerSpace(tapped, tuple(layers), tuple(scales))
 
 
+def fit_spectrum_gaussians(clean: TensorSet, num_classes: int) -> ClassGaussians:
+    """The class Gaussians of the clean inputs' block spectra (firewall/rules/spectrum_mahalanobis.py)."""
+    if clean.x.ndim != 4:
+        raise UserError(f"the spectrum rule reads images [C, H, W]; this model's input is {list(clean.x.shape[1:])}")
+    return fit_class_gaussians(block_spectrum(clean.x), clean.y, num_classes, space="the inputs' block spectra")
+
+
 def save_class_gaussians(directory: Path, original: ClassGaussians, auxiliaries: dict[str, FeatureSpace],
-                         layers: LayerSpace) -> None:
+                         layers: LayerSpace, spectrum: ClassGaussians) -> None:
     """One CLASS_GAUSSIANS file: M's under `means`/`precision`, each auxiliary's under its role,
-    M's tapped layers' under `layer<i>_` with their `layer_scales`."""
+    M's tapped layers' under `layer<i>_` with their `layer_scales`, the spectra's under `spectrum_`."""
     arrays = {"means": original.means, "precision": original.precision,
-              "layer_scales": np.asarray(layers.scales, np.float64)}
+              "layer_scales": np.asarray(layers.scales, np.float64),
+              "spectrum_means": spectrum.means, "spectrum_precision": spectrum.precision}
     for role, space in auxiliaries.items():
         arrays |= {f"{role}_means": space.gaussians.means, f"{role}_precision": space.gaussians.precision}
     for i, gaussians in enumerate(layers.layers):

@@ -7,8 +7,9 @@ one graph with a shared input pays once. The graph scores every class for each r
 with each M' in a build with two), the exposed rule from E's logit margins, the
 Mahalanobis rule from M's penultimate features and the clean class Gaussians, which the
 graph holds as constants, the auxiliary-posterior rule from each M''s own features
-and Gaussians (M' runs once for both of its rules), and the layer-Mahalanobis rule from
-M's pooled activations at its tapped layers, read on the same run of M's layers. M runs
+and Gaussians (M' runs once for both of its rules), the layer-Mahalanobis rule from
+M's pooled activations at its tapped layers, read on the same run of M's layers, and the
+spectrum rule from the input itself. M runs
 up to those features in both graphs; the one with the prediction adds M's classifier
 layer and the argmax. The same graph serves whether the prediction comes from M inside
 the graph or, with `--prediction-from-upstream`, from the production server's own
@@ -33,6 +34,7 @@ from firewall.rules.badexpert import triangle_statistic
 from firewall.rules.exposed import margin_by_class
 from firewall.rules.layer_mahalanobis import LayerGaussians, layer_mahalanobis_by_class
 from firewall.rules.mahalanobis import mahalanobis_by_class
+from firewall.rules.spectrum_mahalanobis import FLOOR, spectrum_mahalanobis_by_class, spectrum_operators
 from offline.build.class_gaussians import ClassGaussians, FeatureSpace, LayerSpace
 from offline.build.onnx_export import INPUT_NAME, export_onnx, relative_difference
 
@@ -115,9 +117,27 @@ class LayerMahalanobisByClass(nn.Module):
         return torch.stack(distances).sum(dim=0)
 
 
+class SpectrumMahalanobisByClass(nn.Module):
+    """Images [N, C, H, W] -> the squared Mahalanobis distance of their block spectra to every
+    class mean, [N, K] (see firewall.rules.spectrum_mahalanobis): the DCT and the bands as
+    constant matrix products on each side."""
+
+    def __init__(self, input_shape: tuple[int, ...], means: np.ndarray, precision: np.ndarray):
+        super().__init__()
+        operators = spectrum_operators(*input_shape[1:])
+        for name, matrix in zip(("dct_h", "dct_w", "bands_h", "bands_w"), operators):
+            self.register_buffer(name, torch.from_numpy(matrix.astype(np.float32)))
+        self.distances = MahalanobisByClass(means, precision)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        coefficients = self.dct_h @ x @ self.dct_w.T
+        energy = self.bands_h @ (coefficients * coefficients) @ self.bands_w.T
+        return self.distances((energy + FLOOR).log().flatten(1))
+
+
 class FirstStageScorer(nn.Module):
     """x -> the BaDExpert (once per auxiliary), exposed, Mahalanobis, auxiliary-posterior
-    (once per auxiliary) and layer-Mahalanobis scores for every class.
+    (once per auxiliary), layer-Mahalanobis and spectrum scores for every class.
 
     With a shared trunk the networks and M's feature layers are heads on the trunk's
     output and the trunk runs once (the layer-Mahalanobis rule then taps the layers of
@@ -125,24 +145,27 @@ class FirstStageScorer(nn.Module):
     """
 
     def __init__(self, expert: nn.Module, auxiliaries: list[FeatureSpace], exposed: nn.Module,
-                 gaussians: ClassGaussians, layers: LayerSpace, trunk: nn.Module | None = None):
+                 gaussians: ClassGaussians, layers: LayerSpace, spectrum: SpectrumMahalanobisByClass,
+                 trunk: nn.Module | None = None):
         super().__init__()
         self.trunk = trunk if trunk is not None else nn.Identity()
         self.expert, self.exposed, self.features = expert, exposed, layers.tapped
         self.auxiliaries = nn.ModuleList(AuxiliaryWithPosterior(space) for space in auxiliaries)
         self.mahalanobis = MahalanobisByClass(gaussians.means, gaussians.precision)
         self.layer_mahalanobis = LayerMahalanobisByClass(layers.arrays())
+        self.spectrum_mahalanobis = spectrum
 
-    def scores(self, h: torch.Tensor, features: torch.Tensor, pooled: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    def scores(self, x: torch.Tensor, h: torch.Tensor, features: torch.Tensor,
+               pooled: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         b = self.expert(h).softmax(dim=1)
         logits, posteriors = zip(*(auxiliary(h) for auxiliary in self.auxiliaries))
         badexpert = [badexpert_by_class(b, a.softmax(dim=1)) for a in logits]
         return (*badexpert, exposed_by_class(self.exposed(h)), self.mahalanobis(features), *posteriors,
-                self.layer_mahalanobis(pooled))
+                self.layer_mahalanobis(pooled), self.spectrum_mahalanobis(x))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         h = self.trunk(x)
-        return self.scores(h, *self.features(h))
+        return self.scores(x, h, *self.features(h))
 
 
 class PredictingScorer(nn.Module):
@@ -156,12 +179,12 @@ class PredictingScorer(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         h = self.scorer.trunk(x)
         features, pooled = self.scorer.features(h)
-        return self.classifier(features).argmax(dim=1), *self.scorer.scores(h, features, pooled)
+        return self.classifier(features).argmax(dim=1), *self.scorer.scores(x, h, features, pooled)
 
 
 def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians: ClassGaussians,
-                 auxiliary_spaces: dict[str, FeatureSpace], layers: LayerSpace, example: torch.Tensor, out: Path,
-                 check_x: np.ndarray, trunk: nn.Module | None = None) -> dict:
+                 auxiliary_spaces: dict[str, FeatureSpace], layers: LayerSpace, spectrum: ClassGaussians,
+                 example: torch.Tensor, out: Path, check_x: np.ndarray, trunk: nn.Module | None = None) -> dict:
     """Write both fused graphs and check them against the numpy rules on real inputs.
 
     `models` are the whole networks by role; with a shared `trunk` they are
@@ -171,24 +194,25 @@ def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians:
     the auxiliaries (their heads, with a shared trunk) cut before their classifier layer,
     with their clean class Gaussians; `models["<role>_features"]` the same cuts as whole
     models. `layers` taps `models["features"]` (its head, with a shared trunk);
-    `models["layer_features"]` gives the same pooled activations from the input.
+    `models["layer_features"]` gives the same pooled activations from the input. `spectrum`
+    are the class Gaussians of the clean inputs' block spectra.
     """
     expert, exposed = (models[role].head if trunk is not None else models[role] for role in ("expert", "exposed"))
     rules = first_stage_rules(models)
     scorer = FirstStageScorer(expert, [auxiliary_spaces[role] for role in auxiliary_roles(rules)], exposed, gaussians,
-                              layers, trunk)
+                              layers, SpectrumMahalanobisByClass(tuple(example.shape[1:]), spectrum.means, spectrum.precision), trunk)
     scores = [BY_CLASS_OUTPUTS[rule] for rule in rules]
     graphs = {"fused": (PredictingScorer(classifier, scorer), [PREDICTION_OUTPUT, *scores]),
               "fused_without_original": (scorer, scores)}
     for role, (module, outputs) in graphs.items():
         export_onnx(module, example, out / FUSED_FILES[role], output_names=outputs)
-    return {role: _check(models, gaussians, auxiliary_spaces, layers, out / FUSED_FILES[role], check_x)
+    return {role: _check(models, gaussians, auxiliary_spaces, layers, spectrum, out / FUSED_FILES[role], check_x)
             for role in graphs}
 
 
 @torch.no_grad()
 def _check(models: dict[str, nn.Module], gaussians: ClassGaussians, auxiliary_spaces: dict[str, FeatureSpace],
-           layers: LayerSpace, path: Path, x: np.ndarray) -> float:
+           layers: LayerSpace, spectrum: ClassGaussians, path: Path, x: np.ndarray) -> float:
     """Largest relative difference of the scores between onnxruntime and the numpy rules on torch
     outputs; predictions must match exactly."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -198,7 +222,8 @@ def _check(models: dict[str, nn.Module], gaussians: ClassGaussians, auxiliary_sp
     features = models["features"](tx).flatten(1).numpy().astype(np.float64)
     expected = {"exposed": margin_by_class(models["exposed"](tx).numpy()),
                 "mahalanobis": mahalanobis_by_class(features, gaussians.means, gaussians.precision),
-                "layer_mahalanobis": layer_mahalanobis_by_class(models["layer_features"](tx).numpy(), layers.arrays())}
+                "layer_mahalanobis": layer_mahalanobis_by_class(models["layer_features"](tx).numpy(), layers.arrays()),
+                "spectrum_mahalanobis": spectrum_mahalanobis_by_class(x, spectrum.means, spectrum.precision)}
     for rule in badexpert_rules(first_stage_rules(models)):
         expected[rule] = -triangle_statistic(b, models[RULES[rule].auxiliary](tx).softmax(dim=1).numpy())
     for rule in posterior_rules(first_stage_rules(models)):

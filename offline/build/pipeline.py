@@ -12,7 +12,8 @@ import torch
 from firewall.artifacts import sha256_file
 from firewall.errors import UserError
 from offline.build.artifacts_writer import write_artifacts
-from offline.build.class_gaussians import FeatureSpace, fit_class_gaussians, fit_feature_space, fit_layer_space
+from offline.build.class_gaussians import (FeatureSpace, fit_class_gaussians, fit_feature_space, fit_layer_space,
+                                          fit_spectrum_gaussians)
 from offline.build.layer_taps import PooledLayers, TappedFeatures
 from offline.build.reuse import load_prior_models
 from offline.build.stages import auxiliary_model, backdoor_expert, exposed_model
@@ -197,6 +198,7 @@ def run_build(config: BuildConfig) -> dict:
         "models": {"original": {"heldout_clean_accuracy": original_acc}, **reports},
     }
     return write_artifacts(config.out, config.force, models=models, penultimate=penultimate, gaussians=gaussians,
-                           auxiliary_spaces=auxiliary_spaces, layers=layers, example=clean.x[:2],
+                           auxiliary_spaces=auxiliary_spaces, layers=layers,
+                           spectrum=fit_spectrum_gaussians(clean, num_classes), example=clean.x[:2],
                            check_x=heldout.x[:64],
                            bank=clean.x[bank_rows], description=description, trunk=split.trunk if split else None)
