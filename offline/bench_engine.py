@@ -6,8 +6,9 @@ of CPU threads, at batch 1, 8 and 64:
 - the first stage: M's prediction, the BaDExpert score (B and each M' the build made),
   the exposed margin (E), the Mahalanobis distance (M's penultimate features), the
   auxiliary posterior, the layer-Mahalanobis distance (M's tapped layers) and the
-  spectrum rule's distance (the input's own block spectrum) on every input; eager PyTorch runs M's layers once for the features and the prediction, as the
-  fused graph the sidecar serves does; onnxruntime also as separate sessions (M whole for
+  spectrum rule's distance (the input's own block spectrum) on every input; eager
+  PyTorch runs M's layers once for the features and the prediction, as the fused graph
+  the sidecar serves does; onnxruntime also as separate sessions (M whole for
   the prediction, M up to its penultimate layer for the features, M's tapped layers, B,
   each M', E), and
   as the fused graph's int8 copy where the artifacts were quantized (`offline quantize`);
