@@ -88,8 +88,9 @@ DEFAULT_LAYER_MAHALANOBIS_WEIGHT = 0.5
 # 0.9938 / 0.877 at weight 0.25, 0.9936 / 0.880 at 0.5, 0.9922 / 0.869 at 1; like the
 # layer rule's it trades a large gain where the networks see little (digits/ViT SIG)
 # against adaptive_blend and width-8 dynamic, which the spectrum barely sees
-# (docs/METHODS.md, "The spectrum rule"). Built and measured on the rebuilt matrix: 0.9936 / 0.880 over the 44
-# cases, 0.9935 / 0.880 over the 25 cells of docs/RESULTS.md (session 26: 0.9902 / 0.839).
+# (docs/METHODS.md, "The spectrum rule"). Built and measured on the rebuilt matrix:
+# 0.9936 / 0.880 over the 44 cases, 0.9935 / 0.880 over the 25 cells of docs/RESULTS.md
+# (session 26: 0.9902 / 0.839).
 # `offline calibrate --spectrum-mahalanobis-weight`.
 DEFAULT_SPECTRUM_MAHALANOBIS_WEIGHT = 0.5
 DEFAULT_WEIGHTS = {"exposed": DEFAULT_EXPOSED_WEIGHT, "mahalanobis": DEFAULT_MAHALANOBIS_WEIGHT,

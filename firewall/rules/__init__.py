@@ -17,8 +17,8 @@ from firewall.rules.strip import ExposedEntropyRule, ExposedStripRule, StripOrig
 RULES: dict[str, type[Rule]] = {
     rule.name: rule
     for rule in (BadExpertRule, BadExpertTsbdRule, ExposedRule, MahalanobisRule, AuxiliaryPosteriorRule,
-                 AuxiliaryTsbdPosteriorRule, LayerMahalanobisRule, SpectrumMahalanobisRule, ExposedStripRule, StripOriginalRule, ScaleUpRule,
-                 ExposedEntropyRule)
+                 AuxiliaryTsbdPosteriorRule, LayerMahalanobisRule, SpectrumMahalanobisRule, ExposedStripRule,
+                 StripOriginalRule, ScaleUpRule, ExposedEntropyRule)
 }
 
 # The costly rules (64 superimposed copies through M or E each) that run only in the
@@ -51,5 +51,5 @@ def first_stage_rules(model_roles: Iterable[str]) -> tuple[str, ...]:
 
 __all__ = ["RULES", "LATER_RULES", "auxiliary_roles", "badexpert_rules", "first_stage_rules", "posterior_rules", "Batch", "Rule",
            "BadExpertRule", "BadExpertTsbdRule", "AuxiliaryPosteriorRule", "AuxiliaryTsbdPosteriorRule", "ExposedRule",
-           "MahalanobisRule", "LayerMahalanobisRule", "SpectrumMahalanobisRule", "ExposedStripRule", "StripOriginalRule",
-           "ScaleUpRule", "ExposedEntropyRule"]
+           "MahalanobisRule", "LayerMahalanobisRule", "SpectrumMahalanobisRule", "ExposedStripRule",
+           "StripOriginalRule", "ScaleUpRule", "ExposedEntropyRule"]

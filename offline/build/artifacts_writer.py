@@ -31,7 +31,8 @@ from offline.model_io import save_pt2
 
 def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], penultimate: TrunkSplit,
                     gaussians: ClassGaussians, auxiliary_spaces: dict[str, FeatureSpace], layers: LayerSpace,
-                    spectrum: ClassGaussians, example: np.ndarray, check_x: np.ndarray, bank: np.ndarray, description: dict,
+                    spectrum: ClassGaussians, example: np.ndarray, check_x: np.ndarray, bank: np.ndarray,
+                    description: dict,
                     trunk: nn.Module | None = None) -> dict:
     """Writes `models` (by role: original, expert, exposed, features, layer_features and the
     auxiliaries) to `out` and returns the manifest.
