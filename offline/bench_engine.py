@@ -27,6 +27,7 @@ import argparse
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,35 +57,49 @@ EAGER, SEPARATE, FUSED = "eager PyTorch", "onnxruntime, separate sessions", "onn
 FUSED_INT8 = "onnxruntime, fused graph, int8"  # where the artifacts were quantized (`offline quantize`)
 
 
+@dataclass(frozen=True)
+class StoredGaussians:
+    """The clean class Gaussians an artifacts set holds, read once for both implementations."""
+
+    by_model: dict[str, tuple[np.ndarray, np.ndarray]]  # M's ("original") and each auxiliary's features
+    layers: list[LayerGaussians]  # M's tapped layers
+    spectrum: tuple[np.ndarray, np.ndarray]  # the inputs' block spectra
+
+    @classmethod
+    def of(cls, artifacts: Artifacts, auxiliaries: list[str]) -> "StoredGaussians":
+        return cls({"original": artifacts.class_gaussians(),
+                    **{role: artifacts.class_gaussians(role) for role in auxiliaries}},
+                   artifacts.layer_gaussians(), artifacts.class_gaussians("spectrum"))
+
+
 class EagerRules:
     """The serving rules written directly in PyTorch, run eagerly on the torch models."""
 
     def __init__(self, artifacts_dir: Path, bank: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...],
-                 gaussians: dict[str, tuple[np.ndarray, np.ndarray]], auxiliaries: list[str],
-                 layers: list[LayerGaussians], spectrum: SpectrumMahalanobisByClass, device: str = "cpu"):
+                 gaussians: StoredGaussians, auxiliaries: list[str], input_shape: tuple[int, ...],
+                 device: str = "cpu"):
         roles = ["original", "expert", "exposed", *auxiliaries]
         self.models = {role: load_pt2(artifacts_dir / TORCH_FILES[role]).module().to(device) for role in roles}
         self.auxiliaries = {role: split_before_classifier(self.models[role]) for role in auxiliaries}
         self.original = split_before_classifier(self.models["original"])
-        self.mahalanobis = {role: MahalanobisByClass(*gaussians[role]).to(device) for role in ["original", *auxiliaries]}
+        self.mahalanobis = {role: MahalanobisByClass(*gaussians.by_model[role]).to(device)
+                            for role in ["original", *auxiliaries]}
         # M's features with its tapped layers, found again in the reloaded graph by the build's rule.
         self.features = TappedFeatures(self.original.trunk).to(device)
-        self.layer_mahalanobis = LayerMahalanobisByClass(layers).to(device)
-        self.spectrum_mahalanobis = spectrum.to(device)
+        self.layer_mahalanobis = LayerMahalanobisByClass(gaussians.layers).to(device)
+        self.spectrum_mahalanobis = SpectrumMahalanobisByClass(input_shape, *gaussians.spectrum).to(device)
         shape = (1, -1, 1, 1)
         self.mean = torch.tensor(mean, device=device).reshape(shape)
         self.std = torch.tensor(std, device=device).reshape(shape)
         self.bank_pixels = torch.from_numpy(bank).to(device) * self.std + self.mean
 
     @classmethod
-    def of(cls, artifacts: Artifacts, bank: np.ndarray, auxiliaries: list[str], device: str = "cpu") -> "EagerRules":
-        """The eager rules of an artifacts set, on the Gaussians the set holds."""
+    def of(cls, artifacts: Artifacts, bank: np.ndarray, gaussians: StoredGaussians, auxiliaries: list[str],
+           device: str = "cpu") -> "EagerRules":
+        """The eager rules of an artifacts set."""
         norm = artifacts.manifest.normalization
-        gaussians = {"original": artifacts.class_gaussians(),
-                     **{role: artifacts.class_gaussians(role) for role in auxiliaries}}
-        spectrum = SpectrumMahalanobisByClass(artifacts.manifest.input_shape, *artifacts.class_gaussians("spectrum"))
-        return cls(artifacts.root, bank, norm.mean, norm.std, gaussians, auxiliaries, artifacts.layer_gaussians(),
-                   spectrum, device)
+        return cls(artifacts.root, bank, norm.mean, norm.std, gaussians, auxiliaries, artifacts.manifest.input_shape,
+                   device)
 
     @torch.inference_mode()
     def first_stage(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -140,9 +155,8 @@ def run(case: Path, threads: int, seconds: float, device: str = "cpu") -> dict:
     first_stage = engine.first_stage_rules
     auxiliaries = auxiliary_roles(first_stage)
     torch.set_num_threads(threads)
-    gaussians = {"original": artifacts.class_gaussians(), **{role: artifacts.class_gaussians(role) for role in auxiliaries}}
-    layers, spectrum = artifacts.layer_gaussians(), artifacts.class_gaussians("spectrum")
-    eager = EagerRules.of(artifacts, engine.bank, auxiliaries, device)
+    gaussians = StoredGaussians.of(artifacts, auxiliaries)
+    eager = EagerRules.of(artifacts, engine.bank, gaussians, auxiliaries, device)
     pool = np.load(case / "test_clean.npz")["x"]
     models = engine.models
 
@@ -151,12 +165,13 @@ def run(case: Path, threads: int, seconds: float, device: str = "cpu") -> dict:
         b = prob_of(models.probs("expert", x), yhat)
         badexpert = [-triangle_statistic(b, prob_of(models.probs(role, x), yhat)) for role in auxiliaries]
         posteriors = [prob_of(posterior_by_class(mahalanobis_by_class(
-            models.logits(f"{role}_features", x).reshape(len(x), -1), *gaussians[role])), yhat) for role in auxiliaries]
+            models.logits(f"{role}_features", x).reshape(len(x), -1), *gaussians.by_model[role])), yhat)
+            for role in auxiliaries]
         features = models.logits("features", x).reshape(len(x), -1)
-        by_layer = layer_mahalanobis_by_class(models.logits("layer_features", x), layers)
+        by_layer = layer_mahalanobis_by_class(models.logits("layer_features", x), gaussians.layers)
         return (*badexpert, prob_of(margin_by_class(models.logits("exposed", x)), yhat),
-                prob_of(mahalanobis_by_class(features, *gaussians["original"]), yhat), *posteriors,
-                prob_of(by_layer, yhat), prob_of(spectrum_mahalanobis_by_class(x, *spectrum), yhat))
+                prob_of(mahalanobis_by_class(features, *gaussians.by_model["original"]), yhat), *posteriors,
+                prob_of(by_layer, yhat), prob_of(spectrum_mahalanobis_by_class(x, *gaussians.spectrum), yhat))
 
     rows = []
     for batch in BATCHES:

@@ -7,14 +7,15 @@ import torch
 from firewall.artifacts import load_artifacts
 from firewall.rules import auxiliary_roles
 from firewall.scoring import ScoringEngine
-from offline.bench_engine import EagerRules
+from offline.bench_engine import EagerRules, StoredGaussians
 
 
 def test_the_eager_rules_score_as_the_fused_graph(tiny_case, tiny_artifacts):
     artifacts = load_artifacts(tiny_artifacts)
     engine = ScoringEngine(artifacts)
     rules = engine.first_stage_rules
-    eager = EagerRules.of(artifacts, engine.bank, auxiliary_roles(rules))
+    auxiliaries = auxiliary_roles(rules)
+    eager = EagerRules.of(artifacts, engine.bank, StoredGaussians.of(artifacts, auxiliaries), auxiliaries)
     x = np.concatenate([np.load(tiny_case / "test_clean.npz")["x"][:50], np.load(tiny_case / "test_triggered.npz")["x"][:50]])
     yhat, *scores = eager.first_stage(torch.from_numpy(x))
     served_yhat, served = engine.score(x, rules=rules)

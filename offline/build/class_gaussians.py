@@ -121,9 +121,11 @@ def fit_layer_space(tapped: TappedFeatures, clean: TensorSet, num_classes: int) 
 
 def fit_spectrum_gaussians(clean: TensorSet, num_classes: int) -> ClassGaussians:
     """The class Gaussians of the clean inputs' block spectra (firewall/rules/spectrum_mahalanobis.py)."""
-    if clean.x.ndim != 4:
-        raise UserError(f"the spectrum rule reads images [C, H, W]; this model's input is {list(clean.x.shape[1:])}")
-    return fit_class_gaussians(block_spectrum(clean.x), clean.y, num_classes, space="the inputs' block spectra")
+    try:
+        spectra = block_spectrum(clean.x)
+    except ValueError as exc:
+        raise UserError(f"the spectrum rule cannot read this model's inputs: {exc}") from None
+    return fit_class_gaussians(spectra, clean.y, num_classes, space="the inputs' block spectra")
 
 
 def save_class_gaussians(directory: Path, original: ClassGaussians, auxiliaries: dict[str, FeatureSpace],

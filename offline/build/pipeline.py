@@ -126,12 +126,12 @@ def _fine_tune(model: torch.nn.Module, tuned: torch.nn.Module, tune_train: Tenso
     made = {"expert": backdoor_expert(tuned, tune_train, tune_heldout, target_accuracy=config.expert_target_accuracy,
                                       **common),
             "exposed": exposed_model(tuned, tune_train, tune_heldout, **common)}
-    # TSBD's clean unlearning is the exposure E already ran.
-    if config.auxiliary in ("finetune", "both"):
-        made["auxiliary"] = auxiliary_model(tuned, tune_train, tune_heldout, **common)
-    if config.auxiliary in ("tsbd", "both"):
-        role = "auxiliary_tsbd" if config.auxiliary == "both" else "auxiliary"
-        made[role] = tsbd_auxiliary(model, made["exposed"][0], train, heldout, seed=config.seed)
+    for role in _fine_tuned_roles(config.auxiliary)[len(made):]:
+        if role == "auxiliary_tsbd" or config.auxiliary == "tsbd":
+            # TSBD's clean unlearning is the exposure E already ran.
+            made[role] = tsbd_auxiliary(model, made["exposed"][0], train, heldout, seed=config.seed)
+        else:
+            made[role] = auxiliary_model(tuned, tune_train, tune_heldout, **common)
     return {role: m for role, (m, _) in made.items()}, {role: report.to_json() for role, (_, report) in made.items()}
 
 
