@@ -7,13 +7,29 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from firewall.artifacts import PRECISIONS
 from firewall.errors import UserError, run_reporting_errors
-from firewall.fusion import (DEFAULT_AUXILIARY_POSTERIOR_WEIGHT, DEFAULT_CASCADE_BAND, DEFAULT_EXPOSED_WEIGHT,
-                             DEFAULT_LATER_RULE_WEIGHT, DEFAULT_LATER_RULES, DEFAULT_LAYER_MAHALANOBIS_WEIGHT,
-                             DEFAULT_MAHALANOBIS_WEIGHT, DEFAULT_SPECTRUM_MAHALANOBIS_WEIGHT)
+from firewall.fusion import (DEFAULT_AUXILIARY_POSTERIOR_WEIGHT, DEFAULT_CASCADE_BAND, DEFAULT_LATER_RULE_WEIGHT,
+                             DEFAULT_LATER_RULES, DEFAULT_WEIGHTS)
 from firewall.rules import LATER_RULES
+
+if TYPE_CHECKING:
+    from offline.calibrate import CalibrateConfig
+
+# The first-stage rules whose evidence weight `offline calibrate` takes as --<rule>-weight,
+# and what their help calls that evidence. The later rules share --later-rule-weight.
+_WEIGHTED_EVIDENCE = {
+    "exposed": "the exposed margin's evidence",
+    "mahalanobis": "the Mahalanobis rule's evidence",
+    "layer_mahalanobis": "the layer-Mahalanobis rule's evidence (M's activations at six depths)",
+    "spectrum_mahalanobis": "the spectrum rule's evidence (the input's own frequency content)",
+}
+
+
+def _weight_flag(rule: str) -> str:
+    return f"--{rule.replace('_', '-')}-weight"
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -85,16 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--later-rules", type=_names, default=DEFAULT_LATER_RULES,
                    help="comma-separated: the costly rules run inside the band, among strip_original (STRIP on M) "
                         "and strip (exposed STRIP); an empty string for none")
-    c.add_argument("--exposed-weight", type=float, default=DEFAULT_EXPOSED_WEIGHT,
-                   help="how much the exposed margin's evidence counts in the verdict beside BaDExpert's (weight 1)")
-    c.add_argument("--mahalanobis-weight", type=float, default=DEFAULT_MAHALANOBIS_WEIGHT,
-                   help="how much the Mahalanobis rule's evidence counts in the verdict beside BaDExpert's (weight 1)")
-    c.add_argument("--layer-mahalanobis-weight", type=float, default=DEFAULT_LAYER_MAHALANOBIS_WEIGHT,
-                   help="how much the layer-Mahalanobis rule's evidence (M's activations at six depths) counts in "
-                        "the verdict beside BaDExpert's (weight 1)")
-    c.add_argument("--spectrum-mahalanobis-weight", type=float, default=DEFAULT_SPECTRUM_MAHALANOBIS_WEIGHT,
-                   help="how much the spectrum rule's evidence (the input's own frequency content) counts in the "
-                        "verdict beside BaDExpert's (weight 1)")
+    for rule, evidence in _WEIGHTED_EVIDENCE.items():
+        c.add_argument(_weight_flag(rule), type=float, default=DEFAULT_WEIGHTS[rule],
+                       help=f"how much {evidence} counts in the verdict beside BaDExpert's (weight 1)")
     c.add_argument("--later-rule-weight", type=float, default=DEFAULT_LATER_RULE_WEIGHT,
                    help="how much each later rule's evidence counts in the band beside BaDExpert's (weight 1)")
     c.add_argument("--auxiliary-posterior-weight", type=float, default=DEFAULT_AUXILIARY_POSTERIOR_WEIGHT,
@@ -149,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def calibrate_config(args: argparse.Namespace) -> CalibrateConfig:
+    """`offline calibrate`'s flags as the one config object calibration reads."""
+    from offline.calibrate import CalibrateConfig
+
+    weights = {**{rule: getattr(args, f"{rule}_weight") for rule in _WEIGHTED_EVIDENCE},
+               **{rule: args.later_rule_weight for rule in LATER_RULES}}
+    return CalibrateConfig(args.artifacts, args.clean_data, args.target_fpr, args.cascade_band, weights,
+                           args.auxiliary_posterior_weight, args.later_rules, args.precision)
+
+
 def run(args: argparse.Namespace) -> None:
     if args.command == "poison":
         from offline.poison import PoisonConfig, run_poison
@@ -174,17 +193,9 @@ def run(args: argparse.Namespace) -> None:
             print(f"{role:<14} held-out clean accuracy {info['heldout_clean_accuracy']:.2%}{extra}")
         print(f"wrote {args.out}")
     elif args.command == "calibrate":
-        from offline.calibrate import CalibrateConfig, run_calibrate
+        from offline.calibrate import run_calibrate
 
-        thresholds = run_calibrate(CalibrateConfig(args.artifacts, args.clean_data, args.target_fpr,
-                                                   args.cascade_band,
-                                                   {"exposed": args.exposed_weight,
-                                                    "mahalanobis": args.mahalanobis_weight,
-                                                    "layer_mahalanobis": args.layer_mahalanobis_weight,
-                                                    "spectrum_mahalanobis": args.spectrum_mahalanobis_weight,
-                                                    **{rule: args.later_rule_weight for rule in LATER_RULES}},
-                                                   args.auxiliary_posterior_weight, args.later_rules,
-                                                   args.precision))
+        thresholds = run_calibrate(calibrate_config(args))
         print(f"scored with the {thresholds.precision} first-stage graph, which `firewall serve` will serve")
         for rule, t in thresholds.rules.items():
             print(f"{rule:<26} threshold {t.threshold:+.6g}  FPR on {t.n} clean: {t.fpr:.2%}")

@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from firewall.artifacts import SCHEMA_VERSION
-from firewall.rules import LATER_RULES
+from firewall.rules import LATER_RULES, RULES as RULE_REGISTRY, ExposedEntropyRule
 from offline.cells import built_manifest, built_variants, eval_path
 
-RULES = ("firewall", "badexpert", "badexpert_tsbd", "exposed", "mahalanobis", "auxiliary_posterior",
-         "auxiliary_tsbd_posterior", "layer_mahalanobis", "spectrum_mahalanobis", "strip", "strip_original",
-         "scaleup")
+# The verdict, then every rule in the registry's order, but for the exposed model's STRIP
+# entropy: a measurement that keeps the exposed STRIP rule honest (it is flat by design,
+# firewall/rules/strip.py), not a detector a reader should compare.
+RULES = ("firewall", *(rule for rule in RULE_REGISTRY if rule != ExposedEntropyRule.name))
 TARGETS = {"mean_auroc": 0.99, "min_auroc": 0.97, "mean_tpr": 0.95, "fpr_slack": 0.01}
 TARGET_FPR = 0.01  # what `offline bench` calibrates at
 _CELL = re.compile(r"(?P<dataset>[a-z]+)-(?P<attack>[a-z0-9_]+)-(?P<arch>[a-z]+)(?:-w\d+e\d+)?(?:-s(?P<seed>\d+))?")
