@@ -157,7 +157,9 @@ def summary(table: dict) -> list[str]:
                   + ", ".join(f"{name} ({auroc:.3f})" for name, auroc, _ in q["missed"])
                   + ". docs/METHODS.md says what is known about why: \"The rules' ceiling\" (what any fusion of the rules "
                   "could reach), \"What the weak cells' backdoor sets hold\" (how much of a weak backdoor's set "
-                  "is M's own errors) and \"The vision transformer on digits\" (the architecture the rules do worst on)."]
+                  "is M's own errors), \"The width-8 shapes/VGG cells at three seeds\" (backdoors that half-took on "
+                  "briefly trained models) and \"The vision transformer on digits\" (the architecture the rules do "
+                  "worst on)."]
     return lines + [""]
 
 
