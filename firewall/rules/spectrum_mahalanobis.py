@@ -45,9 +45,14 @@ def dct_matrix(n: int) -> np.ndarray:
     return d
 
 
+def band_count(n: int) -> int:
+    """How many bands a side of n coefficients is split into."""
+    return min(MAX_BANDS, max(1, n // COEFFICIENTS_PER_BAND))
+
+
 def band_matrix(n: int) -> np.ndarray:
     """[bands, n]: row b averages the coefficients of band b (evenly split, low to high)."""
-    bands = min(MAX_BANDS, max(1, n // COEFFICIENTS_PER_BAND))
+    bands = band_count(n)
     matrix = np.zeros((bands, n))
     for b, members in enumerate(np.array_split(np.arange(n), bands)):
         matrix[b, members] = 1.0 / len(members)

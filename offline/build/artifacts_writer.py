@@ -20,9 +20,9 @@ from torch import nn
 import firewall
 from firewall.artifacts import (CLASS_GAUSSIANS, FUSED_FILES, MANIFEST, MODEL_FILES, SCHEMA_VERSION, STRIP_BANK,
                                 TORCH_FILES, sha256_file)
+from firewall.rules.spectrum_mahalanobis import FLOOR, band_count
 from offline.atomic import atomic_directory
 from offline.build.class_gaussians import ClassGaussians, FeatureSpace, LayerSpace, save_class_gaussians
-from firewall.rules.spectrum_mahalanobis import FLOOR, band_matrix
 from offline.build.fused_export import export_fused
 from offline.build.onnx_export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx
 from offline.build.trunk_split import TrunkSplit
@@ -32,8 +32,7 @@ from offline.model_io import save_pt2
 def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], penultimate: TrunkSplit,
                     gaussians: ClassGaussians, auxiliary_spaces: dict[str, FeatureSpace], layers: LayerSpace,
                     spectrum: ClassGaussians, example: np.ndarray, check_x: np.ndarray, bank: np.ndarray,
-                    description: dict,
-                    trunk: nn.Module | None = None) -> dict:
+                    description: dict, trunk: nn.Module | None = None) -> dict:
     """Writes `models` (by role: original, expert, exposed, features, layer_features and the
     auxiliaries) to `out` and returns the manifest.
 
@@ -79,7 +78,7 @@ def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], pen
             "mahalanobis": {"features_after": penultimate.cut, **gaussians.to_json()},
             "auxiliary_posterior": {role: space.to_json() for role, space in auxiliary_spaces.items()},
             "layer_mahalanobis": layers.to_json(),
-            "spectrum_mahalanobis": {"bands": [len(band_matrix(side)) for side in input_shape[1:]], "floor": FLOOR,
+            "spectrum_mahalanobis": {"bands": [band_count(side) for side in input_shape[1:]], "floor": FLOOR,
                                      **spectrum.to_json()},
             "onnx_max_relative_diff": onnx_check,  # absolute below 1 (onnx_export.relative_difference)
         }

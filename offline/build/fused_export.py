@@ -199,8 +199,9 @@ def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians:
     """
     expert, exposed = (models[role].head if trunk is not None else models[role] for role in ("expert", "exposed"))
     rules = first_stage_rules(models)
+    spectrum_distances = SpectrumMahalanobisByClass(tuple(example.shape[1:]), spectrum.means, spectrum.precision)
     scorer = FirstStageScorer(expert, [auxiliary_spaces[role] for role in auxiliary_roles(rules)], exposed, gaussians,
-                              layers, SpectrumMahalanobisByClass(tuple(example.shape[1:]), spectrum.means, spectrum.precision), trunk)
+                              layers, spectrum_distances, trunk)
     scores = [BY_CLASS_OUTPUTS[rule] for rule in rules]
     graphs = {"fused": (PredictingScorer(classifier, scorer), [PREDICTION_OUTPUT, *scores]),
               "fused_without_original": (scorer, scores)}

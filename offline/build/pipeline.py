@@ -25,9 +25,12 @@ from offline.model_io import input_shape_of, load_model
 from offline.training import accuracy, forward
 
 MIN_CLEAN = 50
-# How M' is made; "both" builds the two and scores BaDExpert's rule with each (the default
-# since session 10: docs/METHODS.md, "Two auxiliaries").
-AUXILIARY_METHODS = ("finetune", "tsbd", "both")
+# How M' is made: for each `--auxiliary`, the auxiliary roles it makes and the method that
+# makes each. "both" builds the two and scores BaDExpert's rule with each (the default since
+# session 10: docs/METHODS.md, "Two auxiliaries"); its TSBD model is `auxiliary_tsbd`.
+_AUXILIARY_ROLES = {"finetune": {"auxiliary": "finetune"}, "tsbd": {"auxiliary": "tsbd"},
+                    "both": {"auxiliary": "finetune", "auxiliary_tsbd": "tsbd"}}
+AUXILIARY_METHODS = tuple(_AUXILIARY_ROLES)
 DEFAULT_AUXILIARY = "both"
 
 
@@ -112,9 +115,8 @@ def _auxiliary_space(auxiliary: torch.nn.Module, clean: TensorSet, num_classes: 
 
 
 def _fine_tuned_roles(auxiliary: str) -> list[str]:
-    """The models a build fine-tunes from M; with both auxiliaries TSBD's is `auxiliary_tsbd`."""
-    return ["expert", "exposed", *({"finetune": ["auxiliary"], "tsbd": ["auxiliary"],
-                                    "both": ["auxiliary", "auxiliary_tsbd"]}[auxiliary])]
+    """The models a build fine-tunes from M."""
+    return ["expert", "exposed", *_AUXILIARY_ROLES[auxiliary]]
 
 
 def _fine_tune(model: torch.nn.Module, tuned: torch.nn.Module, tune_train: TensorSet, tune_heldout: TensorSet,
@@ -126,8 +128,8 @@ def _fine_tune(model: torch.nn.Module, tuned: torch.nn.Module, tune_train: Tenso
     made = {"expert": backdoor_expert(tuned, tune_train, tune_heldout, target_accuracy=config.expert_target_accuracy,
                                       **common),
             "exposed": exposed_model(tuned, tune_train, tune_heldout, **common)}
-    for role in _fine_tuned_roles(config.auxiliary)[len(made):]:
-        if role == "auxiliary_tsbd" or config.auxiliary == "tsbd":
+    for role, method in _AUXILIARY_ROLES[config.auxiliary].items():
+        if method == "tsbd":
             # TSBD's clean unlearning is the exposure E already ran.
             made[role] = tsbd_auxiliary(model, made["exposed"][0], train, heldout, seed=config.seed)
         else:
