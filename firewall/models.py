@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -9,7 +10,10 @@ import numpy as np
 import onnxruntime as ort
 
 from firewall.artifacts import BY_CLASS_OUTPUTS, FUSED_FILES, PREDICTION_OUTPUT, Artifacts
+from firewall.cuda_graph import CUDA, BoundReplay, with_cuda_graphs
 from firewall.probabilities import softmax
+
+log = logging.getLogger("firewall.models")
 
 
 # cuDNN's convolution algorithms chosen by its heuristics rather than by timing each on
@@ -42,6 +46,15 @@ class SessionTuning:
     # call's (measured on an H100 with four ResNet-18s: 300 ms per call when the size
     # changes every call, 4.5 ms at a fixed 32 rows against 4.3 ms at 1 row).
     gpu_batch: int = 32
+    # On CUDA each batch size of this ladder (and gpu_batch) is captured once as a CUDA graph
+    # and replayed (firewall/cuda_graph.py); a batch runs on the smallest size that holds it.
+    # Off, or where a graph cannot be captured, every batch runs padded to gpu_batch.
+    cuda_graph_rows: tuple[int, ...] = (1, 8)
+    cuda_graphs: bool = True
+
+    @property
+    def graph_rows(self) -> tuple[int, ...]:
+        return tuple(sorted({*(r for r in self.cuda_graph_rows if r < self.gpu_batch), self.gpu_batch}))
 
     def session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
@@ -70,11 +83,13 @@ class ModelSet:
         self._options = tuning.session_options()
         self._providers = providers or default_providers()
         self._gpu_batch = tuning.gpu_batch
+        self._graph_rows = tuning.graph_rows if tuning.cuda_graphs else ()
         self._opening = threading.Lock()  # the batcher and the cascade's thread may both open one
         self.input_name = artifacts.manifest.input_name
         self.sessions: dict[str, ort.InferenceSession] = {}
         self.output_names: dict[str, list[str]] = {}
         self._on_cuda: set[str] = set()  # roles whose session runs on CUDA, read once at opening
+        self._replays: dict[str, list[BoundReplay]] = {}  # role -> its captured batch sizes, smallest first
 
     @property
     def providers(self) -> list[str]:
@@ -88,31 +103,61 @@ class ModelSet:
                 raise KeyError(f"no model '{role}' in this artifacts set")
             with self._opening:
                 if role not in self.sessions:
-                    opened = ort.InferenceSession(str(self._artifacts.model_path(role, self.precision)), self._options,
-                                                  providers=self._providers)
+                    opened = self._captured(role) or self._open(role, self._providers)
                     self.output_names[role] = [o.name for o in opened.get_outputs()]
-                    if opened.get_providers()[0] == "CUDAExecutionProvider":
+                    if opened.get_providers()[0] == CUDA:
                         self._on_cuda.add(role)
                     self.sessions[role] = opened
         return self.sessions[role]
+
+    def _open(self, role: str, providers: list[str | tuple[str, dict]]) -> ort.InferenceSession:
+        return ort.InferenceSession(str(self._artifacts.model_path(role, self.precision)), self._options,
+                                    providers=providers)
+
+    def _captured(self, role: str) -> ort.InferenceSession | None:
+        """The role's session with a CUDA graph captured for each batch size of the ladder, or
+        None where there is no GPU or onnxruntime cannot capture this graph (a node it
+        places on the CPU, an output whose shape is not fixed): then it runs uncaptured."""
+        providers = with_cuda_graphs(self._providers) if self._graph_rows else None
+        if providers is None:
+            return None
+        try:
+            opened = self._open(role, providers)
+            if opened.get_providers()[0] != CUDA:
+                return None
+            shape, lock = tuple(self._artifacts.manifest.input_shape), threading.Lock()
+            self._replays[role] = [BoundReplay(opened, shape, rows, graph_id=i, lock=lock)
+                                   for i, rows in enumerate(self._graph_rows)]
+            return opened
+        except Exception as refused:  # onnxruntime's refusals have no common type; an uncaptured run is the fallback
+            log.warning("%s runs without CUDA graphs: %s", role, refused)
+            self._replays.pop(role, None)
+            return None
 
     def run(self, role: str, x: np.ndarray) -> dict[str, np.ndarray]:
         outputs = self._outputs(role, x)  # first: running opens the session, which records its output names
         return dict(zip(self.output_names[role], outputs))
 
     def _outputs(self, role: str, x: np.ndarray) -> list[np.ndarray]:
-        """One run of `role` on x. On CUDA it runs on blocks of exactly `gpu_batch` rows, the
-        last one padded with zeros, so that the kernels always see one shape
+        """One run of `role` on x. On CUDA it runs on blocks of fixed sizes, the last one
+        padded with zeros, so that the kernels only ever see the shapes they were set up for
         (SessionTuning.gpu_batch): the first stage's batches and the cascade's superimposed
-        copies (64 per input in the band, so 64, 128, ... rows) alike."""
+        copies (64 per input in the band, so 64, 128, ... rows) alike. Captured, a batch
+        runs on the smallest captured size that holds it (blocks of the largest beyond)."""
         session = self.session(role)  # opened first: opening records where it runs
         x = np.ascontiguousarray(x, np.float32)
         if role not in self._on_cuda:
             return session.run(None, {self.input_name: x})
-        n, rows = len(x), self._gpu_batch
+        replays = self._replays.get(role)
+        if replays:
+            replay = next((r for r in replays if r.rows >= len(x)), replays[-1])
+            rows, run_block = replay.rows, replay.run
+        else:
+            rows, run_block = self._gpu_batch, lambda block: session.run(None, {self.input_name: block})
+        n = len(x)
         padded = np.zeros((-(-n // rows) * rows, *x.shape[1:]), np.float32)
         padded[:n] = x
-        blocks = [session.run(None, {self.input_name: padded[i : i + rows]}) for i in range(0, len(padded), rows)]
+        blocks = [run_block(padded[i : i + rows]) for i in range(0, len(padded), rows)]
         return [np.concatenate(parts)[:n] for parts in zip(*blocks)]
 
     def first_stage(self, x: np.ndarray, predict: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:

@@ -11,7 +11,10 @@ of CPU threads, at batch 1, 8 and 64:
   the sidecar serves does; onnxruntime also as separate sessions (M whole for
   the prediction, M up to its penultimate layer for the features, M's tapped layers, B,
   each M', E), and
-  as the fused graph's int8 copy where the artifacts were quantized (`offline quantize`);
+  as the fused graph's int8 copy where the artifacts were quantized (`offline quantize`),
+  and on CUDA the fused graph also uncaptured (`SessionTuning.cuda_graphs` off: every
+  batch padded to one size and its kernels launched one by one), the cost the captured
+  replays cut;
 - `strip`: exposed STRIP, E on 64 superimposed copies of every input.
 Each cell is the median over repeated calls of the time one call takes. With `--device
 cuda` eager PyTorch runs on the GPU (each call waits for the GPU to finish) and
@@ -55,6 +58,7 @@ BATCHES = (1, 8, 64)
 FIRST_STAGE = "first stage"  # the report names its rules (`first_stage_rules`) and sessions (`separate_sessions`)
 EAGER, SEPARATE, FUSED = "eager PyTorch", "onnxruntime, separate sessions", "onnxruntime, fused graph"
 FUSED_INT8 = "onnxruntime, fused graph, int8"  # where the artifacts were quantized (`offline quantize`)
+FUSED_UNCAPTURED = "onnxruntime, fused graph, no CUDA graphs"  # on CUDA: the path before the captured replays
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,8 @@ def run(case: Path, threads: int, seconds: float, device: str = "cpu") -> dict:
     engine = ScoringEngine(artifacts, tuning=SessionTuning(threads=threads))  # the serving rules
     int8 = (ScoringEngine(artifacts, tuning=SessionTuning(threads=threads), precision="int8")
             if INT8_FUSED_FILES["fused"] in artifacts.manifest.files else None)
+    uncaptured = (ScoringEngine(artifacts, tuning=SessionTuning(threads=threads, cuda_graphs=False))
+                  if device == "cuda" else None)
     first_stage = engine.first_stage_rules
     auxiliaries = auxiliary_roles(first_stage)
     torch.set_num_threads(threads)
@@ -184,6 +190,7 @@ def run(case: Path, threads: int, seconds: float, device: str = "cpu") -> dict:
             (FIRST_STAGE, SEPARATE): lambda: separate_sessions(x),
             (FIRST_STAGE, FUSED): lambda: engine.score(x, rules=first_stage),
             **({(FIRST_STAGE, FUSED_INT8): lambda: int8.score(x, rules=first_stage)} if int8 else {}),
+            **({(FIRST_STAGE, FUSED_UNCAPTURED): lambda: uncaptured.score(x, rules=first_stage)} if uncaptured else {}),
             ("strip", EAGER): _waiting_for(device, lambda: eager.strip(tx, ty)),
             ("strip", "onnxruntime"): lambda: engine.score(x, yhat=yhat, rules=("strip",)),
         }

@@ -12,9 +12,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from firewall.artifacts import THRESHOLDS, load_artifacts
+from firewall.cuda_graph import BoundReplay, with_cuda_graphs
 from firewall.models import ModelSet, SessionTuning
 from firewall.scoring import ScoringEngine
 from firewall.thresholds import Thresholds
@@ -94,3 +96,55 @@ def test_on_cuda_every_session_sees_one_batch_size_and_the_padding_never_reaches
     assert padded.keys() == unpadded.keys()
     for name, values in unpadded.items():
         assert np.array_equal(padded[name], values), name
+
+def test_a_bound_replay_returns_what_an_ordinary_run_of_its_session_returns(tiny_artifacts):
+    # on CUDA the captured graph reads and writes these bound buffers; on the CPU the same
+    # binding runs uncaptured, which checks their shapes, types and copies
+    artifacts = load_artifacts(tiny_artifacts)
+    session = ort.InferenceSession(str(artifacts.model_path("fused")))
+    shape = tuple(artifacts.manifest.input_shape)
+    x = np.random.default_rng(0).random((3, *shape), np.float32)
+    replay = BoundReplay(session, shape, rows=3, device="cpu")
+    for replayed, ran in zip(replay.run(x), session.run(None, {artifacts.manifest.input_name: x}), strict=True):
+        assert replayed.dtype == ran.dtype
+        assert np.array_equal(replayed, ran)
+    with pytest.raises(ValueError, match="runs 3 rows"):
+        replay.run(x[:2])
+
+
+def test_cuda_graphs_are_asked_of_the_cuda_provider_only():
+    assert with_cuda_graphs(["CPUExecutionProvider"]) is None
+    asked = with_cuda_graphs([("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}), "CPUExecutionProvider"])
+    assert asked == [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC", "enable_cuda_graph": "1"}),
+                     "CPUExecutionProvider"]
+
+
+class _ReplaySeen:
+    """A replay stand-in that records the rows of every run and delegates to a real one."""
+
+    def __init__(self, replay: BoundReplay, seen: list[int]):
+        self.rows, self._replay, self._seen = replay.rows, replay, seen
+
+    def run(self, x):
+        self._seen.append(self.rows)
+        return self._replay.run(x)
+
+
+@pytest.mark.parametrize("inputs, runs", [(1, [1]), (2, [2]), (3, [4]), (6, [4, 4])])
+def test_captured_a_batch_runs_on_the_smallest_captured_size_that_holds_it(tiny_artifacts, inputs, runs):
+    # a lone request replays the one-row graph instead of paying for gpu_batch rows; beyond
+    # the largest size, blocks of it; the padding never reaches a score
+    tuning = SessionTuning(gpu_batch=4, cuda_graph_rows=(1, 2, 8))
+    assert tuning.graph_rows == (1, 2, 4)
+    models = ModelSet(load_artifacts(tiny_artifacts), tuning=tuning)
+    shape = tuple(models._artifacts.manifest.input_shape)
+    x = np.random.default_rng(1).random((inputs, *shape), np.float32)
+    unpadded = models.run("fused", x)
+    seen: list[int] = []
+    models._on_cuda.add("fused")  # as if the session had opened on CUDA and been captured
+    models._replays["fused"] = [_ReplaySeen(BoundReplay(models.sessions["fused"], shape, rows, device="cpu"), seen)
+                                for rows in tuning.graph_rows]
+    replayed = models.run("fused", x)
+    assert seen[-len(runs):] == runs
+    for name, values in unpadded.items():
+        assert np.array_equal(replayed[name], values), name
