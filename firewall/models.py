@@ -116,15 +116,16 @@ class ModelSet:
 
     def _captured(self, role: str) -> ort.InferenceSession | None:
         """The role's session with a CUDA graph captured for each batch size of the ladder, or
-        None where there is no GPU or onnxruntime cannot capture this graph (a node it
-        places on the CPU, an output whose shape is not fixed): then it runs uncaptured."""
+        None where CUDA is not asked for or onnxruntime cannot capture this graph (a node it
+        places on the CPU, an output whose shape is not fixed): then it runs uncaptured.
+        Where the CUDA provider did not load, the session it opened is an ordinary CPU one."""
         providers = with_cuda_graphs(self._providers) if self._graph_rows else None
         if providers is None:
             return None
         try:
             opened = self._open(role, providers)
             if opened.get_providers()[0] != CUDA:
-                return None
+                return opened
             shape, lock = tuple(self._artifacts.manifest.input_shape), threading.Lock()
             self._replays[role] = [BoundReplay(opened, shape, rows, graph_id=i, lock=lock)
                                    for i, rows in enumerate(self._graph_rows)]
