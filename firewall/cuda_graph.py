@@ -26,6 +26,16 @@ CUDA = "CUDAExecutionProvider"
 # arena) before it captures it on the next run; the replay's first runs are these.
 RUNS_BEFORE_CAPTURE = 2
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(double)": np.float64}
+# Several graphs per session (`gpu_graph_id`) came with onnxruntime 1.18; before, a session
+# has one graph, and a second batch size would replay the first one's buffers.
+SEVERAL_GRAPHS_SINCE = (1, 18)
+
+
+def capture_sizes(sizes: tuple[int, ...], version: str = ort.__version__) -> tuple[int, ...]:
+    """The batch sizes (ascending) this onnxruntime can capture in one session: all of them,
+    or only the largest where it holds one graph a session."""
+    several = tuple(int(part) for part in version.split(".")[:2]) >= SEVERAL_GRAPHS_SINCE
+    return sizes if several else sizes[-1:]
 
 
 def with_cuda_graphs(providers: list[str | tuple[str, dict]]) -> list[str | tuple[str, dict]] | None:

@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from firewall.artifacts import BY_CLASS_OUTPUTS, FUSED_FILES, PREDICTION_OUTPUT, Artifacts
-from firewall.cuda_graph import CUDA, BoundReplay, with_cuda_graphs
+from firewall.cuda_graph import CUDA, BoundReplay, capture_sizes, with_cuda_graphs
 from firewall.probabilities import softmax
 
 log = logging.getLogger("firewall.models")
@@ -83,7 +83,7 @@ class ModelSet:
         self._options = tuning.session_options()
         self._providers = providers or default_providers()
         self._gpu_batch = tuning.gpu_batch
-        self._graph_rows = tuning.graph_rows if tuning.cuda_graphs else ()
+        self._graph_rows = capture_sizes(tuning.graph_rows) if tuning.cuda_graphs else ()
         self._opening = threading.Lock()  # the batcher and the cascade's thread may both open one
         self.input_name = artifacts.manifest.input_name
         self.sessions: dict[str, ort.InferenceSession] = {}

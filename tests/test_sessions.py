@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from firewall.artifacts import THRESHOLDS, load_artifacts
-from firewall.cuda_graph import BoundReplay, with_cuda_graphs
+from firewall.cuda_graph import BoundReplay, capture_sizes, with_cuda_graphs
 from firewall.models import ModelSet, SessionTuning
 from firewall.scoring import ScoringEngine
 from firewall.thresholds import Thresholds
@@ -119,6 +119,13 @@ def test_cuda_graphs_are_asked_of_the_cuda_provider_only():
     asked = with_cuda_graphs([cuda, "CPUExecutionProvider"])
     assert asked == [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC", "enable_cuda_graph": "1"}),
                      "CPUExecutionProvider"]
+
+
+def test_an_onnxruntime_that_holds_one_graph_a_session_captures_only_the_largest_batch_size():
+    # before 1.18 a second graph id would replay the first size's buffers: wrong scores
+    assert capture_sizes((1, 8, 32), version="1.17.3") == (32,)
+    assert capture_sizes((1, 8, 32), version="1.18.0") == (1, 8, 32)
+    assert capture_sizes((1, 8, 32), version="1.31.1") == (1, 8, 32)
 
 
 class _ReplaySeen:
