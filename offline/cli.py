@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from firewall.artifacts import PRECISIONS
+from firewall.artifacts import BY_CLASS_OUTPUTS, PRECISIONS
 from firewall.errors import UserError, run_reporting_errors
 from firewall.fusion import (DEFAULT_AUXILIARY_POSTERIOR_WEIGHT, DEFAULT_CASCADE_BAND, DEFAULT_LATER_RULE_WEIGHT,
                              DEFAULT_LATER_RULES, DEFAULT_WEIGHTS)
@@ -96,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--target-fpr", type=float, default=0.01)
     c.add_argument("--cascade-band", type=float, default=DEFAULT_CASCADE_BAND,
                    help="share of clean calibration inputs for which the firewall also runs the later rules "
-                        "(default %(default)s; 0: the first-stage rules alone, BaDExpert, the exposed margin, the "
-                        "three Mahalanobis rules and the auxiliary posterior; 1: the later rules on every input too)")
+                        "(default %(default)s; 0: the first-stage rules alone, those of "
+                        f"{', '.join(BY_CLASS_OUTPUTS)} that the build made; 1: the later rules on every input too)")
     c.add_argument("--later-rules", type=_names, default=DEFAULT_LATER_RULES,
                    help="comma-separated: the costly rules run inside the band, among strip_original (STRIP on M) "
                         "and strip (exposed STRIP); an empty string for none")
