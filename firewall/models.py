@@ -97,6 +97,17 @@ class ModelSet:
         first session opened, or the original model's when none is open yet."""
         return (next(iter(self.sessions.values())) if self.sessions else self.session("original")).get_providers()
 
+    def describe_capture(self) -> str | None:
+        """Which open CUDA sessions replay captured graphs, at which batch sizes, and which run
+        uncaptured; None off CUDA."""
+        if not self._on_cuda:
+            return None
+        captured = sorted(role for role in self._on_cuda if role in self._replays)
+        uncaptured = sorted(self._on_cuda - set(captured))
+        sizes = ", ".join(str(r) for r in self._graph_rows)
+        return "; ".join([*([f"{', '.join(captured)} at {sizes} rows"] if captured else []),
+                          *([f"uncaptured: {', '.join(uncaptured)}"] if uncaptured else [])])
+
     def session(self, role: str) -> ort.InferenceSession:
         if role not in self.sessions:
             if role not in FUSED_FILES and role not in self._artifacts.model_roles:

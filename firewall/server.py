@@ -286,6 +286,9 @@ async def serve(config: ServeConfig, ready: asyncio.Event | None = None) -> None
           f"{firewall.thresholds.precision} first stage, "
           f"metrics :{config.metrics_port}/metrics)", flush=True)
     print(f"firewall: cascade: {firewall.fusion.describe_band()}", flush=True)
+    capture = firewall.engine.models.describe_capture()
+    if capture is not None:
+        print(f"firewall: CUDA graphs: {capture}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

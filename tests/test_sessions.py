@@ -157,3 +157,13 @@ def test_captured_a_batch_runs_on_the_smallest_captured_size_that_holds_it(tiny_
     assert seen == runs
     for name, values in unpadded.items():
         assert np.array_equal(replayed[name], values), name
+
+
+def test_the_start_line_says_which_cuda_sessions_replay_graphs_and_which_could_not_be_captured(tiny_artifacts):
+    models = ModelSet(load_artifacts(tiny_artifacts), tuning=SessionTuning(gpu_batch=4, cuda_graph_rows=(1, 2)))
+    shape = tuple(models._artifacts.manifest.input_shape)
+    models.run("fused", np.zeros((1, *shape), np.float32))
+    assert models.describe_capture() is None  # off CUDA
+    models._on_cuda.update({"fused", "exposed"})  # as if both had opened on CUDA, only fused captured
+    models._replays["fused"] = [BoundReplay(models.sessions["fused"], shape, rows, device="cpu") for rows in (1, 2, 4)]
+    assert models.describe_capture() == "fused at 1, 2, 4 rows; uncaptured: exposed"
