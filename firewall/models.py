@@ -67,6 +67,17 @@ class SessionTuning:
         return options
 
 
+class UncapturedBlocks:
+    """A CUDA session that could not be captured, run on blocks of one size: the one shape
+    its cuDNN set-up was made for (SessionTuning.gpu_batch)."""
+
+    def __init__(self, session: ort.InferenceSession, input_name: str, rows: int):
+        self.rows, self._session, self._input_name = rows, session, input_name
+
+    def run(self, block: np.ndarray) -> list[np.ndarray]:
+        return self._session.run(None, {self._input_name: block})
+
+
 class ModelSet:
     """M, B, M' and E as separate sessions, and the fused first-stage graphs.
 
@@ -88,8 +99,9 @@ class ModelSet:
         self.input_name = artifacts.manifest.input_name
         self.sessions: dict[str, ort.InferenceSession] = {}
         self.output_names: dict[str, list[str]] = {}
-        self._on_cuda: set[str] = set()  # roles whose session runs on CUDA, read once at opening
-        self._replays: dict[str, list[BoundReplay]] = {}  # role -> its captured batch sizes, smallest first
+        # role -> the fixed batch sizes its CUDA session runs on, smallest first: a replay per
+        # captured size, or one block size uncaptured; no entry for a session on the CPU
+        self._blocks: dict[str, list[BoundReplay | UncapturedBlocks]] = {}
 
     @property
     def providers(self) -> list[str]:
@@ -100,10 +112,10 @@ class ModelSet:
     def describe_capture(self) -> str | None:
         """Which open CUDA sessions replay captured graphs, at which batch sizes, and which run
         uncaptured; None off CUDA."""
-        if not self._on_cuda:
+        if not self._blocks:
             return None
-        captured = sorted(role for role in self._on_cuda if role in self._replays)
-        uncaptured = sorted(self._on_cuda - set(captured))
+        captured = sorted(role for role, blocks in self._blocks.items() if isinstance(blocks[0], BoundReplay))
+        uncaptured = sorted(set(self._blocks) - set(captured))
         sizes = ", ".join(str(r) for r in self._graph_rows)
         return "; ".join([*([f"{', '.join(captured)} at {sizes} rows"] if captured else []),
                           *([f"uncaptured: {', '.join(uncaptured)}"] if uncaptured else [])])
@@ -114,10 +126,10 @@ class ModelSet:
                 raise KeyError(f"no model '{role}' in this artifacts set")
             with self._opening:
                 if role not in self.sessions:
-                    opened = self._captured(role) or self._open(role, self._providers)
+                    opened, blocks = self._captured(role) or self._uncaptured(role)
                     self.output_names[role] = [o.name for o in opened.get_outputs()]
-                    if opened.get_providers()[0] == CUDA:
-                        self._on_cuda.add(role)
+                    if blocks:
+                        self._blocks[role] = blocks
                     self.sessions[role] = opened
         return self.sessions[role]
 
@@ -125,7 +137,13 @@ class ModelSet:
         return ort.InferenceSession(str(self._artifacts.model_path(role, self.precision)), self._options,
                                     providers=providers)
 
-    def _captured(self, role: str) -> ort.InferenceSession | None:
+    def _uncaptured(self, role: str) -> tuple[ort.InferenceSession, list[UncapturedBlocks]]:
+        """The role's ordinary session, and on CUDA its one block size."""
+        opened = self._open(role, self._providers)
+        on_cuda = opened.get_providers()[0] == CUDA
+        return opened, [UncapturedBlocks(opened, self.input_name, self._gpu_batch)] if on_cuda else []
+
+    def _captured(self, role: str) -> tuple[ort.InferenceSession, list[BoundReplay]] | None:
         """The role's session with a CUDA graph captured for each batch size of the ladder, or
         None where CUDA is not asked for or onnxruntime cannot capture this graph (a node it
         places on the CPU, an output whose shape is not fixed): then it runs uncaptured.
@@ -136,14 +154,12 @@ class ModelSet:
         try:
             opened = self._open(role, providers)
             if opened.get_providers()[0] != CUDA:
-                return opened
+                return opened, []
             shape, lock = tuple(self._artifacts.manifest.input_shape), threading.Lock()
-            self._replays[role] = [BoundReplay(opened, shape, rows, graph_id=i, lock=lock)
-                                   for i, rows in enumerate(self._graph_rows)]
-            return opened
+            return opened, [BoundReplay(opened, shape, rows, graph_id=i, lock=lock)
+                            for i, rows in enumerate(self._graph_rows)]
         except Exception as refused:  # onnxruntime's refusals have no common type; an uncaptured run is the fallback
             log.warning("%s runs without CUDA graphs: %s", role, refused)
-            self._replays.pop(role, None)
             return None
 
     def run(self, role: str, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -154,23 +170,20 @@ class ModelSet:
         """One run of `role` on x. On CUDA it runs on blocks of fixed sizes, the last one
         padded with zeros, so that the kernels only ever see the shapes they were set up for
         (SessionTuning.gpu_batch): the first stage's batches and the cascade's superimposed
-        copies (64 per input in the band, so 64, 128, ... rows) alike. Captured, a batch
-        runs on the smallest captured size that holds it (blocks of the largest beyond)."""
+        copies (64 per input in the band, so 64, 128, ... rows) alike. A batch runs on the
+        smallest size that holds it (blocks of the largest beyond): captured, one of the
+        ladder's; uncaptured, the one size there is."""
         session = self.session(role)  # opened first: opening records where it runs
         x = np.ascontiguousarray(x, np.float32)
-        if role not in self._on_cuda:
+        sizes = self._blocks.get(role)
+        if sizes is None:
             return session.run(None, {self.input_name: x})
-        replays = self._replays.get(role)
-        if replays:
-            replay = next((r for r in replays if r.rows >= len(x)), replays[-1])
-            rows, run_block = replay.rows, replay.run
-        else:
-            rows, run_block = self._gpu_batch, lambda block: session.run(None, {self.input_name: block})
-        n = len(x)
+        block = next((b for b in sizes if b.rows >= len(x)), sizes[-1])
+        n, rows = len(x), block.rows
         padded = np.zeros((-(-n // rows) * rows, *x.shape[1:]), np.float32)
         padded[:n] = x
-        blocks = [run_block(padded[i : i + rows]) for i in range(0, len(padded), rows)]
-        return [np.concatenate(parts)[:n] for parts in zip(*blocks)]
+        outputs = [block.run(padded[i : i + rows]) for i in range(0, len(padded), rows)]
+        return [np.concatenate(parts)[:n] for parts in zip(*outputs)]
 
     def first_stage(self, x: np.ndarray, predict: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         """(M's prediction or None, {rule: its score for every class}) from one fused-graph run.

@@ -17,7 +17,7 @@ import pytest
 
 from firewall.artifacts import THRESHOLDS, load_artifacts
 from firewall.cuda_graph import BoundReplay, capture_sizes, with_cuda_graphs
-from firewall.models import ModelSet, SessionTuning
+from firewall.models import ModelSet, SessionTuning, UncapturedBlocks
 from firewall.scoring import ScoringEngine
 from firewall.thresholds import Thresholds
 from offline.cli import main as offline
@@ -89,8 +89,8 @@ def test_on_cuda_every_session_sees_one_batch_size_and_the_padding_never_reaches
     x = np.random.default_rng(0).random((rows, *models._artifacts.manifest.input_shape), np.float32)
     unpadded = models.run(role, x)
     seen: list[int] = []
-    models.sessions[role] = _RowsSeen(models.sessions[role], seen)
-    models._on_cuda.add(role)  # as if the session had opened on CUDA
+    # as if the session had opened on CUDA and could not be captured
+    models._blocks[role] = [UncapturedBlocks(_RowsSeen(models.sessions[role], seen), models.input_name, 4)]
     padded = models.run(role, x)
     assert seen == [4, 4]
     assert padded.keys() == unpadded.keys()
@@ -150,9 +150,9 @@ def test_captured_a_batch_runs_on_the_smallest_captured_size_that_holds_it(tiny_
     x = np.random.default_rng(1).random((inputs, *shape), np.float32)
     unpadded = models.run("fused", x)
     seen: list[int] = []
-    models._on_cuda.add("fused")  # as if the session had opened on CUDA and been captured
-    models._replays["fused"] = [_ReplaySeen(BoundReplay(models.sessions["fused"], shape, rows, device="cpu"), seen)
-                                for rows in tuning.graph_rows]
+    # as if the session had opened on CUDA and been captured
+    models._blocks["fused"] = [_ReplaySeen(BoundReplay(models.sessions["fused"], shape, rows, device="cpu"), seen)
+                               for rows in tuning.graph_rows]
     replayed = models.run("fused", x)
     assert seen == runs
     for name, values in unpadded.items():
@@ -164,6 +164,7 @@ def test_the_start_line_says_which_cuda_sessions_replay_graphs_and_which_could_n
     shape = tuple(models._artifacts.manifest.input_shape)
     models.run("fused", np.zeros((1, *shape), np.float32))
     assert models.describe_capture() is None  # off CUDA
-    models._on_cuda.update({"fused", "exposed"})  # as if both had opened on CUDA, only fused captured
-    models._replays["fused"] = [BoundReplay(models.sessions["fused"], shape, rows, device="cpu") for rows in (1, 2, 4)]
+    # as if both had opened on CUDA, only fused captured
+    models._blocks["fused"] = [BoundReplay(models.sessions["fused"], shape, rows, device="cpu") for rows in (1, 2, 4)]
+    models._blocks["exposed"] = [UncapturedBlocks(models.session("exposed"), models.input_name, 4)]
     assert models.describe_capture() == "fused at 1, 2, 4 rows; uncaptured: exposed"

@@ -27,8 +27,7 @@ cpu = ScoringEngine(artifacts, providers=["CPUExecutionProvider"])
 for engine in (captured, uncaptured):
     engine.first_stage(pool[:1], predict=False)
     engine.models.logits("exposed", pool[:1])
-print("providers:", captured.models.providers, "| captured roles and sizes:",
-      {role: [r.rows for r in replays] for role, replays in captured.models._replays.items()})
+print("providers:", captured.models.providers, "| CUDA graphs:", captured.models.describe_capture())
 
 
 def largest_gap(a: dict, b: dict) -> float:

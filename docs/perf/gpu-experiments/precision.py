@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from firewall.cuda_graph import BoundReplay
-from firewall.models import CUDA_OPTIONS
+from firewall.models import CUDA_OPTIONS, SessionTuning
 
 case = Path(sys.argv[1])
 pool = np.load(case / "test_clean.npz")["x"].astype(np.float32)
@@ -24,9 +24,7 @@ shape = pool.shape[1:]
 
 
 def session(name: str, provider: list) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(case / "artifacts" / name), options, providers=provider)
+    return ort.InferenceSession(str(case / "artifacts" / name), SessionTuning().session_options(), providers=provider)
 
 
 for name in ("fused_without_original.onnx", "original.onnx"):
