@@ -203,6 +203,10 @@ def run(case: Path, threads: int, seconds: float, device: str = "cpu") -> dict:
             "seconds_per_cell": seconds, "device": device,
             "first_stage_rules": list(first_stage),
             "separate_sessions": sum(role in artifacts.model_roles for role in models.sessions),  # what ran
+            # where each session ran, and on CUDA which replayed captured graphs: a session
+            # that fell back to the CPU would explain a slow row
+            "session_providers": {role: session.get_providers()[0] for role, session in models.sessions.items()},
+            "cuda_graphs": models.describe_capture(),
             "machine": {**describe_machine(engine.models.providers), "torch": torch.__version__},
             "results": rows}
 
