@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune the expert, auxiliary and exposed model only in a head holding this share of "
                         "M's parameters (e.g. 0.9), so that the sidecar runs M's trunk once for all four; off by default: "
                         "it costs detection on some attacks (docs/METHODS.md)")
+    b.add_argument("--stack-networks", action="store_true",
+                   help="run B, the auxiliaries and E in the fused graphs as one network of grouped convolutions "
+                        "(convolutional networks only; for GPUs, where the networks one after another are bound "
+                        "by latency: docs/PERFORMANCE_NOTES.md); the scores are the same to float rounding")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--reuse-models", type=Path, metavar="ARTIFACTS",
                    help="take B, E and M' from this earlier build of the same model on the same clean data instead "
@@ -186,7 +190,8 @@ def run(args: argparse.Namespace) -> None:
                                          auxiliary=args.auxiliary, weights=args.weights, input_shape=args.input_shape,
                                          input_mean=args.input_mean, input_std=args.input_std,
                                          shared_trunk=args.shared_trunk, seed=args.seed,
-                                         reuse_models=args.reuse_models, force=args.force))
+                                         reuse_models=args.reuse_models, stack_networks=args.stack_networks,
+                                         force=args.force))
         for role, info in manifest["models"].items():
             extra = f", {info['steps']} steps, stopped by {info['stopped_by']}" if "steps" in info else ""
             extra += " (reused)" if info.get("reused") else ""

@@ -10,7 +10,8 @@ the torch programs) and calibrated on clean data like any artifacts set. Their s
 detect nothing; their cost is that of a built set of the same architecture. The
 manifest says so (`build.untrained`).
 
-usage: python -m offline.untrained_case OUT [--arch resnet18] [--width 64] [--dataset shapes] [--seed 0] [--force]
+usage: python -m offline.untrained_case OUT [--arch resnet18] [--width 64] [--dataset shapes] [--seed 0]
+       [--stack-networks] [--force]
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class UntrainedCaseConfig:
     dataset: str = "shapes"
     clean_size: int = 300
     seed: int = 0
+    stack_networks: bool = False  # as `offline build --stack-networks`
     force: bool = False
 
 
@@ -102,7 +104,7 @@ def make_untrained_case(config: UntrainedCaseConfig) -> dict:
                     auxiliary_spaces=auxiliary_spaces, layers=layers,
                     spectrum=fit_spectrum_gaussians(clean, num_classes),
                     example=clean.x[:2], check_x=splits["calib"].x[:64], bank=clean.x[bank_rows],
-                    description=description)
+                    description=description, stack_networks=config.stack_networks)
     run_calibrate(CalibrateConfig(artifacts, config.out / "calib.npz"))
     case = {"untrained": True, "arch": config.arch, "width": config.width, "parameters_per_network": parameters, "input_shape": list(input_shape),
             "num_classes": num_classes, "manifest_sha256": sha256_file(artifacts / "manifest.json"),
@@ -118,10 +120,11 @@ def main() -> int:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--dataset", default="shapes")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stack-networks", action="store_true", help="as offline build --stack-networks")
     parser.add_argument("--force", action="store_true", help="replace OUT/artifacts if it exists")
     args = parser.parse_args()
     case = make_untrained_case(UntrainedCaseConfig(args.out, args.arch, args.width, args.dataset, seed=args.seed,
-                                                   force=args.force))
+                                                   stack_networks=args.stack_networks, force=args.force))
     print(f"{args.out}: {case['parameters_per_network'] / 1e6:.2f}M parameters per network, untrained, calibrated")
     return 0
 

@@ -46,7 +46,7 @@ def test_only_the_layers_of_B_M_prime_and_E_are_quantized_and_M_reads_float_tens
     layers = [node for node in graph.node if node.op_type in ("Conv", "Gemm")]
     of_m = [node for node in layers if node.input[1].startswith(("scorer.features.", "classifier."))]
     assert of_m and not any(name in dequantized for node in of_m for name in node.input)
-    of_expert = [node for node in layers if node.input[1].startswith("scorer.expert.")]
+    of_expert = [node for node in layers if node.input[1].startswith("scorer.networks.expert.")]
     assert of_expert and all(node.input[0] in dequantized and node.input[1] in dequantized for node in of_expert)
 
 
@@ -102,10 +102,10 @@ def test_thresholds_written_before_int8_serving_are_float(tmp_path):
 def test_no_network_of_m_is_picked_for_quantization():
     graph = onnx.helper.make_graph(
         [onnx.helper.make_node("Conv", ["x", w], [f"y{i}"], name=f"conv{i}") for i, w in enumerate(
-            ("scorer.features.stem.weight", "scorer.expert.stem.weight", "auxiliaries.0.stem.weight",
-             "exposed.fc.weight", "classifier.fc.weight"))],
+            ("scorer.features.stem.weight", "scorer.networks.expert.stem.weight", "auxiliaries.0.stem.weight",
+             "networks.stacked.stacked_0", "classifier.fc.weight"))],
         "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 4, 4])], [],
         [onnx.helper.make_tensor(w, onnx.TensorProto.FLOAT, [1], [1.0]) for w in
-         ("scorer.features.stem.weight", "scorer.expert.stem.weight", "auxiliaries.0.stem.weight",
-          "exposed.fc.weight", "classifier.fc.weight")])
+         ("scorer.features.stem.weight", "scorer.networks.expert.stem.weight", "auxiliaries.0.stem.weight",
+          "networks.stacked.stacked_0", "classifier.fc.weight")])
     assert quantizable_nodes(onnx.helper.make_model(graph)) == ["conv1", "conv2", "conv3"]

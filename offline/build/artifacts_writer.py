@@ -32,7 +32,7 @@ from offline.model_io import save_pt2
 def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], penultimate: TrunkSplit,
                     gaussians: ClassGaussians, auxiliary_spaces: dict[str, FeatureSpace], layers: LayerSpace,
                     spectrum: ClassGaussians, example: np.ndarray, check_x: np.ndarray, bank: np.ndarray,
-                    description: dict, trunk: nn.Module | None = None) -> dict:
+                    description: dict, trunk: nn.Module | None = None, stack_networks: bool = False) -> dict:
     """Writes `models` (by role: original, expert, exposed, features, layer_features and the
     auxiliaries) to `out` and returns the manifest.
 
@@ -40,7 +40,8 @@ def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], pen
     `auxiliary_spaces` each auxiliary cut the same way with its Gaussians (its posterior rule),
     `layers` M's tapped layers with theirs (the layer-Mahalanobis rule), `spectrum` the
     inputs' block spectra's (the spectrum rule);
-    `trunk` the shared trunk when the fine-tunes changed only a head. `description` holds
+    `trunk` the shared trunk when the fine-tunes changed only a head; `stack_networks` runs
+    B, the auxiliaries and E as one stacked network in the fused graphs where it can. `description` holds
     what only the producer knows (name, normalization, source_model, build, models); the
     file digests, shapes and export checks are added here.
     """
@@ -58,8 +59,10 @@ def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], pen
             if role in TORCH_FILES:
                 (scratch / TORCH_FILES[role]).parent.mkdir(exist_ok=True)
                 save_pt2(module, example_tensor, scratch / TORCH_FILES[role])
-        onnx_check.update(export_fused(models, penultimate.head, gaussians, auxiliary_spaces, layers, spectrum,
-                                       example_tensor, scratch, check_x, trunk))
+        fused_check, fused_networks = export_fused(models, penultimate.head, gaussians, auxiliary_spaces, layers,
+                                                   spectrum, example_tensor, scratch, check_x, trunk,
+                                                   stack_networks)
+        onnx_check.update(fused_check)
         np.save(scratch / STRIP_BANK, bank.astype(np.float32), allow_pickle=False)
         save_class_gaussians(scratch, gaussians, auxiliary_spaces, layers, spectrum)
         normalization = description.pop("normalization")
@@ -80,6 +83,7 @@ def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], pen
             "layer_mahalanobis": layers.to_json(),
             "spectrum_mahalanobis": {"bands": [band_count(side) for side in input_shape[1:]], "floor": FLOOR,
                                      **spectrum.to_json()},
+            "fused_networks": fused_networks,  # B, the auxiliaries and E stacked into one network, or why not
             "onnx_max_relative_diff": onnx_check,  # absolute below 1 (onnx_export.relative_difference)
         }
         (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -19,12 +19,13 @@ build --shared-trunk`), the graph runs M's frozen early layers once and feeds al
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
-from torch import nn
+from torch import fx, nn
 
 from firewall.artifacts import BY_CLASS_OUTPUTS, FUSED_FILES, PREDICTION_OUTPUT
 from firewall.errors import UserError
@@ -37,6 +38,8 @@ from firewall.rules.mahalanobis import mahalanobis_by_class
 from firewall.rules.spectrum_mahalanobis import FLOOR, spectrum_mahalanobis_by_class, spectrum_operators
 from offline.build.class_gaussians import ClassGaussians, FeatureSpace, LayerSpace
 from offline.build.onnx_export import INPUT_NAME, export_onnx, relative_difference
+from offline.build.stacked_networks import SeparateNetworks, StackedNetworks, Unstackable
+from offline.build.trunk_split import split_before_classifier
 
 # The rules divide by probabilities that can be 1e-6: float32 rounding moves such a score
 # by parts in 1e4 (measured 1.6e-4 on shapes/blend); BaDExpert's are compared on a bounded
@@ -89,16 +92,16 @@ def posterior_by_class_torch(distances: torch.Tensor) -> torch.Tensor:
 
 
 class AuxiliaryWithPosterior(nn.Module):
-    """h -> (M''s logits, its posterior rule's scores for every class): M''s features feed
-    both its classifier layer and its class Gaussians, so M' runs once for both rules."""
+    """M''s features -> (its logits, its posterior rule's scores for every class): the
+    features feed both its classifier layer and its class Gaussians, so M' runs once for
+    both rules."""
 
     def __init__(self, space: FeatureSpace):
         super().__init__()
-        self.features, self.classifier = space.split.trunk, space.split.head
+        self.classifier = space.split.head
         self.distances = MahalanobisByClass(space.gaussians.means, space.gaussians.precision)
 
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.features(h)
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.classifier(features), posterior_by_class_torch(self.distances(features))
 
 
@@ -139,17 +142,19 @@ class FirstStageScorer(nn.Module):
     """x -> the BaDExpert (once per auxiliary), exposed, Mahalanobis, auxiliary-posterior
     (once per auxiliary), layer-Mahalanobis and spectrum scores for every class.
 
-    With a shared trunk the networks and M's feature layers are heads on the trunk's
-    output and the trunk runs once (the layer-Mahalanobis rule then taps the layers of
-    M's head only); without one the trunk is the identity and they are whole models.
+    `networks` runs B, each M' up to its features and E, one after another or stacked
+    into one network (offline/build/stacked_networks.py). With a shared trunk
+    the networks and M's feature layers are heads on the trunk's output and the trunk
+    runs once (the layer-Mahalanobis rule then taps the layers of M's head only); without
+    one the trunk is the identity and they are whole models.
     """
 
-    def __init__(self, expert: nn.Module, auxiliaries: list[FeatureSpace], exposed: nn.Module,
+    def __init__(self, networks: SeparateNetworks | StackedNetworks, auxiliaries: list[FeatureSpace],
                  gaussians: ClassGaussians, layers: LayerSpace, spectrum: SpectrumMahalanobisByClass,
                  trunk: nn.Module | None = None):
         super().__init__()
         self.trunk = trunk if trunk is not None else nn.Identity()
-        self.expert, self.exposed, self.features = expert, exposed, layers.tapped
+        self.networks, self.features = networks, layers.tapped
         self.auxiliaries = nn.ModuleList(AuxiliaryWithPosterior(space) for space in auxiliaries)
         self.mahalanobis = MahalanobisByClass(gaussians.means, gaussians.precision)
         self.layer_mahalanobis = LayerMahalanobisByClass(layers.arrays())
@@ -157,10 +162,11 @@ class FirstStageScorer(nn.Module):
 
     def scores(self, x: torch.Tensor, h: torch.Tensor, features: torch.Tensor,
                pooled: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        b = self.expert(h).softmax(dim=1)
-        logits, posteriors = zip(*(auxiliary(h) for auxiliary in self.auxiliaries))
+        expert_logits, auxiliary_features, exposed_logits = self.networks(h)
+        b = expert_logits.softmax(dim=1)
+        logits, posteriors = zip(*(auxiliary(f) for auxiliary, f in zip(self.auxiliaries, auxiliary_features)))
         badexpert = [badexpert_by_class(b, a.softmax(dim=1)) for a in logits]
-        return (*badexpert, exposed_by_class(self.exposed(h)), self.mahalanobis(features), *posteriors,
+        return (*badexpert, exposed_by_class(exposed_logits), self.mahalanobis(features), *posteriors,
                 self.layer_mahalanobis(pooled), self.spectrum_mahalanobis(x))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -184,8 +190,11 @@ class PredictingScorer(nn.Module):
 
 def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians: ClassGaussians,
                  auxiliary_spaces: dict[str, FeatureSpace], layers: LayerSpace, spectrum: ClassGaussians,
-                 example: torch.Tensor, out: Path, check_x: np.ndarray, trunk: nn.Module | None = None) -> dict:
-    """Write both fused graphs and check them against the numpy rules on real inputs.
+                 example: torch.Tensor, out: Path, check_x: np.ndarray, trunk: nn.Module | None = None,
+                 stack: bool = False) -> tuple[dict[str, float], dict]:
+    """Write both fused graphs and check them against the numpy rules on real inputs;
+    returns each graph's largest difference from the rules, and how the graphs run the
+    firewall's networks (stacked or one after another, `_networks`).
 
     `models` are the whole networks by role; with a shared `trunk` they are
     `Composed(trunk, head)`, and the graphs run the trunk once and then the heads.
@@ -195,20 +204,43 @@ def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians:
     with their clean class Gaussians; `models["<role>_features"]` the same cuts as whole
     models. `layers` taps `models["features"]` (its head, with a shared trunk);
     `models["layer_features"]` gives the same pooled activations from the input. `spectrum`
-    are the class Gaussians of the clean inputs' block spectra.
+    are the class Gaussians of the clean inputs' block spectra. With `stack`, B, the
+    auxiliaries and E run as one stacked network where their architecture allows.
     """
-    expert, exposed = (models[role].head if trunk is not None else models[role] for role in ("expert", "exposed"))
     rules = first_stage_rules(models)
+    spaces = [auxiliary_spaces[role] for role in auxiliary_roles(rules)]
+    networks, layout = _networks(models, spaces, trunk, stack)
     spectrum_distances = SpectrumMahalanobisByClass(tuple(example.shape[1:]), spectrum.means, spectrum.precision)
-    scorer = FirstStageScorer(expert, [auxiliary_spaces[role] for role in auxiliary_roles(rules)], exposed, gaussians,
-                              layers, spectrum_distances, trunk)
+    scorer = FirstStageScorer(networks, spaces, gaussians, layers, spectrum_distances, trunk)
     scores = [BY_CLASS_OUTPUTS[rule] for rule in rules]
     graphs = {"fused": (PredictingScorer(classifier, scorer), [PREDICTION_OUTPUT, *scores]),
               "fused_without_original": (scorer, scores)}
     for role, (module, outputs) in graphs.items():
         export_onnx(module, example, out / FUSED_FILES[role], output_names=outputs)
-    return {role: _check(models, gaussians, auxiliary_spaces, layers, spectrum, out / FUSED_FILES[role], check_x)
-            for role in graphs}
+    checks = {role: _check(models, gaussians, auxiliary_spaces, layers, spectrum, out / FUSED_FILES[role], check_x)
+              for role in graphs}
+    return checks, layout
+
+
+def _networks(models: dict[str, nn.Module], auxiliaries: list[FeatureSpace], trunk: nn.Module | None,
+              stack: bool) -> tuple[SeparateNetworks | StackedNetworks, dict]:
+    """B, the auxiliaries and E, stacked into one network if asked and they can be, else one
+    after another; and what was done, for the manifest."""
+    splits = [space.split for space in auxiliaries]
+    if trunk is not None:
+        return (SeparateNetworks(models["expert"].head, splits, models["exposed"].head),
+                {"stacked": False, "why": "a shared trunk's heads" if stack else "not asked for"})
+    separate = SeparateNetworks(models["expert"], splits, models["exposed"])
+    if not stack:
+        return separate, {"stacked": False, "why": "not asked for"}
+    try:
+        if not all(isinstance(models[role], fx.GraphModule) for role in ("expert", "exposed")):
+            raise Unstackable("the networks are not torch.export graphs")
+        expert, exposed = (split_before_classifier(models[role]) for role in ("expert", "exposed"))
+        return StackedNetworks(expert, splits, exposed), {"stacked": True, "networks": 2 + len(splits)}
+    except Unstackable as why:
+        print(f"warning: --stack-networks: the networks run one after another: {why}", file=sys.stderr)
+        return separate, {"stacked": False, "why": str(why)}
 
 
 @torch.no_grad()

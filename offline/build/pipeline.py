@@ -50,6 +50,7 @@ class BuildConfig:
     expert_target_accuracy: float = 0.05
     shared_trunk: float | None = None  # fine-tune only a head holding this share of M's parameters
     reuse_models: Path | None = None  # an earlier build whose fine-tuned models to take (offline/build/reuse.py)
+    stack_networks: bool = False  # B, the auxiliaries and E as one network in the fused graphs (stacked_networks.py)
     seed: int = 0
     force: bool = False
 
@@ -203,4 +204,5 @@ def run_build(config: BuildConfig) -> dict:
                            auxiliary_spaces=auxiliary_spaces, layers=layers,
                            spectrum=fit_spectrum_gaussians(clean, num_classes), example=clean.x[:2],
                            check_x=heldout.x[:64],
-                           bank=clean.x[bank_rows], description=description, trunk=split.trunk if split else None)
+                           bank=clean.x[bank_rows], description=description, trunk=split.trunk if split else None,
+                           stack_networks=config.stack_networks)

@@ -34,9 +34,10 @@ from firewall.thresholds import Thresholds
 from offline.data.tensorsets import load_tensor_set
 
 QUANTIZED_OPS = ("Conv", "Gemm")
-# The networks quantized, by the prefix their weights carry in the fused graphs (with the
-# predicting graph's `scorer.` before it); M's feature layers and classifier are not among them.
-QUANTIZED_NETWORKS = ("expert.", "auxiliaries.", "exposed.")
+# M's layers, by the prefix their weights carry in the fused graphs (with the predicting
+# graph's `scorer.` before it): its feature layers and its classifier. Every other
+# convolution and fully connected layer is B's, an M''s or E's, stacked or not.
+FLOAT_NETWORKS = ("features.", "classifier.")
 CALIBRATION_BATCH = 64
 
 
@@ -48,11 +49,12 @@ class QuantizeConfig:
 
 
 def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
-    """The convolutions and fully connected layers whose weights belong to B, an M' or E."""
+    """The convolutions and fully connected layers whose weights belong to B, an M' or E:
+    all but M's."""
     weights = {init.name for init in model.graph.initializer}
     return [node.name for node in model.graph.node
             if node.op_type in QUANTIZED_OPS and len(node.input) > 1 and node.input[1] in weights
-            and node.input[1].removeprefix("scorer.").startswith(QUANTIZED_NETWORKS)]
+            and not node.input[1].removeprefix("scorer.").startswith(FLOAT_NETWORKS)]
 
 
 class _CleanBatches(CalibrationDataReader):
@@ -104,7 +106,7 @@ def run_quantize(config: QuantizeConfig) -> dict:
     data = dict(manifest.raw)
     data["files"] = {**data["files"], **{f: {"sha256": sha256_file(artifacts.path(f))} for f in INT8_FUSED_FILES.values()}}
     data["quantization"] = {"format": "QDQ, per-channel int8 weights, uint8 activations",
-                            "ops": list(QUANTIZED_OPS), "networks": [n.rstrip(".") for n in QUANTIZED_NETWORKS],
+                            "ops": list(QUANTIZED_OPS), "float": [n.rstrip(".") for n in FLOAT_NETWORKS],
                             "nodes_quantized": quantized, "calibration_rows": len(clean),
                             "calibration_row_digests": clean.row_digests()}
     # the graphs were written just now: the engine may open them before the manifest on disk lists them

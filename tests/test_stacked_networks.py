@@ -1,0 +1,91 @@
+"""`offline build --stack-networks`: B, the auxiliaries and E as one network of grouped
+convolutions compute what the networks compute one after another, and a graph that
+cannot be stacked is named and left as it was."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from firewall.artifacts import load_artifacts
+from firewall.rules import first_stage_rules
+from firewall.scoring import ScoringEngine
+from offline.build.stacked_networks import SeparateNetworks, StackedNetworks, Unstackable, stack_graphs
+from offline.build.trunk_split import split_before_classifier
+from offline.cli import main as offline
+from offline.model_io import export_program
+from offline.models import create_model
+
+SHAPE = (3, 16, 16)
+
+
+def _networks(arch: str, count: int = 3, width: int = 8) -> list[torch.fx.GraphModule]:
+    """Independent initialisations of one architecture, exported as the build's models are,
+    with batch norm statistics that are not the identity."""
+    example = torch.randn(4, *SHAPE)
+    networks = []
+    for seed in range(count):
+        torch.manual_seed(seed)
+        model = create_model(arch, SHAPE, 10, width)
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+        networks.append(export_program(model, example).module())
+    return networks
+
+
+@pytest.mark.parametrize("arch", ["resnet", "vgg", "mobilenet"])
+def test_the_stacked_network_computes_each_networks_features_side_by_side(arch: str):
+    trunks = [split_before_classifier(network).trunk for network in _networks(arch)]
+    x = torch.randn(5, *SHAPE)
+    with torch.no_grad():
+        separate = torch.cat([trunk(x) for trunk in trunks], dim=1)
+        stacked = stack_graphs(trunks)(x)
+    assert stacked.shape == separate.shape
+    assert torch.allclose(stacked, separate, rtol=1e-4, atol=1e-5)
+
+
+def test_stacked_and_separate_networks_give_the_rules_the_same_inputs():
+    expert, auxiliary, exposed = _networks("resnet")
+    splits = [split_before_classifier(network) for network in (expert, auxiliary, exposed)]
+    separate = SeparateNetworks(expert, [splits[1]], exposed)
+    stacked = StackedNetworks(splits[0], [splits[1]], splits[2])
+    x = torch.randn(7, *SHAPE)
+    with torch.no_grad():
+        for got, want in zip(stacked(x), separate(x)):
+            for a, b in zip(got if isinstance(got, list) else [got], want if isinstance(want, list) else [want]):
+                assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_vision_transformer_is_not_stacked_and_the_layer_that_stops_it_is_named():
+    trunks = [split_before_classifier(network).trunk for network in _networks("vit", count=2)]
+    with pytest.raises(Unstackable, match="not a layer known to act on each channel alone"):
+        stack_graphs(trunks)
+
+
+def test_networks_of_different_architectures_are_not_stacked():
+    trunks = [split_before_classifier(network).trunk for network in (*_networks("resnet", 1), *_networks("vgg", 1))]
+    with pytest.raises(Unstackable, match="differ"):
+        stack_graphs(trunks)
+
+
+def test_a_stacked_build_scores_as_the_build_it_was_made_from(tiny_case: Path, tiny_artifacts: Path, tmp_path: Path):
+    out = tmp_path / "stacked"
+    assert offline(["build", "--model", str(tiny_case / "model.pt2"), "--clean-data", str(tiny_case / "clean.npz"),
+                    "--out", str(out), "--reuse-models", str(tiny_artifacts), "--stack-networks"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["fused_networks"] == {"stacked": True, "networks": 4}
+    assert json.loads((tiny_artifacts / "manifest.json").read_text())["fused_networks"]["stacked"] is False
+    before, after = load_artifacts(tiny_artifacts), load_artifacts(out)
+    x = np.load(tiny_case / "test_triggered.npz")["x"][:64]
+    rules = first_stage_rules(before.model_roles)
+    yhat_before, scores_before = ScoringEngine(before, rules=rules).score(x)
+    yhat_after, scores_after = ScoringEngine(after, rules=rules).score(x)
+    assert np.array_equal(yhat_before, yhat_after)
+    for rule in rules:
+        assert np.allclose(scores_after[rule], scores_before[rule], rtol=1e-4, atol=1e-5), rule
