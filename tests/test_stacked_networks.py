@@ -5,13 +5,15 @@ cannot be stacked is named and left as it was."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
-from firewall.artifacts import load_artifacts
+from firewall.artifacts import INT8_FUSED_FILES, load_artifacts
 from firewall.rules import first_stage_rules
 from firewall.scoring import ScoringEngine
 from offline.build.stacked_networks import SeparateNetworks, StackedNetworks, Unstackable, stack_graphs
@@ -74,14 +76,20 @@ def test_networks_of_different_architectures_are_not_stacked():
         stack_graphs(trunks)
 
 
-def test_a_stacked_build_scores_as_the_build_it_was_made_from(tiny_case: Path, tiny_artifacts: Path, tmp_path: Path):
-    out = tmp_path / "stacked"
+@pytest.fixture(scope="module")
+def stacked_artifacts(tiny_case: Path, tiny_artifacts: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("stacked") / "artifacts"
     assert offline(["build", "--model", str(tiny_case / "model.pt2"), "--clean-data", str(tiny_case / "clean.npz"),
                     "--out", str(out), "--reuse-models", str(tiny_artifacts), "--stack-networks"]) == 0
-    manifest = json.loads((out / "manifest.json").read_text())
+    return out
+
+
+def test_a_stacked_build_scores_as_the_build_it_was_made_from(tiny_case: Path, tiny_artifacts: Path,
+                                                              stacked_artifacts: Path):
+    manifest = json.loads((stacked_artifacts / "manifest.json").read_text())
     assert manifest["fused_networks"] == {"stacked": True, "networks": 4}
     assert json.loads((tiny_artifacts / "manifest.json").read_text())["fused_networks"]["stacked"] is False
-    before, after = load_artifacts(tiny_artifacts), load_artifacts(out)
+    before, after = load_artifacts(tiny_artifacts), load_artifacts(stacked_artifacts)
     x = np.load(tiny_case / "test_triggered.npz")["x"][:64]
     rules = first_stage_rules(before.model_roles)
     yhat_before, scores_before = ScoringEngine(before, rules=rules).score(x)
@@ -89,3 +97,18 @@ def test_a_stacked_build_scores_as_the_build_it_was_made_from(tiny_case: Path, t
     assert np.array_equal(yhat_before, yhat_after)
     for rule in rules:
         assert np.allclose(scores_after[rule], scores_before[rule], rtol=1e-4, atol=1e-5), rule
+
+
+def test_the_int8_copy_of_a_stacked_build_leaves_M_the_float_input(tiny_case: Path, stacked_artifacts: Path,
+                                                                   tmp_path: Path):
+    # the stacked networks' first convolution is the input's only quantized reader, and
+    # onnxruntime would hand its quantized copy of the image to M's first layer too
+    copy = tmp_path / "artifacts"
+    shutil.copytree(stacked_artifacts, copy)
+    assert offline(["quantize", "--artifacts", str(copy), "--clean-data", str(tiny_case / "clean.npz")]) == 0
+    graph = onnx.load(copy / INT8_FUSED_FILES["fused"]).graph
+    first_of_m = next(node for node in graph.node if node.op_type == "Conv"
+                      and node.input[1].startswith("scorer.features."))
+    assert first_of_m.input[0] == graph.input[0].name
+    record = json.loads((copy / "manifest.json").read_text())["quantization"]
+    assert record["agreement_on_calibration_rows"]["prediction_agreement"] == 1.0
