@@ -88,13 +88,17 @@ class ModelSet:
     """
 
     def __init__(self, artifacts: Artifacts, providers: list[str | tuple[str, dict]] | None = None,
-                 tuning: SessionTuning = SessionTuning(), precision: str = "fp32"):
+                 tuning: SessionTuning = SessionTuning(), precision: str = "fp32", strip_copies: int = 0):
         self._artifacts = artifacts
         self.precision = precision  # of the fused graphs (the separate models are float)
         self._options = tuning.session_options()
         self._providers = providers or default_providers()
         self._gpu_batch = tuning.gpu_batch
-        self._graph_rows = capture_sizes(tuning.graph_rows) if tuning.cuda_graphs else ()
+        self._graph_rows = tuning.graph_rows if tuning.cuda_graphs else ()
+        # The sidecar runs the separate networks (M and E for STRIP in the cascade's band) on
+        # an input's superimposed copies, this many rows each: on CUDA they also capture a
+        # graph of that size, so that one band input is one replay rather than several blocks.
+        self._strip_copies = strip_copies
         self._opening = threading.Lock()  # the batcher and the cascade's thread may both open one
         self.input_name = artifacts.manifest.input_name
         self.sessions: dict[str, ort.InferenceSession] = {}
@@ -114,11 +118,21 @@ class ModelSet:
         uncaptured; None off CUDA."""
         if not self._blocks:
             return None
-        captured = sorted(role for role, blocks in self._blocks.items() if isinstance(blocks[0], BoundReplay))
-        uncaptured = sorted(set(self._blocks) - set(captured))
-        sizes = ", ".join(str(r) for r in self._graph_rows)
-        return "; ".join([*([f"{', '.join(captured)} at {sizes} rows"] if captured else []),
+        by_sizes: dict[tuple[int, ...], list[str]] = {}
+        for role, blocks in sorted(self._blocks.items()):
+            if isinstance(blocks[0], BoundReplay):
+                by_sizes.setdefault(tuple(block.rows for block in blocks), []).append(role)
+        uncaptured = sorted(role for role, blocks in self._blocks.items() if not isinstance(blocks[0], BoundReplay))
+        return "; ".join([*(f"{', '.join(roles)} at {', '.join(map(str, sizes))} rows" for sizes, roles in sorted(by_sizes.items())),
                           *([f"uncaptured: {', '.join(uncaptured)}"] if uncaptured else [])])
+
+    def capture_ladder(self, role: str) -> tuple[int, ...]:
+        """The batch sizes `role` is captured at on CUDA, ascending: the tuning's ladder, and for
+        the separate networks one input's STRIP copies too; () where graphs are off."""
+        if not self._graph_rows:
+            return ()
+        extra = {self._strip_copies} if self._strip_copies and role not in FUSED_FILES else set()
+        return capture_sizes(tuple(sorted({*self._graph_rows, *extra})))
 
     def session(self, role: str) -> ort.InferenceSession:
         if role not in self.sessions:
@@ -148,7 +162,8 @@ class ModelSet:
         None where CUDA is not asked for or onnxruntime cannot capture this graph (a node it
         places on the CPU, an output whose shape is not fixed): then it runs uncaptured.
         Where the CUDA provider did not load, the session it opened is an ordinary CPU one."""
-        providers = with_cuda_graphs(self._providers) if self._graph_rows else None
+        ladder = self.capture_ladder(role)
+        providers = with_cuda_graphs(self._providers) if ladder else None
         if providers is None:
             return None
         try:
@@ -156,8 +171,7 @@ class ModelSet:
             if opened.get_providers()[0] != CUDA:
                 return opened, []
             shape, lock = tuple(self._artifacts.manifest.input_shape), threading.Lock()
-            return opened, [BoundReplay(opened, shape, rows, graph_id=i, lock=lock)
-                            for i, rows in enumerate(self._graph_rows)]
+            return opened, [BoundReplay(opened, shape, rows, graph_id=i, lock=lock) for i, rows in enumerate(ladder)]
         except Exception as refused:  # onnxruntime's refusals have no common type; an uncaptured run is the fallback
             log.warning("%s runs without CUDA graphs: %s", role, refused)
             return None

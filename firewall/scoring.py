@@ -47,8 +47,9 @@ class ScoringEngine:
         self.first_stage_rules = first_stage_rules(artifacts.model_roles)
         if precision not in PRECISIONS:
             raise UserError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
-        self.models = ModelSet(artifacts, providers=providers, tuning=tuning, precision=precision)
         self.bank = artifacts.strip_bank().astype(np.float32)
+        self.models = ModelSet(artifacts, providers=providers, tuning=tuning, precision=precision,
+                               strip_copies=len(self.bank))
         self.rules = {name: RULES[name]() for name in rules}
         self.chunk_size = chunk_size
 

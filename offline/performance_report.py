@@ -162,8 +162,13 @@ def _case_line(report: dict) -> str:
 
 def _cuda_batches(engine: dict) -> str:
     """How the CUDA sessions shaped their batches in this run: runs before session 29 had no
-    captured graphs (no uncaptured row either) and padded every batch to one size."""
+    captured graphs (no uncaptured row either) and padded every batch to one size; session
+    29's captured the ladder of its day; later runs record what they captured."""
     padded = f"every batch padded to {SessionTuning().gpu_batch} rows"
+    if engine.get("cuda_graphs"):  # recorded since session 30: what this run captured
+        return (f"On CUDA the sessions ran as captured CUDA graphs, as the sidecar's start line puts it: "
+                f"{engine['cuda_graphs']}; each batch on the smallest size that holds it; uncaptured, {padded} "
+                "(docs/PERFORMANCE_NOTES.md).")
     if not any(r["implementation"] == FUSED_UNCAPTURED for r in engine["results"]):
         return f"On CUDA the fused graph runs {padded}, as the sidecar did then (docs/PERFORMANCE_NOTES.md)."
     return (f"On CUDA the sessions run as CUDA graphs captured at {', '.join(map(str, SessionTuning().graph_rows))} "

@@ -168,3 +168,41 @@ def test_the_start_line_says_which_cuda_sessions_replay_graphs_and_which_could_n
     models._blocks["fused"] = [BoundReplay(models.sessions["fused"], shape, rows, device="cpu") for rows in (1, 2, 4)]
     models._blocks["exposed"] = [UncapturedBlocks(models.session("exposed"), models.input_name, 4)]
     assert models.describe_capture() == "fused at 1, 2, 4 rows; uncaptured: exposed"
+
+
+def test_the_separate_networks_also_capture_one_inputs_strip_copies(tiny_artifacts):
+    # in the sidecar M and E run only on STRIP's superimposed copies (the bank's size per
+    # input); the fused graphs never see more rows than the largest batch
+    tuning = SessionTuning(gpu_batch=4, cuda_graph_rows=(1, 2))
+    artifacts = load_artifacts(tiny_artifacts)
+    models = ModelSet(artifacts, tuning=tuning, strip_copies=64)
+    assert models.capture_ladder("fused") == (1, 2, 4)
+    assert models.capture_ladder("exposed") == models.capture_ladder("original") == (1, 2, 4, 64)
+    off = ModelSet(artifacts, tuning=SessionTuning(gpu_batch=4, cuda_graphs=False), strip_copies=64)
+    assert off.capture_ladder("exposed") == ()
+
+
+@pytest.mark.parametrize("inputs, runs", [(1, [64]), (2, [64, 64])])
+def test_captured_a_band_inputs_strip_copies_run_as_one_replay_each(tiny_artifacts, inputs, runs):
+    engine = ScoringEngine(load_artifacts(tiny_artifacts), tuning=SessionTuning(gpu_batch=4, cuda_graph_rows=(1, 2)))
+    models, copies = engine.models, len(engine.bank)
+    shape = tuple(engine.manifest.input_shape)
+    x = np.random.default_rng(2).random((inputs * copies, *shape), np.float32)
+    unpadded = models.logits("exposed", x)
+    seen: list[int] = []
+    # as if E had opened on CUDA and been captured at its ladder
+    models._blocks["exposed"] = [_ReplaySeen(BoundReplay(models.sessions["exposed"], shape, rows, device="cpu"), seen)
+                                 for rows in models.capture_ladder("exposed")]
+    assert np.array_equal(models.logits("exposed", x), unpadded)
+    assert seen == [copies] * inputs
+
+
+def test_the_start_line_groups_the_captured_sessions_by_their_batch_sizes(tiny_artifacts):
+    models = ModelSet(load_artifacts(tiny_artifacts), tuning=SessionTuning(gpu_batch=4, cuda_graph_rows=(1, 2)),
+                      strip_copies=8)
+    shape = tuple(models._artifacts.manifest.input_shape)
+    for role in ("fused", "exposed", "original"):
+        models.session(role)
+        models._blocks[role] = [BoundReplay(models.sessions[role], shape, rows, device="cpu")
+                                for rows in models.capture_ladder(role)]
+    assert models.describe_capture() == "fused at 1, 2, 4 rows; exposed, original at 1, 2, 4, 8 rows"
