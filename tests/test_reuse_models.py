@@ -11,11 +11,10 @@ import pytest
 import torch
 
 from firewall.artifacts import load_artifacts
-from firewall.rules import first_stage_rules
-from firewall.scoring import ScoringEngine
 from offline.cli import main as offline
 from offline.data.tensorsets import TensorSet, load_tensor_set
 from offline.model_io import load_pt2, save_pt2
+from same_scores import assert_first_stages_agree
 
 
 def _build(tiny_case: Path, out: Path, *extra: str, model: Path | None = None, clean: Path | None = None) -> int:
@@ -26,15 +25,8 @@ def _build(tiny_case: Path, out: Path, *extra: str, model: Path | None = None, c
 def test_a_build_on_the_fine_tuned_models_of_another_scores_as_that_build(tiny_case: Path, tiny_artifacts: Path,
                                                                          tmp_path: Path):
     assert _build(tiny_case, tmp_path / "again", "--reuse-models", str(tiny_artifacts)) == 0
-    before, after = load_artifacts(tiny_artifacts), load_artifacts(tmp_path / "again")
-    x = np.load(tiny_case / "test_triggered.npz")["x"][:64]
-    rules = first_stage_rules(before.model_roles)
-    yhat_before, scores_before = ScoringEngine(before, rules=rules).score(x)
-    yhat_after, scores_after = ScoringEngine(after, rules=rules).score(x)
-    assert np.array_equal(yhat_before, yhat_after)
-    for rule in rules:
-        assert np.allclose(scores_after[rule], scores_before[rule], rtol=1e-4, atol=1e-5), rule
-    manifest = after.manifest.raw
+    assert_first_stages_agree(tiny_artifacts, tmp_path / "again", np.load(tiny_case / "test_triggered.npz")["x"][:64])
+    manifest = load_artifacts(tmp_path / "again").manifest.raw
     assert manifest["build"]["fine_tuned_models_from"]["artifacts"] == str(tiny_artifacts)
     for role in ("expert", "exposed", "auxiliary", "auxiliary_tsbd"):
         recorded = json.loads((tiny_artifacts / "manifest.json").read_text())["models"][role]

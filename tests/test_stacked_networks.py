@@ -13,14 +13,13 @@ import onnx
 import pytest
 import torch
 
-from firewall.artifacts import INT8_FUSED_FILES, load_artifacts
-from firewall.rules import first_stage_rules
-from firewall.scoring import ScoringEngine
+from firewall.artifacts import INT8_FUSED_FILES
 from offline.build.stacked_networks import SeparateNetworks, StackedNetworks, Unstackable, stack_graphs
 from offline.build.trunk_split import split_before_classifier
 from offline.cli import main as offline
 from offline.model_io import export_program
 from offline.models import create_model
+from same_scores import assert_first_stages_agree
 
 SHAPE = (3, 16, 16)
 
@@ -89,14 +88,7 @@ def test_a_stacked_build_scores_as_the_build_it_was_made_from(tiny_case: Path, t
     manifest = json.loads((stacked_artifacts / "manifest.json").read_text())
     assert manifest["fused_networks"] == {"stacked": True, "networks": 4}
     assert json.loads((tiny_artifacts / "manifest.json").read_text())["fused_networks"]["stacked"] is False
-    before, after = load_artifacts(tiny_artifacts), load_artifacts(stacked_artifacts)
-    x = np.load(tiny_case / "test_triggered.npz")["x"][:64]
-    rules = first_stage_rules(before.model_roles)
-    yhat_before, scores_before = ScoringEngine(before, rules=rules).score(x)
-    yhat_after, scores_after = ScoringEngine(after, rules=rules).score(x)
-    assert np.array_equal(yhat_before, yhat_after)
-    for rule in rules:
-        assert np.allclose(scores_after[rule], scores_before[rule], rtol=1e-4, atol=1e-5), rule
+    assert_first_stages_agree(tiny_artifacts, stacked_artifacts, np.load(tiny_case / "test_triggered.npz")["x"][:64])
 
 
 def test_the_int8_copy_of_a_stacked_build_leaves_M_the_float_input(tiny_case: Path, stacked_artifacts: Path,
