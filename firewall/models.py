@@ -123,8 +123,9 @@ class ModelSet:
             if isinstance(blocks[0], BoundReplay):
                 by_sizes.setdefault(tuple(block.rows for block in blocks), []).append(role)
         uncaptured = sorted(role for role, blocks in self._blocks.items() if not isinstance(blocks[0], BoundReplay))
-        return "; ".join([*(f"{', '.join(roles)} at {', '.join(map(str, sizes))} rows" for sizes, roles in sorted(by_sizes.items())),
-                          *([f"uncaptured: {', '.join(uncaptured)}"] if uncaptured else [])])
+        captured = [f"{', '.join(roles)} at {', '.join(map(str, sizes))} rows"
+                    for sizes, roles in sorted(by_sizes.items())]
+        return "; ".join([*captured, *([f"uncaptured: {', '.join(uncaptured)}"] if uncaptured else [])])
 
     def capture_ladder(self, role: str) -> tuple[int, ...]:
         """The batch sizes `role` is captured at on CUDA, ascending: the tuning's ladder, and for

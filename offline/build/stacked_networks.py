@@ -50,7 +50,7 @@ def stack_graphs(graphs: list[fx.GraphModule]) -> fx.GraphModule:
 
     The graphs must be the same architecture (same layers in the same order, same
     hyperparameters) and end in [N, d] features or [N, C, ...] activations."""
-    count, first = len(graphs), graphs[0]
+    count = len(graphs)
     node_lists = [list(g.graph.nodes) for g in graphs]
     if any(len(nodes) != len(node_lists[0]) for nodes in node_lists):
         raise Unstackable("the networks' graphs differ in length")
