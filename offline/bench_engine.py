@@ -14,14 +14,16 @@ of CPU threads, at batch 1, 8 and 64:
   as the fused graph's int8 copy where the artifacts were quantized (`offline quantize`),
   and on CUDA the fused graph also uncaptured (`SessionTuning.cuda_graphs` off: every
   batch padded to one size and its kernels launched one by one), the cost the captured
-  replays cut;
+  replays cut; with `--stacked ARTIFACTS`, a build of the same models with
+  `--stack-networks`, its fused graph too (B, the auxiliaries and E as one network);
 - `strip`: exposed STRIP, E on 64 superimposed copies of every input.
 Each cell is the median over repeated calls of the time one call takes. With `--device
 cuda` eager PyTorch runs on the GPU (each call waits for the GPU to finish) and
 onnxruntime on its CUDA execution provider, which the sidecar picks whenever the
 installed onnxruntime offers it.
 
-usage: python -m offline.bench_engine CASE_DIR [--threads 1] [--seconds 2] [--device cpu|cuda] [--json OUT]
+usage: python -m offline.bench_engine CASE_DIR [--threads 1] [--seconds 2] [--device cpu|cuda]
+       [--stacked ARTIFACTS] [--json OUT]
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import numpy as np
 import torch
 
 from firewall.artifacts import INT8_FUSED_FILES, TORCH_FILES, Artifacts, load_artifacts
+from firewall.errors import UserError
 from firewall.models import SessionTuning
 from firewall.probabilities import prob_of
 from firewall.rules import auxiliary_roles
@@ -59,6 +62,7 @@ FIRST_STAGE = "first stage"  # the report names its rules (`first_stage_rules`) 
 EAGER, SEPARATE, FUSED = "eager PyTorch", "onnxruntime, separate sessions", "onnxruntime, fused graph"
 FUSED_INT8 = "onnxruntime, fused graph, int8"  # where the artifacts were quantized (`offline quantize`)
 FUSED_UNCAPTURED = "onnxruntime, fused graph, no CUDA graphs"  # on CUDA: the path before the captured replays
+FUSED_STACKED = "onnxruntime, fused graph, stacked networks"  # with --stacked (`offline build --stack-networks`)
 
 
 @dataclass(frozen=True)
@@ -151,9 +155,31 @@ def _waiting_for(device: str, call: Callable[[], object]) -> Callable[[], object
     return lambda: (call(), torch.cuda.synchronize())
 
 
-def run(case: Path, threads: int, seconds: float, device: str = "cpu") -> dict:
+def _stacked_engine(path: Path, engine: ScoringEngine, x: np.ndarray, threads: int) -> ScoringEngine:
+    """The engine of a stacked build of the same models as `engine`'s, checked on `x`: other
+    models would score differently by order one, a stacked graph by float rounding (and
+    TF32's, on a GPU)."""
+    artifacts = load_artifacts(path)
+    if not artifacts.manifest.raw.get("fused_networks", {}).get("stacked"):
+        raise UserError(f"{path} does not stack its networks: build it with offline build --stack-networks")
+    stacked = ScoringEngine(artifacts, tuning=SessionTuning(threads=threads))
+    rules = engine.first_stage_rules
+    if stacked.first_stage_rules != rules or not _same_scores(engine, stacked, x, rules):
+        raise UserError(f"{path} scores otherwise than the case's artifacts: it is not a build of the same models")
+    return stacked
+
+
+def _same_scores(engine: ScoringEngine, other: ScoringEngine, x: np.ndarray, rules: list[str]) -> bool:
+    (yhat, ours), (their_yhat, theirs) = engine.score(x, rules=rules), other.score(x, rules=rules)
+    return np.array_equal(yhat, their_yhat) and all(np.allclose(theirs[r], ours[r], rtol=1e-2, atol=1e-2)
+                                                    for r in rules)
+
+
+def run(case: Path, threads: int, seconds: float, device: str = "cpu", stacked_artifacts: Path | None = None) -> dict:
     artifacts = load_artifacts(case / "artifacts")
     engine = ScoringEngine(artifacts, tuning=SessionTuning(threads=threads))  # the serving rules
+    pool = np.load(case / "test_clean.npz")["x"]
+    stacked = _stacked_engine(stacked_artifacts, engine, pool[:64], threads) if stacked_artifacts else None
     int8 = (ScoringEngine(artifacts, tuning=SessionTuning(threads=threads), precision="int8")
             if INT8_FUSED_FILES["fused"] in artifacts.manifest.files else None)
     uncaptured = (ScoringEngine(artifacts, tuning=SessionTuning(threads=threads, cuda_graphs=False))
@@ -163,7 +189,6 @@ def run(case: Path, threads: int, seconds: float, device: str = "cpu") -> dict:
     torch.set_num_threads(threads)
     gaussians = StoredGaussians.of(artifacts, auxiliaries)
     eager = EagerRules.of(artifacts, engine.bank, gaussians, auxiliaries, device)
-    pool = np.load(case / "test_clean.npz")["x"]
     models = engine.models
 
     def separate_sessions(x: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -191,6 +216,7 @@ def run(case: Path, threads: int, seconds: float, device: str = "cpu") -> dict:
             (FIRST_STAGE, FUSED): lambda: engine.score(x, rules=first_stage),
             **({(FIRST_STAGE, FUSED_INT8): lambda: int8.score(x, rules=first_stage)} if int8 else {}),
             **({(FIRST_STAGE, FUSED_UNCAPTURED): lambda: uncaptured.score(x, rules=first_stage)} if uncaptured else {}),
+            **({(FIRST_STAGE, FUSED_STACKED): lambda: stacked.score(x, rules=first_stage)} if stacked else {}),
             ("strip", EAGER): _waiting_for(device, lambda: eager.strip(tx, ty)),
             ("strip", "onnxruntime"): lambda: engine.score(x, yhat=yhat, rules=("strip",)),
         }
@@ -218,11 +244,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where eager PyTorch runs; onnxruntime runs where the sidecar would (CUDA when offered)")
+    parser.add_argument("--stacked", type=Path, metavar="ARTIFACTS",
+                        help="also time the fused graph of this build of the same models with --stack-networks")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device here")
-    report = run(args.case, args.threads, args.seconds, args.device)
+    report = run(args.case, args.threads, args.seconds, args.device, args.stacked)
     ran = report["machine"]["providers"][0]
     if args.device == "cuda" and ran != "CUDAExecutionProvider":
         parser.error(f"--device cuda: onnxruntime ran on {ran}; install onnxruntime-gpu with CUDA and cuDNN it can load")

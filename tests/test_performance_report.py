@@ -5,9 +5,9 @@ configuration's ratios, with the float first stage and, where measured, the int8
 
 from __future__ import annotations
 
-from offline.bench_engine import EAGER, FIRST_STAGE, FUSED, FUSED_INT8
+from offline.bench_engine import EAGER, FIRST_STAGE, FUSED, FUSED_INT8, FUSED_STACKED, SEPARATE
 from offline.bench_serving import FIRST_STAGE_TARGET_RUNG, FLOOR_RUNG, INT8_TARGET_RUNG, TARGET_RUNG
-from offline.performance_report import gpu_section, targets_section
+from offline.performance_report import engine_section, gpu_section, targets_section
 
 
 def _row(config: str, concurrency: int, upstream_p99: float, firewall_p99: float) -> dict:
@@ -62,3 +62,17 @@ def test_the_cpu_targets_show_the_int8_first_stage_beside_the_float_one_when_it_
     assert "batch 64 (at least), int8 first stage | 1.5x | 2.00x | yes |" in text
     assert "concurrency 1 (at most), int8 first stage | 1.5x | 2.50x | **no** |" in text
     assert "batch 64 (at least) | 1.5x | 1.40x | **no** |" in text
+
+
+def _engine_report(ms: dict[str, dict[int, float]]) -> dict:
+    strip = [{"rule": "strip", "implementation": impl, "batch": b, "ms_per_call": 1.0}
+             for impl in (EAGER, "onnxruntime") for b in (1, 64)]
+    rows = [{**row, "inputs_per_s": 1.0} for row in _engine(ms)["results"] + strip]
+    return {"results": rows, "first_stage_rules": ["badexpert"], "separate_sessions": 5}
+
+
+def test_the_stacked_networks_gain_is_reported_only_where_a_stacked_build_was_timed():
+    times = {EAGER: {1: 2.0, 64: 14.0}, SEPARATE: {1: 0.6, 64: 20.0}, FUSED: {1: 0.25, 64: 10.0}}
+    assert "stacked" not in "\n".join(engine_section(_engine_report(times)))
+    text = "\n".join(engine_section(_engine_report({**times, FUSED_STACKED: {1: 0.125, 64: 12.5}})))
+    assert "stacked (`offline build --stack-networks`) over one after another: batch 1 2.00x, batch 64 0.80x" in text
