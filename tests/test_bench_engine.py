@@ -29,14 +29,14 @@ def test_the_eager_rules_score_as_the_fused_graph(tiny_case, tiny_artifacts):
 
 
 def test_only_a_stacked_build_of_the_same_models_is_timed_as_the_stacked_graph(tiny_case, tiny_artifacts, tmp_path):
-    engine = ScoringEngine(load_artifacts(tiny_artifacts))
+    artifacts = load_artifacts(tiny_artifacts)
     x = np.load(tiny_case / "test_clean.npz")["x"][:32]
     with pytest.raises(UserError, match="does not stack its networks"):
-        _stacked_engine(tiny_artifacts, engine, x, threads=1)
+        _stacked_engine(tiny_artifacts, artifacts, x, threads=1)
     # a stacked build of other models: M's own, fine-tuned afresh on fewer clean rows
     clean = np.load(tiny_case / "clean.npz")
     np.savez(tmp_path / "clean.npz", x=clean["x"][:150], y=clean["y"][:150])
     assert offline(["build", "--model", str(tiny_case / "model.pt2"), "--clean-data", str(tmp_path / "clean.npz"),
                     "--out", str(tmp_path / "other"), "--auxiliary", "finetune", "--stack-networks"]) == 0
     with pytest.raises(UserError, match="not a build of the same models"):
-        _stacked_engine(tmp_path / "other", engine, x, threads=1)
+        _stacked_engine(tmp_path / "other", artifacts, x, threads=1)
