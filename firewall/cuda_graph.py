@@ -73,6 +73,9 @@ class BoundReplay:
         for meta, value in zip(session.get_outputs(), self._outputs):
             self._binding.bind_ortvalue_output(meta.name, value)
         self._lock = lock or threading.Lock()
+        # on the CPU numpy() is a view of the bound buffer, which the next run overwrites; from
+        # the device it is already a fresh host array
+        self._copy_out = device == "cpu"
         zeros = np.zeros((rows, *input_shape), np.float32)
         for _ in range(RUNS_BEFORE_CAPTURE + 1):  # the last of these captures: a failure surfaces here
             self.run(zeros)
@@ -85,8 +88,7 @@ class BoundReplay:
             self._input.update_inplace(np.ascontiguousarray(x, np.float32))
             self._session.run_with_iobinding(self._binding, self._options)
             self._binding.synchronize_outputs()  # the graph runs on the provider's own stream
-            # copied: on the CPU numpy() is a view of the bound buffer, which the next run overwrites
-            return [value.numpy().copy() for value in self._outputs]
+            return [value.numpy().copy() if self._copy_out else value.numpy() for value in self._outputs]
 
 
 def _output_shape(meta: ort.NodeArg, rows: int) -> tuple[int, ...]:

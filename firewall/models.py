@@ -119,10 +119,12 @@ class ModelSet:
         if not self._blocks:
             return None
         by_sizes: dict[tuple[int, ...], list[str]] = {}
+        uncaptured = []
         for role, blocks in sorted(self._blocks.items()):
             if isinstance(blocks[0], BoundReplay):
                 by_sizes.setdefault(tuple(block.rows for block in blocks), []).append(role)
-        uncaptured = sorted(role for role, blocks in self._blocks.items() if not isinstance(blocks[0], BoundReplay))
+            else:
+                uncaptured.append(role)
         captured = [f"{', '.join(roles)} at {', '.join(map(str, sizes))} rows"
                     for sizes, roles in sorted(by_sizes.items())]
         return "; ".join([*captured, *([f"uncaptured: {', '.join(uncaptured)}"] if uncaptured else [])])
@@ -195,9 +197,7 @@ class ModelSet:
             return session.run(None, {self.input_name: x})
         block = next((b for b in sizes if b.rows >= len(x)), sizes[-1])
         n, rows = len(x), block.rows
-        padded = np.zeros((-(-n // rows) * rows, *x.shape[1:]), np.float32)
-        padded[:n] = x
-        outputs = [block.run(padded[i : i + rows]) for i in range(0, len(padded), rows)]
+        outputs = [block.run(_filled(x[i : i + rows], rows)) for i in range(0, n, rows)]
         return [np.concatenate(parts)[:n] for parts in zip(*outputs)]
 
     def first_stage(self, x: np.ndarray, predict: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
@@ -214,3 +214,13 @@ class ModelSet:
 
     def probs(self, role: str, x: np.ndarray) -> np.ndarray:
         return softmax(self.logits(role, x))
+
+
+def _filled(rows_of_x: np.ndarray, rows: int) -> np.ndarray:
+    """A block of exactly `rows` rows: `rows_of_x` itself, or followed by zero rows where it is
+    the batch's short last block (the padding's outputs are cut off again)."""
+    if len(rows_of_x) == rows:
+        return rows_of_x
+    block = np.zeros((rows, *rows_of_x.shape[1:]), np.float32)
+    block[: len(rows_of_x)] = rows_of_x
+    return block

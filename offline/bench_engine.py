@@ -164,14 +164,18 @@ def _stacked_engine(path: Path, artifacts: Artifacts, x: np.ndarray, threads: in
         raise UserError(f"{path} does not stack its networks: build it with offline build --stack-networks")
     on_cpu = [ScoringEngine(a, providers=["CPUExecutionProvider"]) for a in (artifacts, stacked)]
     rules = on_cpu[0].first_stage_rules
-    if on_cpu[1].first_stage_rules != rules or not _same_scores(*on_cpu, x, rules):
+    if on_cpu[1].first_stage_rules != rules or not first_stages_agree(*on_cpu, x, rtol=1e-3, atol=1e-3):
         raise UserError(f"{path} scores otherwise than the case's artifacts: it is not a build of the same models")
     return ScoringEngine(stacked, tuning=SessionTuning(threads=threads))
 
 
-def _same_scores(engine: ScoringEngine, other: ScoringEngine, x: np.ndarray, rules: list[str]) -> bool:
+def first_stages_agree(engine: ScoringEngine, other: ScoringEngine, x: np.ndarray, rtol: float, atol: float) -> bool:
+    """Whether two engines predict the same classes on x and score every first-stage rule of
+    the first alike: two builds of the same networks (stacked, or around reused models) do,
+    to float rounding."""
+    rules = engine.first_stage_rules
     (yhat, ours), (their_yhat, theirs) = engine.score(x, rules=rules), other.score(x, rules=rules)
-    return np.array_equal(yhat, their_yhat) and all(np.allclose(theirs[r], ours[r], rtol=1e-3, atol=1e-3)
+    return np.array_equal(yhat, their_yhat) and all(np.allclose(theirs[r], ours[r], rtol=rtol, atol=atol)
                                                     for r in rules)
 
 

@@ -172,7 +172,7 @@ def _cuda_batches(engine: dict) -> str:
     if not any(r["implementation"] == FUSED_UNCAPTURED for r in engine["results"]):
         return f"On CUDA the fused graph runs {padded}, as the sidecar did then (docs/PERFORMANCE_NOTES.md)."
     return (f"On CUDA the sessions run as CUDA graphs captured at {', '.join(map(str, SessionTuning().graph_rows))} "
-            f"rows, each batch on the smallest that holds it, as the sidecar does; uncaptured, {padded} "
+            f"rows, each batch on the smallest that holds it, as the sidecar did then; uncaptured, {padded} "
             "(docs/PERFORMANCE_NOTES.md).")
 
 

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from firewall.artifacts import load_artifacts
+from firewall.scoring import ScoringEngine
+from offline.bench_engine import first_stages_agree
 from offline.cli import main as offline
 from offline.data.tensorsets import TensorSet, load_tensor_set
 from offline.model_io import load_pt2, save_pt2
-from same_scores import assert_first_stages_agree
 
 
 def _build(tiny_case: Path, out: Path, *extra: str, model: Path | None = None, clean: Path | None = None) -> int:
@@ -25,7 +26,9 @@ def _build(tiny_case: Path, out: Path, *extra: str, model: Path | None = None, c
 def test_a_build_on_the_fine_tuned_models_of_another_scores_as_that_build(tiny_case: Path, tiny_artifacts: Path,
                                                                          tmp_path: Path):
     assert _build(tiny_case, tmp_path / "again", "--reuse-models", str(tiny_artifacts)) == 0
-    assert_first_stages_agree(tiny_artifacts, tmp_path / "again", np.load(tiny_case / "test_triggered.npz")["x"][:64])
+    x = np.load(tiny_case / "test_triggered.npz")["x"][:64]
+    assert first_stages_agree(*(ScoringEngine(load_artifacts(a)) for a in (tiny_artifacts, tmp_path / "again")), x,
+                              rtol=1e-4, atol=1e-5)
     manifest = load_artifacts(tmp_path / "again").manifest.raw
     assert manifest["build"]["fine_tuned_models_from"]["artifacts"] == str(tiny_artifacts)
     for role in ("expert", "exposed", "auxiliary", "auxiliary_tsbd"):
