@@ -19,13 +19,13 @@ import numpy as np
 
 from firewall.errors import ArtifactError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 MANIFEST = "manifest.json"
 THRESHOLDS = "thresholds.json"
 STRIP_BANK = "strip_bank.npy"
 # Clean class means and a shared precision matrix in a penultimate feature space (also
 # inside the fused graphs as constants): `means`, `precision` in M's (the Mahalanobis
-# rule's), `<role>_means`, `<role>_precision` in each auxiliary's (its posterior rule's),
+# rule's), `<role>_means`, `<role>_precision` in each auxiliary's and in B's (their posterior rules'),
 # `layer<i>_means`, `layer<i>_precision` at M's tapped layers with their `layer_scales` (the
 # layer-Mahalanobis rule's), `spectrum_means`, `spectrum_precision` of the inputs' block
 # spectra (the spectrum rule's).
@@ -39,6 +39,7 @@ MODEL_FILES = {
     "auxiliary_tsbd": "auxiliary_tsbd.onnx",  # TSBD's M' beside the fine-tuned one (`--auxiliary both`)
     "auxiliary_features": "auxiliary_features.onnx",  # M' up to its penultimate layer
     "auxiliary_tsbd_features": "auxiliary_tsbd_features.onnx",
+    "expert_features": "expert_features.onnx",  # B up to its penultimate layer
     "layer_features": "layer_features.onnx",  # M's tapped layers' pooled activations, side by side
 }
 # Models only some builds have (a first-stage rule that needs one is computed only where
@@ -60,6 +61,7 @@ BY_CLASS_OUTPUTS = {"badexpert": "badexpert_by_class", "badexpert_tsbd": "badexp
                     "exposed": "exposed_by_class", "mahalanobis": "mahalanobis_by_class",
                     "auxiliary_posterior": "auxiliary_posterior_by_class",
                     "auxiliary_tsbd_posterior": "auxiliary_tsbd_posterior_by_class",
+                    "expert_posterior": "expert_posterior_by_class",
                     "layer_mahalanobis": "layer_mahalanobis_by_class",
                     "spectrum_mahalanobis": "spectrum_mahalanobis_by_class"}
 # The classifiers as torch.export programs, for the eager-PyTorch engine benchmark

@@ -5,12 +5,13 @@ for the sidecar and as torch.export programs for this comparison) with the same 
 of CPU threads, at batch 1, 8 and 64:
 - the first stage: M's prediction, the BaDExpert score (B and each M' the build made),
   the exposed margin (E), the Mahalanobis distance (M's penultimate features), the
-  auxiliary posterior, the layer-Mahalanobis distance (M's tapped layers) and the
+  auxiliary posterior, the expert posterior (B's penultimate features), the
+  layer-Mahalanobis distance (M's tapped layers) and the
   spectrum rule's distance (the input's own block spectrum) on every input; eager
   PyTorch runs M's layers once for the features and the prediction, as the fused graph
   the sidecar serves does; onnxruntime also as separate sessions (M whole for
-  the prediction, M up to its penultimate layer for the features, M's tapped layers, B,
-  each M', E), and
+  the prediction, M up to its penultimate layer for the features, M's tapped layers, B
+  and each M' whole and up to their penultimate layers, E), and
   as the fused graph's int8 copy where the artifacts were quantized (`offline quantize`),
   and on CUDA the fused graph also uncaptured (`SessionTuning.cuda_graphs` off: every
   batch padded to one size and its kernels launched one by one), the cost the captured
@@ -69,14 +70,14 @@ FUSED_STACKED = "onnxruntime, fused graph, stacked networks"  # with --stacked (
 class StoredGaussians:
     """The clean class Gaussians an artifacts set holds, read once for both implementations."""
 
-    by_model: dict[str, tuple[np.ndarray, np.ndarray]]  # M's ("original") and each auxiliary's features
+    by_model: dict[str, tuple[np.ndarray, np.ndarray]]  # M's ("original"), B's and each auxiliary's features
     layers: list[LayerGaussians]  # M's tapped layers
     spectrum: tuple[np.ndarray, np.ndarray]  # the inputs' block spectra
 
     @classmethod
     def of(cls, artifacts: Artifacts, auxiliaries: list[str]) -> "StoredGaussians":
         return cls({"original": artifacts.class_gaussians(),
-                    **{role: artifacts.class_gaussians(role) for role in auxiliaries}},
+                    **{role: artifacts.class_gaussians(role) for role in ("expert", *auxiliaries)}},
                    artifacts.layer_gaussians(), artifacts.class_gaussians("spectrum"))
 
 
@@ -90,8 +91,9 @@ class EagerRules:
         self.models = {role: load_pt2(artifacts_dir / TORCH_FILES[role]).module().to(device) for role in roles}
         self.auxiliaries = {role: split_before_classifier(self.models[role]) for role in auxiliaries}
         self.original = split_before_classifier(self.models["original"])
+        self.expert = split_before_classifier(self.models["expert"])
         self.mahalanobis = {role: MahalanobisByClass(*gaussians.by_model[role]).to(device)
-                            for role in ["original", *auxiliaries]}
+                            for role in ["original", "expert", *auxiliaries]}
         # M's features with its tapped layers, found again in the reloaded graph by the build's rule.
         self.features = TappedFeatures(self.original.trunk).to(device)
         self.layer_mahalanobis = LayerMahalanobisByClass(gaussians.layers).to(device)
@@ -112,10 +114,13 @@ class EagerRules:
     @torch.inference_mode()
     def first_stage(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """M's prediction, and the BaDExpert (with each auxiliary), exposed-margin, Mahalanobis,
-        auxiliary-posterior (with each auxiliary), layer-Mahalanobis and spectrum scores of it."""
+        auxiliary-posterior (with each auxiliary), expert-posterior, layer-Mahalanobis and
+        spectrum scores of it."""
         features, pooled = self.features(x)
         yhat = self.original.head(features).argmax(dim=1)
-        b = self.models["expert"](x).softmax(dim=1)
+        expert_features = self.expert.trunk(x)
+        b = self.expert.head(expert_features).softmax(dim=1)
+        expert_posterior = posterior_by_class_torch(self.mahalanobis["expert"](expert_features))
         badexpert, posteriors = [], []
         for role, split in self.auxiliaries.items():
             aux_features = split.trunk(x)
@@ -124,8 +129,8 @@ class EagerRules:
         exposed = exposed_by_class(self.models["exposed"](x))
         mahalanobis = self.mahalanobis["original"](features)
         return yhat, *(scores.gather(1, yhat[:, None])[:, 0]
-                       for scores in (*badexpert, exposed, mahalanobis, *posteriors, self.layer_mahalanobis(pooled),
-                                      self.spectrum_mahalanobis(x)))
+                       for scores in (*badexpert, exposed, mahalanobis, *posteriors, expert_posterior,
+                                      self.layer_mahalanobis(pooled), self.spectrum_mahalanobis(x)))
 
     @torch.inference_mode()
     def strip(self, x: torch.Tensor, yhat: torch.Tensor) -> torch.Tensor:
@@ -201,7 +206,7 @@ def run(case: Path, threads: int, seconds: float, device: str = "cpu", stacked_a
         badexpert = [-triangle_statistic(b, prob_of(models.probs(role, x), yhat)) for role in auxiliaries]
         posteriors = [prob_of(posterior_by_class(mahalanobis_by_class(
             models.logits(f"{role}_features", x).reshape(len(x), -1), *gaussians.by_model[role])), yhat)
-            for role in auxiliaries]
+            for role in (*auxiliaries, "expert")]
         features = models.logits("features", x).reshape(len(x), -1)
         by_layer = layer_mahalanobis_by_class(models.logits("layer_features", x), gaussians.layers)
         return (*badexpert, prob_of(margin_by_class(models.logits("exposed", x)), yhat),

@@ -25,6 +25,7 @@ _WEIGHTED_EVIDENCE = {
     "mahalanobis": "the Mahalanobis rule's evidence",
     "layer_mahalanobis": "the layer-Mahalanobis rule's evidence (M's activations at six depths)",
     "spectrum_mahalanobis": "the spectrum rule's evidence (the input's own frequency content)",
+    "expert_posterior": "the expert posterior's evidence (M's class under B's features)",
 }
 
 

@@ -65,17 +65,17 @@ def test_the_auxiliary_posterior_is_low_for_the_nearest_class_and_a_coin_toss_ha
 
 def test_the_fused_graph_scores_like_the_rules_on_the_separate_models(tiny_case, tiny_artifacts):
     """The sidecar serves BaDExpert, the exposed rule, the Mahalanobis rule, the auxiliary
-    posterior and the layer-Mahalanobis rule from one fused graph; it must be the published
-    rule, the margin of E's logits, the distance of M's penultimate features to the stored
-    clean class Gaussians, the posterior of M's class under M''s, and the scaled distances
-    of M's pooled layers summed."""
+    and expert posteriors and the layer-Mahalanobis rule from one fused graph; it must be
+    the published rule, the margin of E's logits, the distance of M's penultimate features
+    to the stored clean class Gaussians, the posterior of M's class under M''s and under
+    B's, and the scaled distances of M's pooled layers summed."""
     from firewall.artifacts import load_artifacts
     from firewall.probabilities import prob_of
     from firewall.scoring import ScoringEngine
 
     artifacts = load_artifacts(tiny_artifacts)
     engine = ScoringEngine(artifacts, rules=("badexpert", "exposed", "mahalanobis", "auxiliary_posterior",
-                                             "layer_mahalanobis", "spectrum_mahalanobis"))
+                                             "expert_posterior", "layer_mahalanobis", "spectrum_mahalanobis"))
     x = np.concatenate([np.load(tiny_case / "test_clean.npz")["x"][:100],
                         np.load(tiny_case / "test_triggered.npz")["x"][:100]])
     yhat, scores = engine.score(x)
@@ -91,6 +91,10 @@ def test_the_fused_graph_scores_like_the_rules_on_the_separate_models(tiny_case,
     aux_distances = mahalanobis_by_class(models.logits("auxiliary_features", x).reshape(len(x), -1).astype(np.float64),
                                          *artifacts.class_gaussians("auxiliary"))
     assert np.allclose(scores["auxiliary_posterior"], prob_of(posterior_by_class(aux_distances), yhat), rtol=1e-3, atol=1e-3)
+    expert_distances = mahalanobis_by_class(models.logits("expert_features", x).reshape(len(x), -1).astype(np.float64),
+                                            *artifacts.class_gaussians("expert"))
+    assert np.allclose(scores["expert_posterior"], prob_of(posterior_by_class(expert_distances), yhat),
+                       rtol=1e-3, atol=1e-3)
     by_layer = layer_mahalanobis_by_class(models.logits("layer_features", x), artifacts.layer_gaussians())
     assert np.allclose(scores["layer_mahalanobis"], prob_of(by_layer, yhat), rtol=1e-3, atol=1e-3)
     by_spectrum = spectrum_mahalanobis_by_class(x, *artifacts.class_gaussians("spectrum"))

@@ -55,7 +55,7 @@ def test_the_stacked_network_computes_each_networks_features_side_by_side(arch: 
 def test_stacked_and_separate_networks_give_the_rules_the_same_inputs():
     expert, auxiliary, exposed = _networks("resnet")
     splits = [split_before_classifier(network) for network in (expert, auxiliary, exposed)]
-    separate = SeparateNetworks(expert, [splits[1]], exposed)
+    separate = SeparateNetworks(splits[0], [splits[1]], exposed)
     stacked = StackedNetworks(splits[0], [splits[1]], splits[2])
     x = torch.randn(7, *SHAPE)
     with torch.no_grad():

@@ -7,6 +7,7 @@ from firewall.artifacts import BY_CLASS_OUTPUTS
 from firewall.rules.auxiliary_posterior import AuxiliaryPosteriorRule, AuxiliaryTsbdPosteriorRule
 from firewall.rules.badexpert import BadExpertRule, BadExpertTsbdRule
 from firewall.rules.base import Batch, Rule
+from firewall.rules.expert_posterior import ExpertPosteriorRule
 from firewall.rules.exposed import ExposedRule
 from firewall.rules.layer_mahalanobis import LayerMahalanobisRule
 from firewall.rules.mahalanobis import MahalanobisRule
@@ -17,7 +18,7 @@ from firewall.rules.strip import ExposedEntropyRule, ExposedStripRule, StripOrig
 RULES: dict[str, type[Rule]] = {
     rule.name: rule
     for rule in (BadExpertRule, BadExpertTsbdRule, ExposedRule, MahalanobisRule, AuxiliaryPosteriorRule,
-                 AuxiliaryTsbdPosteriorRule, LayerMahalanobisRule, SpectrumMahalanobisRule, ExposedStripRule,
+                 AuxiliaryTsbdPosteriorRule, ExpertPosteriorRule, LayerMahalanobisRule, SpectrumMahalanobisRule, ExposedStripRule,
                  StripOriginalRule, ScaleUpRule, ExposedEntropyRule)
 }
 
@@ -50,6 +51,6 @@ def first_stage_rules(model_roles: Iterable[str]) -> tuple[str, ...]:
 
 
 __all__ = ["RULES", "LATER_RULES", "auxiliary_roles", "badexpert_rules", "first_stage_rules", "posterior_rules", "Batch", "Rule",
-           "BadExpertRule", "BadExpertTsbdRule", "AuxiliaryPosteriorRule", "AuxiliaryTsbdPosteriorRule", "ExposedRule",
+           "BadExpertRule", "BadExpertTsbdRule", "AuxiliaryPosteriorRule", "AuxiliaryTsbdPosteriorRule", "ExpertPosteriorRule", "ExposedRule",
            "MahalanobisRule", "LayerMahalanobisRule", "SpectrumMahalanobisRule", "ExposedStripRule",
            "StripOriginalRule", "ScaleUpRule", "ExposedEntropyRule"]

@@ -1,5 +1,5 @@
 """Clean inputs as one Gaussian per class in a model's penultimate feature space: in M's,
-the Mahalanobis rule's parameters; in each auxiliary's, its posterior rule's; at each of
+the Mahalanobis rule's parameters; in each auxiliary's and in B's, its posterior rule's; at each of
 M's tapped layers, the layer-Mahalanobis rule's; of the inputs' block spectra, the
 spectrum rule's.
 
@@ -128,14 +128,14 @@ def fit_spectrum_gaussians(clean: TensorSet, num_classes: int) -> ClassGaussians
     return fit_class_gaussians(spectra, clean.y, num_classes, space="the inputs' block spectra")
 
 
-def save_class_gaussians(directory: Path, original: ClassGaussians, auxiliaries: dict[str, FeatureSpace],
+def save_class_gaussians(directory: Path, original: ClassGaussians, feature_spaces: dict[str, FeatureSpace],
                          layers: LayerSpace, spectrum: ClassGaussians) -> None:
-    """One CLASS_GAUSSIANS file: M's under `means`/`precision`, each auxiliary's under its role,
+    """One CLASS_GAUSSIANS file: M's under `means`/`precision`, B's and each auxiliary's under its role,
     M's tapped layers' under `layer<i>_` with their `layer_scales`, the spectra's under `spectrum_`."""
     arrays = {"means": original.means, "precision": original.precision,
               "layer_scales": np.asarray(layers.scales, np.float64),
               "spectrum_means": spectrum.means, "spectrum_precision": spectrum.precision}
-    for role, space in auxiliaries.items():
+    for role, space in feature_spaces.items():
         arrays |= {f"{role}_means": space.gaussians.means, f"{role}_precision": space.gaussians.precision}
     for i, gaussians in enumerate(layers.layers):
         arrays |= {f"layer{i}_means": gaussians.means, f"layer{i}_precision": gaussians.precision}

@@ -7,7 +7,8 @@ one graph with a shared input pays once. The graph scores every class for each r
 with each M' in a build with two), the exposed rule from E's logit margins, the
 Mahalanobis rule from M's penultimate features and the clean class Gaussians, which the
 graph holds as constants, the auxiliary-posterior rule from each M''s own features
-and Gaussians (M' runs once for both of its rules), the layer-Mahalanobis rule from
+and Gaussians (M' runs once for both of its rules), the expert posterior from B's
+features and Gaussians the same way, the layer-Mahalanobis rule from
 M's pooled activations at its tapped layers, read on the same run of M's layers, and the
 spectrum rule from the input itself. M runs
 up to those features in both graphs; the one with the prediction adds M's classifier
@@ -32,6 +33,7 @@ from firewall.errors import UserError
 from firewall.rules import RULES, auxiliary_roles, badexpert_rules, first_stage_rules, posterior_rules
 from firewall.rules.auxiliary_posterior import posterior_by_class
 from firewall.rules.badexpert import triangle_statistic
+from firewall.rules.expert_posterior import ExpertPosteriorRule
 from firewall.rules.exposed import margin_by_class
 from firewall.rules.layer_mahalanobis import LayerGaussians, layer_mahalanobis_by_class
 from firewall.rules.mahalanobis import mahalanobis_by_class
@@ -91,10 +93,10 @@ def posterior_by_class_torch(distances: torch.Tensor) -> torch.Tensor:
     return -(-0.5 * distances).log_softmax(dim=1)
 
 
-class AuxiliaryWithPosterior(nn.Module):
-    """M''s features -> (its logits, its posterior rule's scores for every class): the
-    features feed both its classifier layer and its class Gaussians, so M' runs once for
-    both rules."""
+class HeadWithPosterior(nn.Module):
+    """A network's features (M''s or B's) -> (its logits, its posterior rule's scores for
+    every class): the features feed both its classifier layer and its class Gaussians, so
+    the network runs once for BaDExpert's rule and its posterior rule."""
 
     def __init__(self, space: FeatureSpace):
         super().__init__()
@@ -140,34 +142,37 @@ class SpectrumMahalanobisByClass(nn.Module):
 
 class FirstStageScorer(nn.Module):
     """x -> the BaDExpert (once per auxiliary), exposed, Mahalanobis, auxiliary-posterior
-    (once per auxiliary), layer-Mahalanobis and spectrum scores for every class.
+    (once per auxiliary), expert-posterior, layer-Mahalanobis and spectrum scores for every
+    class.
 
-    `networks` runs B, each M' up to its features and E, one after another or stacked
+    `networks` runs B and each M' up to their features and E, one after another or stacked
     into one network (offline/build/stacked_networks.py). With a shared trunk
     the networks and M's feature layers are heads on the trunk's output and the trunk
     runs once (the layer-Mahalanobis rule then taps the layers of M's head only); without
     one the trunk is the identity and they are whole models.
     """
 
-    def __init__(self, networks: SeparateNetworks | StackedNetworks, auxiliaries: list[FeatureSpace],
-                 gaussians: ClassGaussians, layers: LayerSpace, spectrum: SpectrumMahalanobisByClass,
-                 trunk: nn.Module | None = None):
+    def __init__(self, networks: SeparateNetworks | StackedNetworks, expert: FeatureSpace,
+                 auxiliaries: list[FeatureSpace], gaussians: ClassGaussians, layers: LayerSpace,
+                 spectrum: SpectrumMahalanobisByClass, trunk: nn.Module | None = None):
         super().__init__()
         self.trunk = trunk if trunk is not None else nn.Identity()
         self.networks, self.features = networks, layers.tapped
-        self.auxiliaries = nn.ModuleList(AuxiliaryWithPosterior(space) for space in auxiliaries)
+        self.expert = HeadWithPosterior(expert)
+        self.auxiliaries = nn.ModuleList(HeadWithPosterior(space) for space in auxiliaries)
         self.mahalanobis = MahalanobisByClass(gaussians.means, gaussians.precision)
         self.layer_mahalanobis = LayerMahalanobisByClass(layers.arrays())
         self.spectrum_mahalanobis = spectrum
 
     def scores(self, x: torch.Tensor, h: torch.Tensor, features: torch.Tensor,
                pooled: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        expert_logits, auxiliary_features, exposed_logits = self.networks(h)
+        expert_features, auxiliary_features, exposed_logits = self.networks(h)
+        expert_logits, expert_posterior = self.expert(expert_features)
         b = expert_logits.softmax(dim=1)
         logits, posteriors = zip(*(auxiliary(f) for auxiliary, f in zip(self.auxiliaries, auxiliary_features)))
         badexpert = [badexpert_by_class(b, a.softmax(dim=1)) for a in logits]
         return (*badexpert, exposed_by_class(exposed_logits), self.mahalanobis(features), *posteriors,
-                self.layer_mahalanobis(pooled), self.spectrum_mahalanobis(x))
+                expert_posterior, self.layer_mahalanobis(pooled), self.spectrum_mahalanobis(x))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         h = self.trunk(x)
@@ -189,7 +194,7 @@ class PredictingScorer(nn.Module):
 
 
 def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians: ClassGaussians,
-                 auxiliary_spaces: dict[str, FeatureSpace], layers: LayerSpace, spectrum: ClassGaussians,
+                 feature_spaces: dict[str, FeatureSpace], layers: LayerSpace, spectrum: ClassGaussians,
                  example: torch.Tensor, out: Path, check_x: np.ndarray, trunk: nn.Module | None = None,
                  stack: bool = False) -> tuple[dict[str, float], dict]:
     """Write both fused graphs and check them against the numpy rules on real inputs;
@@ -199,52 +204,52 @@ def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians:
     `models` are the whole networks by role; with a shared `trunk` they are
     `Composed(trunk, head)`, and the graphs run the trunk once and then the heads.
     `models["features"]` is M up to its penultimate layer and `classifier` the rest of M,
-    which the graph with the prediction runs on those features. `auxiliary_spaces` are
-    the auxiliaries (their heads, with a shared trunk) cut before their classifier layer,
-    with their clean class Gaussians; `models["<role>_features"]` the same cuts as whole
-    models. `layers` taps `models["features"]` (its head, with a shared trunk);
+    which the graph with the prediction runs on those features. `feature_spaces` are B
+    ("expert") and the auxiliaries (their heads, with a shared trunk) cut before their
+    classifier layer, with their clean class Gaussians; `models["<role>_features"]` the
+    same cuts as whole models. `layers` taps `models["features"]` (its head, with a shared trunk);
     `models["layer_features"]` gives the same pooled activations from the input. `spectrum`
     are the class Gaussians of the clean inputs' block spectra. With `stack`, B, the
     auxiliaries and E run as one stacked network where their architecture allows.
     """
     rules = first_stage_rules(models)
-    spaces = [auxiliary_spaces[role] for role in auxiliary_roles(rules)]
-    networks, layout = _networks(models, spaces, trunk, stack)
+    expert, spaces = feature_spaces["expert"], [feature_spaces[role] for role in auxiliary_roles(rules)]
+    networks, layout = _networks(models, expert, spaces, trunk, stack)
     spectrum_distances = SpectrumMahalanobisByClass(tuple(example.shape[1:]), spectrum.means, spectrum.precision)
-    scorer = FirstStageScorer(networks, spaces, gaussians, layers, spectrum_distances, trunk)
+    scorer = FirstStageScorer(networks, expert, spaces, gaussians, layers, spectrum_distances, trunk)
     scores = [BY_CLASS_OUTPUTS[rule] for rule in rules]
     graphs = {"fused": (PredictingScorer(classifier, scorer), [PREDICTION_OUTPUT, *scores]),
               "fused_without_original": (scorer, scores)}
     for role, (module, outputs) in graphs.items():
         export_onnx(module, example, out / FUSED_FILES[role], output_names=outputs)
-    checks = {role: _check(models, gaussians, auxiliary_spaces, layers, spectrum, out / FUSED_FILES[role], check_x)
+    checks = {role: _check(models, gaussians, feature_spaces, layers, spectrum, out / FUSED_FILES[role], check_x)
               for role in graphs}
     return checks, layout
 
 
-def _networks(models: dict[str, nn.Module], auxiliaries: list[FeatureSpace], trunk: nn.Module | None,
-              stack: bool) -> tuple[SeparateNetworks | StackedNetworks, dict]:
+def _networks(models: dict[str, nn.Module], expert: FeatureSpace, auxiliaries: list[FeatureSpace],
+              trunk: nn.Module | None, stack: bool) -> tuple[SeparateNetworks | StackedNetworks, dict]:
     """B, the auxiliaries and E, stacked into one network if asked and they can be, else one
     after another; and what was done, for the manifest."""
     splits = [space.split for space in auxiliaries]
     if trunk is not None:
-        return (SeparateNetworks(models["expert"].head, splits, models["exposed"].head),
+        return (SeparateNetworks(expert.split, splits, models["exposed"].head),
                 {"stacked": False, "why": "a shared trunk's heads" if stack else "not asked for"})
-    separate = SeparateNetworks(models["expert"], splits, models["exposed"])
+    separate = SeparateNetworks(expert.split, splits, models["exposed"])
     if not stack:
         return separate, {"stacked": False, "why": "not asked for"}
     try:
         if not all(isinstance(models[role], fx.GraphModule) for role in ("expert", "exposed")):
             raise Unstackable("the networks are not torch.export graphs")
-        expert, exposed = (split_before_classifier(models[role]) for role in ("expert", "exposed"))
-        return StackedNetworks(expert, splits, exposed), {"stacked": True, "networks": 2 + len(splits)}
+        exposed = split_before_classifier(models["exposed"])
+        return StackedNetworks(expert.split, splits, exposed), {"stacked": True, "networks": 2 + len(splits)}
     except Unstackable as why:
         print(f"warning: --stack-networks: the networks run one after another: {why}", file=sys.stderr)
         return separate, {"stacked": False, "why": str(why)}
 
 
 @torch.no_grad()
-def _check(models: dict[str, nn.Module], gaussians: ClassGaussians, auxiliary_spaces: dict[str, FeatureSpace],
+def _check(models: dict[str, nn.Module], gaussians: ClassGaussians, feature_spaces: dict[str, FeatureSpace],
            layers: LayerSpace, spectrum: ClassGaussians, path: Path, x: np.ndarray) -> float:
     """Largest relative difference of the scores between onnxruntime and the numpy rules on torch
     outputs; predictions must match exactly."""
@@ -259,11 +264,11 @@ def _check(models: dict[str, nn.Module], gaussians: ClassGaussians, auxiliary_sp
                 "spectrum_mahalanobis": spectrum_mahalanobis_by_class(x, spectrum.means, spectrum.precision)}
     for rule in badexpert_rules(first_stage_rules(models)):
         expected[rule] = -triangle_statistic(b, models[RULES[rule].auxiliary](tx).softmax(dim=1).numpy())
-    for rule in posterior_rules(first_stage_rules(models)):
-        role = RULES[rule].auxiliary
-        aux_features = models[f"{role}_features"](tx).flatten(1).numpy().astype(np.float64)
-        fitted = auxiliary_spaces[role].gaussians
-        expected[rule] = posterior_by_class(mahalanobis_by_class(aux_features, fitted.means, fitted.precision))
+    posteriors = {rule: RULES[rule].auxiliary for rule in posterior_rules(first_stage_rules(models))}
+    for rule, role in {**posteriors, ExpertPosteriorRule.name: "expert"}.items():
+        own_features = models[f"{role}_features"](tx).flatten(1).numpy().astype(np.float64)
+        fitted = feature_spaces[role].gaussians
+        expected[rule] = posterior_by_class(mahalanobis_by_class(own_features, fitted.means, fitted.precision))
     if PREDICTION_OUTPUT in outputs and not np.array_equal(outputs[PREDICTION_OUTPUT],
                                                            models["original"](tx).argmax(dim=1).numpy()):
         raise UserError(f"{path.name}: the fused graph's predictions differ from the model's")

@@ -106,13 +106,16 @@ def _tapped(features: torch.fx.GraphModule) -> TappedFeatures:
         raise UserError(f"the layer-Mahalanobis rule cannot read M's layers: {exc}") from None
 
 
-def _auxiliary_space(auxiliary: torch.nn.Module, clean: TensorSet, num_classes: int) -> FeatureSpace:
-    """The auxiliary cut before its classifier layer and its clean features' class Gaussians.
+def _feature_space(network: torch.nn.Module, clean: TensorSet, num_classes: int) -> FeatureSpace:
+    """An auxiliary or B cut before its classifier layer, and its clean features' class
+    Gaussians (by the inputs' true labels, for B too: its features keep the true class's
+    trace where its head has forgotten it).
 
-    Fitted on the whole build set, which the auxiliary was fine-tuned on (four fifths of
-    it): measured on the matrix, that costs the rule a little against Gaussians fitted on
-    unseen clean data but leaves the fused verdict's gain (docs/METHODS.md)."""
-    return fit_feature_space(_penultimate(auxiliary), clean, num_classes)
+    Fitted on the whole build set, which the network was fine-tuned on (four fifths of
+    it): measured on the matrix, that costs the auxiliary posterior a little against
+    Gaussians fitted on unseen clean data but leaves the fused verdict's gain
+    (docs/METHODS.md)."""
+    return fit_feature_space(_penultimate(network), clean, num_classes)
 
 
 def _fine_tuned_roles(auxiliary: str) -> list[str]:
@@ -179,9 +182,9 @@ def run_build(config: BuildConfig) -> dict:
         models = {role: Composed(split.trunk, head) for role, head in models.items()}
     gaussians = fit_class_gaussians(forward(models["features"], clean.x), clean.y, num_classes)
     tuned_clean = _trunk_outputs(split, clean) if split else clean
-    auxiliary_spaces = {role: _auxiliary_space(auxiliary, tuned_clean, num_classes)
-                        for role, auxiliary in auxiliaries.items()}
-    for role, space in auxiliary_spaces.items():
+    feature_spaces = {role: _feature_space(network, tuned_clean, num_classes)
+                      for role, network in {"expert": fine_tuned["expert"], **auxiliaries}.items()}
+    for role, space in feature_spaces.items():
         models[f"{role}_features"] = Composed(split.trunk, space.split.trunk) if split else space.split.trunk
     layers = fit_layer_space(_tapped(penultimate.trunk), tuned_clean, num_classes)
     models["layer_features"] = PooledLayers(layers.tapped, split.trunk if split else None)
@@ -201,7 +204,7 @@ def run_build(config: BuildConfig) -> dict:
         "models": {"original": {"heldout_clean_accuracy": original_acc}, **reports},
     }
     return write_artifacts(config.out, config.force, models=models, penultimate=penultimate, gaussians=gaussians,
-                           auxiliary_spaces=auxiliary_spaces, layers=layers,
+                           feature_spaces=feature_spaces, layers=layers,
                            spectrum=fit_spectrum_gaussians(clean, num_classes), example=clean.x[:2],
                            check_x=heldout.x[:64],
                            bank=clean.x[bank_rows], description=description, trunk=split.trunk if split else None,

@@ -121,11 +121,11 @@ def stack_graphs(graphs: list[fx.GraphModule]) -> fx.GraphModule:
 
 
 class SeparateNetworks(nn.Module):
-    """h -> (B's logits, each M''s features, E's logits), the networks one after another."""
+    """h -> (B's features, each M''s features, E's logits), the networks one after another."""
 
-    def __init__(self, expert: nn.Module, auxiliaries: list[TrunkSplit], exposed: nn.Module):
+    def __init__(self, expert: TrunkSplit, auxiliaries: list[TrunkSplit], exposed: nn.Module):
         super().__init__()
-        self.expert, self.exposed = expert, exposed
+        self.expert, self.exposed = expert.trunk, exposed
         self.auxiliaries = nn.ModuleList(split.trunk for split in auxiliaries)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
@@ -140,8 +140,8 @@ class StackedNetworks(nn.Module):
         splits = [expert, *auxiliaries, exposed]
         self.count = len(splits)
         self.stacked = stack_graphs([split.trunk for split in splits])
-        self.expert_classifier, self.exposed_classifier = expert.head, exposed.head
+        self.exposed_classifier = exposed.head
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         features = self.stacked(h).chunk(self.count, dim=1)
-        return self.expert_classifier(features[0]), list(features[1:-1]), self.exposed_classifier(features[-1])
+        return features[0], list(features[1:-1]), self.exposed_classifier(features[-1])
