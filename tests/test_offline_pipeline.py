@@ -81,7 +81,8 @@ def test_onnx_models_take_any_batch_size(tiny_artifacts: Path):
                 "expert_features": manifest["expert_posterior"]["feature_dim"],
                 "layer_features": sum(layer["feature_dim"] for layer in manifest["layer_mahalanobis"]["layers"])}
     artifacts = load_artifacts(tiny_artifacts)
-    assert {"auxiliary_features", "auxiliary_tsbd_features", "expert_features", "layer_features"} <= set(artifacts.model_roles)
+    assert ({"auxiliary_features", "auxiliary_tsbd_features", "expert_features", "layer_features"}
+            <= set(artifacts.model_roles))
     for role, filename in ((r, MODEL_FILES[r]) for r in artifacts.model_roles):
         session = ort.InferenceSession(str(tiny_artifacts / filename), providers=["CPUExecutionProvider"])
         for batch in (1, 7):

@@ -18,8 +18,8 @@ from firewall.rules.strip import ExposedEntropyRule, ExposedStripRule, StripOrig
 RULES: dict[str, type[Rule]] = {
     rule.name: rule
     for rule in (BadExpertRule, BadExpertTsbdRule, ExposedRule, MahalanobisRule, AuxiliaryPosteriorRule,
-                 AuxiliaryTsbdPosteriorRule, ExpertPosteriorRule, LayerMahalanobisRule, SpectrumMahalanobisRule, ExposedStripRule,
-                 StripOriginalRule, ScaleUpRule, ExposedEntropyRule)
+                 AuxiliaryTsbdPosteriorRule, ExpertPosteriorRule, LayerMahalanobisRule, SpectrumMahalanobisRule,
+                 ExposedStripRule, StripOriginalRule, ScaleUpRule, ExposedEntropyRule)
 }
 
 # The costly rules (64 superimposed copies through M or E each) that run only in the
@@ -51,6 +51,7 @@ def first_stage_rules(model_roles: Iterable[str]) -> tuple[str, ...]:
 
 
 __all__ = ["RULES", "LATER_RULES", "auxiliary_roles", "badexpert_rules", "first_stage_rules", "posterior_rules", "Batch", "Rule",
-           "BadExpertRule", "BadExpertTsbdRule", "AuxiliaryPosteriorRule", "AuxiliaryTsbdPosteriorRule", "ExpertPosteriorRule", "ExposedRule",
+           "BadExpertRule", "BadExpertTsbdRule", "AuxiliaryPosteriorRule", "AuxiliaryTsbdPosteriorRule",
+           "ExpertPosteriorRule", "ExposedRule",
            "MahalanobisRule", "LayerMahalanobisRule", "SpectrumMahalanobisRule", "ExposedStripRule",
            "StripOriginalRule", "ScaleUpRule", "ExposedEntropyRule"]

@@ -80,7 +80,8 @@ def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], pen
                                 CLASS_GAUSSIANS]},
             **description,
             "mahalanobis": {"features_after": penultimate.cut, **gaussians.to_json()},
-            "auxiliary_posterior": {role: space.to_json() for role, space in feature_spaces.items() if role != "expert"},
+            "auxiliary_posterior": {role: space.to_json() for role, space in feature_spaces.items()
+                                    if role != "expert"},
             "expert_posterior": feature_spaces["expert"].to_json(),
             "layer_mahalanobis": layers.to_json(),
             "spectrum_mahalanobis": {"bands": [band_count(side) for side in input_shape[1:]], "floor": FLOOR,
