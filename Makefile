@@ -64,8 +64,10 @@ results: venv
 # come from `make bench-gpu`).
 PERF := docs/perf
 DEMO_CASE := $(RUNS)/digits-badnets-resnet
+# the demo case again only when its artifacts are missing, uncalibrated or of an older schema
 bench-serving: venv
-	test -f $(DEMO_CASE)/artifacts/thresholds.json || \
+	$(PY) -c 'import sys; from firewall.artifacts import load_artifacts; load_artifacts(sys.argv[1])' \
+	  $(DEMO_CASE)/artifacts 2> /dev/null && test -f $(DEMO_CASE)/artifacts/thresholds.json || \
 	  OFFLINE=$(OFFLINE) scripts/run_case.sh digits badnets resnet $(RUNS)
 	test -f $(DEMO_CASE)/artifacts/fused.int8.onnx || \
 	  $(OFFLINE) quantize --artifacts $(DEMO_CASE)/artifacts --clean-data $(DEMO_CASE)/clean.npz
