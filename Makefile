@@ -64,7 +64,8 @@ results: venv
 # come from `make bench-gpu`).
 PERF := docs/perf
 DEMO_CASE := $(RUNS)/digits-badnets-resnet
-# the demo case again only when its artifacts are missing, uncalibrated or of an older schema
+# builds the demo case again only when its artifacts are missing, fail their checks (an older
+# schema, a changed file) or are not calibrated
 bench-serving: venv
 	$(PY) -c 'import sys; from firewall.artifacts import load_artifacts; load_artifacts(sys.argv[1])' \
 	  $(DEMO_CASE)/artifacts 2> /dev/null && test -f $(DEMO_CASE)/artifacts/thresholds.json || \
