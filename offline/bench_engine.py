@@ -141,6 +141,29 @@ class EagerRules:
             2, yhat[:, None, None].expand(-1, len(self.bank_pixels), 1))[:, :, 0].mean(dim=1)
 
 
+class SeparateSessionRules:
+    """The first stage from one onnxruntime session per network, the numpy rules on their
+    outputs: what the engine would cost without the fused graph."""
+
+    def __init__(self, engine: ScoringEngine, gaussians: StoredGaussians, auxiliaries: list[str]):
+        self.models, self.gaussians, self.auxiliaries = engine.models, gaussians, auxiliaries
+
+    def first_stage(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        """M's prediction and the first-stage scores of it, in EagerRules.first_stage's order."""
+        models, gaussians = self.models, self.gaussians
+        yhat = models.logits("original", x).argmax(axis=1)
+        b = prob_of(models.probs("expert", x), yhat)
+        badexpert = [-triangle_statistic(b, prob_of(models.probs(role, x), yhat)) for role in self.auxiliaries]
+        posteriors = [prob_of(posterior_by_class(mahalanobis_by_class(
+            models.logits(f"{role}_features", x).reshape(len(x), -1), *gaussians.by_model[role])), yhat)
+            for role in (*self.auxiliaries, "expert")]
+        features = models.logits("features", x).reshape(len(x), -1)
+        by_layer = layer_mahalanobis_by_class(models.logits("layer_features", x), gaussians.layers)
+        return (yhat, *badexpert, prob_of(margin_by_class(models.logits("exposed", x)), yhat),
+                prob_of(mahalanobis_by_class(features, *gaussians.by_model["original"]), yhat), *posteriors,
+                prob_of(by_layer, yhat), prob_of(spectrum_mahalanobis_by_class(x, *gaussians.spectrum), yhat))
+
+
 def _median_seconds(call: Callable[[], object], seconds: float, max_calls: int = 5000) -> float:
     for _ in range(3):
         call()
@@ -198,20 +221,8 @@ def run(case: Path, threads: int, seconds: float, device: str = "cpu", stacked_a
     torch.set_num_threads(threads)
     gaussians = StoredGaussians.of(artifacts, auxiliaries)
     eager = EagerRules.of(artifacts, engine.bank, gaussians, auxiliaries, device)
+    separate = SeparateSessionRules(engine, gaussians, auxiliaries)
     models = engine.models
-
-    def separate_sessions(x: np.ndarray) -> tuple[np.ndarray, ...]:
-        yhat = models.logits("original", x).argmax(axis=1)
-        b = prob_of(models.probs("expert", x), yhat)
-        badexpert = [-triangle_statistic(b, prob_of(models.probs(role, x), yhat)) for role in auxiliaries]
-        posteriors = [prob_of(posterior_by_class(mahalanobis_by_class(
-            models.logits(f"{role}_features", x).reshape(len(x), -1), *gaussians.by_model[role])), yhat)
-            for role in (*auxiliaries, "expert")]
-        features = models.logits("features", x).reshape(len(x), -1)
-        by_layer = layer_mahalanobis_by_class(models.logits("layer_features", x), gaussians.layers)
-        return (*badexpert, prob_of(margin_by_class(models.logits("exposed", x)), yhat),
-                prob_of(mahalanobis_by_class(features, *gaussians.by_model["original"]), yhat), *posteriors,
-                prob_of(by_layer, yhat), prob_of(spectrum_mahalanobis_by_class(x, *gaussians.spectrum), yhat))
 
     rows = []
     for batch in BATCHES:
@@ -221,7 +232,7 @@ def run(case: Path, threads: int, seconds: float, device: str = "cpu", stacked_a
         ty = torch.from_numpy(yhat).to(device)
         cells = {
             (FIRST_STAGE, EAGER): _waiting_for(device, lambda: eager.first_stage(tx)),
-            (FIRST_STAGE, SEPARATE): lambda: separate_sessions(x),
+            (FIRST_STAGE, SEPARATE): lambda: separate.first_stage(x),
             (FIRST_STAGE, FUSED): lambda: engine.score(x, rules=first_stage),
             **({(FIRST_STAGE, FUSED_INT8): lambda: int8.score(x, rules=first_stage)} if int8 else {}),
             **({(FIRST_STAGE, FUSED_UNCAPTURED): lambda: uncaptured.score(x, rules=first_stage)} if uncaptured else {}),

@@ -82,10 +82,12 @@ def make_untrained_case(config: UntrainedCaseConfig) -> dict:
     models["features"] = penultimate.trunk
     with torch.no_grad():
         gaussians = fit_class_gaussians(forward(penultimate.trunk, clean.x), clean.y, num_classes)
-        feature_spaces = {role: fit_feature_space(split_before_classifier(models[role]), clean, num_classes)
-                          for role in ("expert", *auxiliary_roles(first_stage_rules(ROLES)))}
+        expert_space = fit_feature_space(split_before_classifier(models["expert"]), clean, num_classes)
+        auxiliary_spaces = {role: fit_feature_space(split_before_classifier(models[role]), clean, num_classes)
+                            for role in auxiliary_roles(first_stage_rules(ROLES))}
         layers = fit_layer_space(TappedFeatures(penultimate.trunk), clean, num_classes)
-    models |= {f"{role}_features": space.split.trunk for role, space in feature_spaces.items()}
+    models |= {f"{role}_features": space.split.trunk
+               for role, space in {"expert": expert_space, **auxiliary_spaces}.items()}
     models["layer_features"] = PooledLayers(layers.tapped)
     bank_rows = np.random.default_rng(config.seed).choice(len(clean.y), size=min(BuildConfig.strip_bank_size, len(clean.y)), replace=False)
     parameters = sum(p.numel() for p in models["original"].parameters())
@@ -101,7 +103,7 @@ def make_untrained_case(config: UntrainedCaseConfig) -> dict:
     }
     artifacts = config.out / "artifacts"
     write_artifacts(artifacts, config.force, models=models, penultimate=penultimate, gaussians=gaussians,
-                    feature_spaces=feature_spaces, layers=layers,
+                    expert_space=expert_space, auxiliary_spaces=auxiliary_spaces, layers=layers,
                     spectrum=fit_spectrum_gaussians(clean, num_classes),
                     example=clean.x[:2], check_x=splits["calib"].x[:64], bank=clean.x[bank_rows],
                     description=description, stack_networks=config.stack_networks)

@@ -1,5 +1,5 @@
-"""The engine benchmark compares like with like: its eager-PyTorch rules compute the scores
-the sidecar's fused graph serves, rule for rule."""
+"""The engine benchmark compares like with like: its eager-PyTorch rules and its separate
+onnxruntime sessions compute the scores the sidecar's fused graph serves, rule for rule."""
 
 import numpy as np
 import pytest
@@ -9,23 +9,39 @@ from firewall.artifacts import load_artifacts
 from firewall.errors import UserError
 from firewall.rules import auxiliary_roles
 from firewall.scoring import ScoringEngine
-from offline.bench_engine import EagerRules, StoredGaussians, _stacked_engine
+from offline.bench_engine import EagerRules, SeparateSessionRules, StoredGaussians, _stacked_engine
 from offline.cli import main as offline
 
 
-def test_the_eager_rules_score_as_the_fused_graph(tiny_case, tiny_artifacts):
+def _served_and_timed(tiny_case, tiny_artifacts):
+    """The artifacts, the sidecar's engine, the stored Gaussians, the auxiliaries and a batch of
+    clean and triggered inputs."""
     artifacts = load_artifacts(tiny_artifacts)
     engine = ScoringEngine(artifacts)
-    rules = engine.first_stage_rules
-    auxiliaries = auxiliary_roles(rules)
-    eager = EagerRules.of(artifacts, engine.bank, StoredGaussians.of(artifacts, auxiliaries), auxiliaries)
     x = np.concatenate([np.load(tiny_case / "test_clean.npz")["x"][:50], np.load(tiny_case / "test_triggered.npz")["x"][:50]])
-    yhat, *scores = eager.first_stage(torch.from_numpy(x))
+    auxiliaries = auxiliary_roles(engine.first_stage_rules)
+    return artifacts, engine, StoredGaussians.of(artifacts, auxiliaries), auxiliaries, x
+
+
+def _assert_scores_as_served(engine: ScoringEngine, x: np.ndarray, yhat: np.ndarray, scores: list[np.ndarray]) -> None:
+    rules = engine.first_stage_rules
     served_yhat, served = engine.score(x, rules=rules)
-    assert np.array_equal(yhat.numpy(), served_yhat)
+    assert np.array_equal(yhat, served_yhat)
     assert len(scores) == len(rules)
     for rule, score in zip(rules, scores):
-        np.testing.assert_allclose(score.numpy(), served[rule], rtol=1e-3, atol=1e-3, err_msg=rule)
+        np.testing.assert_allclose(score, served[rule], rtol=1e-3, atol=1e-3, err_msg=rule)
+
+
+def test_the_eager_rules_score_as_the_fused_graph(tiny_case, tiny_artifacts):
+    artifacts, engine, gaussians, auxiliaries, x = _served_and_timed(tiny_case, tiny_artifacts)
+    yhat, *scores = EagerRules.of(artifacts, engine.bank, gaussians, auxiliaries).first_stage(torch.from_numpy(x))
+    _assert_scores_as_served(engine, x, yhat.numpy(), [score.numpy() for score in scores])
+
+
+def test_the_separate_sessions_score_as_the_fused_graph(tiny_case, tiny_artifacts):
+    _, engine, gaussians, auxiliaries, x = _served_and_timed(tiny_case, tiny_artifacts)
+    yhat, *scores = SeparateSessionRules(engine, gaussians, auxiliaries).first_stage(x)
+    _assert_scores_as_served(engine, x, yhat, scores)
 
 
 def test_only_a_stacked_build_of_the_same_models_is_timed_as_the_stacked_graph(tiny_case, tiny_artifacts, tmp_path):

@@ -30,15 +30,16 @@ from offline.model_io import save_pt2
 
 
 def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], penultimate: TrunkSplit,
-                    gaussians: ClassGaussians, feature_spaces: dict[str, FeatureSpace], layers: LayerSpace,
+                    gaussians: ClassGaussians, expert_space: FeatureSpace,
+                    auxiliary_spaces: dict[str, FeatureSpace], layers: LayerSpace,
                     spectrum: ClassGaussians, example: np.ndarray, check_x: np.ndarray, bank: np.ndarray,
                     description: dict, trunk: nn.Module | None = None, stack_networks: bool = False) -> dict:
     """Writes `models` (by role: original, expert, exposed, features, layer_features and the
     auxiliaries) to `out` and returns the manifest.
 
     `penultimate` is M cut before its classifier layer (the Mahalanobis rule's features),
-    `feature_spaces` B ("expert") and each auxiliary cut the same way with its Gaussians (its
-    posterior rule),
+    `expert_space` B cut the same way with its Gaussians (the expert posterior rule),
+    `auxiliary_spaces` each auxiliary's by role (its posterior rule),
     `layers` M's tapped layers with theirs (the layer-Mahalanobis rule), `spectrum` the
     inputs' block spectra's (the spectrum rule);
     `trunk` the shared trunk when the fine-tunes changed only a head; `stack_networks` runs
@@ -60,12 +61,13 @@ def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], pen
             if role in TORCH_FILES:
                 (scratch / TORCH_FILES[role]).parent.mkdir(exist_ok=True)
                 save_pt2(module, example_tensor, scratch / TORCH_FILES[role])
-        fused_check, fused_networks = export_fused(models, penultimate.head, gaussians, feature_spaces, layers,
+        fused_check, fused_networks = export_fused(models, penultimate.head, gaussians, expert_space,
+                                                   auxiliary_spaces, layers,
                                                    spectrum, example_tensor, scratch, check_x, trunk,
                                                    stack_networks)
         onnx_check.update(fused_check)
         np.save(scratch / STRIP_BANK, bank.astype(np.float32), allow_pickle=False)
-        save_class_gaussians(scratch, gaussians, feature_spaces, layers, spectrum)
+        save_class_gaussians(scratch, gaussians, expert_space, auxiliary_spaces, layers, spectrum)
         normalization = description.pop("normalization")
         manifest = {
             "schema_version": SCHEMA_VERSION,
@@ -80,9 +82,8 @@ def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], pen
                                 CLASS_GAUSSIANS]},
             **description,
             "mahalanobis": {"features_after": penultimate.cut, **gaussians.to_json()},
-            "auxiliary_posterior": {role: space.to_json() for role, space in feature_spaces.items()
-                                    if role != "expert"},
-            "expert_posterior": feature_spaces["expert"].to_json(),
+            "auxiliary_posterior": {role: space.to_json() for role, space in auxiliary_spaces.items()},
+            "expert_posterior": expert_space.to_json(),
             "layer_mahalanobis": layers.to_json(),
             "spectrum_mahalanobis": {"bands": [band_count(side) for side in input_shape[1:]], "floor": FLOOR,
                                      **spectrum.to_json()},

@@ -194,7 +194,8 @@ class PredictingScorer(nn.Module):
 
 
 def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians: ClassGaussians,
-                 feature_spaces: dict[str, FeatureSpace], layers: LayerSpace, spectrum: ClassGaussians,
+                 expert: FeatureSpace, auxiliaries: dict[str, FeatureSpace], layers: LayerSpace,
+                 spectrum: ClassGaussians,
                  example: torch.Tensor, out: Path, check_x: np.ndarray, trunk: nn.Module | None = None,
                  stack: bool = False) -> tuple[dict[str, float], dict]:
     """Write both fused graphs and check them against the numpy rules on real inputs;
@@ -204,8 +205,8 @@ def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians:
     `models` are the whole networks by role; with a shared `trunk` they are
     `Composed(trunk, head)`, and the graphs run the trunk once and then the heads.
     `models["features"]` is M up to its penultimate layer and `classifier` the rest of M,
-    which the graph with the prediction runs on those features. `feature_spaces` are B
-    ("expert") and the auxiliaries (their heads, with a shared trunk) cut before their
+    which the graph with the prediction runs on those features. `expert` is B and `auxiliaries`
+    the auxiliaries by role (their heads, with a shared trunk) cut before their
     classifier layer, with their clean class Gaussians; `models["<role>_features"]` the
     same cuts as whole models. `layers` taps `models["features"]` (its head, with a shared trunk);
     `models["layer_features"]` gives the same pooled activations from the input. `spectrum`
@@ -213,7 +214,7 @@ def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians:
     auxiliaries and E run as one stacked network where their architecture allows.
     """
     rules = first_stage_rules(models)
-    expert, spaces = feature_spaces["expert"], [feature_spaces[role] for role in auxiliary_roles(rules)]
+    spaces = [auxiliaries[role] for role in auxiliary_roles(rules)]
     networks, layout = _networks(models, expert, spaces, trunk, stack)
     spectrum_distances = SpectrumMahalanobisByClass(tuple(example.shape[1:]), spectrum.means, spectrum.precision)
     scorer = FirstStageScorer(networks, expert, spaces, gaussians, layers, spectrum_distances, trunk)
@@ -222,7 +223,8 @@ def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians:
               "fused_without_original": (scorer, scores)}
     for role, (module, outputs) in graphs.items():
         export_onnx(module, example, out / FUSED_FILES[role], output_names=outputs)
-    checks = {role: _check(models, gaussians, feature_spaces, layers, spectrum, out / FUSED_FILES[role], check_x)
+    checks = {role: _check(models, gaussians, expert, auxiliaries, layers, spectrum, out / FUSED_FILES[role],
+                           check_x)
               for role in graphs}
     return checks, layout
 
@@ -249,8 +251,9 @@ def _networks(models: dict[str, nn.Module], expert: FeatureSpace, auxiliaries: l
 
 
 @torch.no_grad()
-def _check(models: dict[str, nn.Module], gaussians: ClassGaussians, feature_spaces: dict[str, FeatureSpace],
-           layers: LayerSpace, spectrum: ClassGaussians, path: Path, x: np.ndarray) -> float:
+def _check(models: dict[str, nn.Module], gaussians: ClassGaussians, expert: FeatureSpace,
+           auxiliaries: dict[str, FeatureSpace], layers: LayerSpace, spectrum: ClassGaussians, path: Path,
+           x: np.ndarray) -> float:
     """Largest relative difference of the scores between onnxruntime and the numpy rules on torch
     outputs; predictions must match exactly."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -264,10 +267,11 @@ def _check(models: dict[str, nn.Module], gaussians: ClassGaussians, feature_spac
                 "spectrum_mahalanobis": spectrum_mahalanobis_by_class(x, spectrum.means, spectrum.precision)}
     for rule in badexpert_rules(first_stage_rules(models)):
         expected[rule] = -triangle_statistic(b, models[RULES[rule].auxiliary](tx).softmax(dim=1).numpy())
-    posteriors = {rule: RULES[rule].auxiliary for rule in posterior_rules(first_stage_rules(models))}
-    for rule, role in {**posteriors, ExpertPosteriorRule.name: "expert"}.items():
+    posteriors = {rule: (RULES[rule].auxiliary, auxiliaries[RULES[rule].auxiliary])
+                  for rule in posterior_rules(first_stage_rules(models))}
+    for rule, (role, space) in {**posteriors, ExpertPosteriorRule.name: ("expert", expert)}.items():
         own_features = models[f"{role}_features"](tx).flatten(1).numpy().astype(np.float64)
-        fitted = feature_spaces[role].gaussians
+        fitted = space.gaussians
         expected[rule] = posterior_by_class(mahalanobis_by_class(own_features, fitted.means, fitted.precision))
     if PREDICTION_OUTPUT in outputs and not np.array_equal(outputs[PREDICTION_OUTPUT],
                                                            models["original"](tx).argmax(dim=1).numpy()):

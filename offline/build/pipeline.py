@@ -182,9 +182,10 @@ def run_build(config: BuildConfig) -> dict:
         models = {role: Composed(split.trunk, head) for role, head in models.items()}
     gaussians = fit_class_gaussians(forward(models["features"], clean.x), clean.y, num_classes)
     tuned_clean = _trunk_outputs(split, clean) if split else clean
-    feature_spaces = {role: _feature_space(network, tuned_clean, num_classes)
-                      for role, network in {"expert": fine_tuned["expert"], **auxiliaries}.items()}
-    for role, space in feature_spaces.items():
+    expert_space = _feature_space(fine_tuned["expert"], tuned_clean, num_classes)
+    auxiliary_spaces = {role: _feature_space(network, tuned_clean, num_classes)
+                        for role, network in auxiliaries.items()}
+    for role, space in {"expert": expert_space, **auxiliary_spaces}.items():
         models[f"{role}_features"] = Composed(split.trunk, space.split.trunk) if split else space.split.trunk
     layers = fit_layer_space(_tapped(penultimate.trunk), tuned_clean, num_classes)
     models["layer_features"] = PooledLayers(layers.tapped, split.trunk if split else None)
@@ -204,7 +205,7 @@ def run_build(config: BuildConfig) -> dict:
         "models": {"original": {"heldout_clean_accuracy": original_acc}, **reports},
     }
     return write_artifacts(config.out, config.force, models=models, penultimate=penultimate, gaussians=gaussians,
-                           feature_spaces=feature_spaces, layers=layers,
+                           expert_space=expert_space, auxiliary_spaces=auxiliary_spaces, layers=layers,
                            spectrum=fit_spectrum_gaussians(clean, num_classes), example=clean.x[:2],
                            check_x=heldout.x[:64],
                            bank=clean.x[bank_rows], description=description, trunk=split.trunk if split else None,
