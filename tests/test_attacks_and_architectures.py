@@ -90,3 +90,25 @@ def test_dynamic_triggers_differ_per_input_and_train_with_the_model():
 def test_resnet18_at_width_64_has_the_size_of_the_cifar_resnet18_of_the_backdoor_literature():
     model = create_model("resnet18", (3, 32, 32), 10, width=64)
     assert sum(p.numel() for p in model.parameters()) == 11_173_962
+
+
+def test_an_export_names_no_source_file_and_does_not_depend_on_what_was_traced_before(tmp_path):
+    # the build exports modules that call torch.export graphs; each graph's code gets the
+    # next number of a process-wide counter, which the exporter's stack traces carried
+    # into the file (with the builder's source paths)
+    class Calling(torch.nn.Module):
+        def __init__(self, traced: torch.nn.Module):
+            super().__init__()
+            self.traced = traced
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.traced(x)
+
+    model = create_model("resnet", (1, 16, 16), 10, width=8).eval()
+    example = torch.rand(2, 1, 16, 16)
+    paths = [tmp_path / "first.onnx", tmp_path / "second.onnx"]
+    for path in paths:
+        export_onnx(Calling(torch.fx.symbolic_trace(model)), example, path)
+    first, second = (path.read_bytes() for path in paths)
+    assert first == second
+    assert __file__.encode() not in first and b"stack_trace" not in first

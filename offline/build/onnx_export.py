@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from onnxscript import ir
 from torch import nn
 
 from firewall.errors import UserError
@@ -34,7 +35,20 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path,
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, (example,), dynamic_shapes=({0: batch},), input_names=[INPUT_NAME],
                                     output_names=list(output_names), dynamo=True, verbose=False)
+    _drop_debug_metadata(program.model)
     program.save(str(path))
+
+
+def _drop_debug_metadata(model: ir.Model) -> None:
+    """The exporter annotates every node with the Python stack that made it (this machine's
+    source paths, and a counter of the graph modules traced so far in the process), which
+    leaks the build machine's layout into artifacts shipped to the sidecar and makes two
+    builds of the same networks differ in bytes. Without it a rebuild can be checked
+    against a manifest's sha256."""
+    for graph in (model.graph, *model.functions.values()):
+        graph.metadata_props.clear()
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            node.metadata_props.clear()
 
 
 @torch.no_grad()
