@@ -15,6 +15,7 @@ steps, and an exposure run that way destroyed the backdoor along with the task).
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 from offline.build.divergence import DivergenceGuard, finite_accuracy, weights_copy
 from offline.data.tensorsets import TensorSet
 from offline.graph_mode import set_batchnorm_training
-from offline.training import accuracy, batches
+from offline.training import accuracy, batches, forward
 
 
 @dataclass
@@ -142,6 +143,17 @@ def weight_change(model: nn.Module, reference: nn.Module) -> float:
         return float(sum(((a - b) ** 2).sum() for a, b in zip(model.parameters(), reference.parameters())) ** 0.5)
 
 
+def answers_alike(model: nn.Module, heldout: TensorSet) -> bool:
+    """Whether the network gives every held-out input the same logits. A learning rate too
+    large can kill every unit before the classifier layer, and the held-out accuracy then
+    falls to the share of the one class left, which looks like a forgotten task but is not:
+    such an expert holds no backdoor either (measured: shapes/VGG at width 8, lowfreq seed
+    1, no rate reached the criterion and Adam 3e-3, the lowest accuracy at 0.08, had B's
+    32 features at zero on every input; the expert posterior scored 0.500)."""
+    logits = forward(model, heldout.x)
+    return bool(np.abs(logits - logits[:1]).max() <= 1e-6 * (1 + np.abs(logits).max()))
+
+
 def _expert_at(model: nn.Module, train: TensorSet, heldout: TensorSet, num_classes: int, lr: float,
                target_accuracy: float, max_steps: int, check_every: int, batch_size: int, seed: int,
                give_up_above: float) -> tuple[nn.Module, StageReport, float]:
@@ -166,23 +178,32 @@ def backdoor_expert(model: nn.Module, train: TensorSet, heldout: TensorSet, num_
     sturdier shortcut; the less the weights move to forget the task, the more of it
     survives (measured on shapes/badnets: Adam 1e-4 needed 2,665 steps, moved 2.3 and
     kept nothing, AUROC of b alone 0.30; 1e-3 needed 130 steps, moved 1.6, AUROC 0.75).
-    A run is abandoned once it has moved further than the best finished one.
+    A run is abandoned once it has moved further than the best finished one, and a run
+    that leaves B answering every input alike is never chosen (`answers_alike`).
     """
     best: tuple[nn.Module, StageReport, float] | None = None
     closest: tuple[nn.Module, StageReport, float] | None = None  # kept in case no rate collapses
+    dead: tuple[nn.Module, StageReport, float] | None = None  # kept in case every rate kills the network
     search = []
     for lr in lrs:
         expert, report, change = _expert_at(model, train, heldout, num_classes, lr, target_accuracy, max_steps,
                                              check_every, batch_size, seed,
                                              give_up_above=best[2] if best else float("inf"))
+        constant = answers_alike(expert, heldout)
         search.append({"lr": lr, "steps": report.steps, "stopped_by": report.stopped_by,
-                       "heldout_clean_accuracy": report.heldout_clean_accuracy, "weight_change": change})
+                       "heldout_clean_accuracy": report.heldout_clean_accuracy, "weight_change": change,
+                       "constant_output": constant})
+        if constant:
+            dead = dead or (expert, report, change)
+            continue
         if report.stopped_by == "criterion" and (best is None or change < best[2]):
             best = (expert, report, change)
         if best is None and (closest is None or report.heldout_clean_accuracy < closest[1].heldout_clean_accuracy):
             closest = (expert, report, change)
-    best = best or closest
-    expert, report, _ = best
+    if not (best or closest):
+        print("warning: every learning rate tried for the backdoor expert left it answering every input alike; "
+              "the BaDExpert rules and the expert posterior will not separate anything", file=sys.stderr)
+    expert, report, _ = best or closest or dead
     report.selection = {"criterion": "smallest weight change among the rates that collapse held-out accuracy",
                         "search": search}
     return expert, report
