@@ -30,7 +30,7 @@ from firewall.rules import auxiliary_roles, first_stage_rules
 from offline.build.artifacts_writer import write_artifacts
 from offline.build.class_gaussians import (fit_class_gaussians, fit_feature_space, fit_layer_space,
                                           fit_spectrum_gaussians)
-from offline.build.layer_taps import PooledLayers, TappedFeatures
+from offline.build.layer_taps import TappedFeatures
 from offline.build.pipeline import BuildConfig
 from offline.build.trunk_split import split_before_classifier
 from offline.calibrate import CalibrateConfig, run_calibrate
@@ -79,16 +79,12 @@ def make_untrained_case(config: UntrainedCaseConfig) -> dict:
     models = {role: _fresh(config.arch, input_shape, num_classes, config.width, config.seed + k, example)
               for k, role in enumerate(ROLES)}
     penultimate = split_before_classifier(models["original"])
-    models["features"] = penultimate.trunk
     with torch.no_grad():
         gaussians = fit_class_gaussians(forward(penultimate.trunk, clean.x), clean.y, num_classes)
         expert_space = fit_feature_space(split_before_classifier(models["expert"]), clean, num_classes)
         auxiliary_spaces = {role: fit_feature_space(split_before_classifier(models[role]), clean, num_classes)
                             for role in auxiliary_roles(first_stage_rules(ROLES))}
         layers = fit_layer_space(TappedFeatures(penultimate.trunk), clean, num_classes)
-    models |= {f"{role}_features": space.split.trunk
-               for role, space in {"expert": expert_space, **auxiliary_spaces}.items()}
-    models["layer_features"] = PooledLayers(layers.tapped)
     bank_rows = np.random.default_rng(config.seed).choice(len(clean.y), size=min(BuildConfig.strip_bank_size, len(clean.y)), replace=False)
     parameters = sum(p.numel() for p in models["original"].parameters())
     description = {

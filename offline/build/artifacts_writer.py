@@ -24,8 +24,9 @@ from firewall.rules.spectrum_mahalanobis import FLOOR, band_count
 from offline.atomic import atomic_directory
 from offline.build.class_gaussians import ClassGaussians, FeatureSpace, LayerSpace, save_class_gaussians
 from offline.build.fused_export import export_fused
+from offline.build.layer_taps import PooledLayers
 from offline.build.onnx_export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx
-from offline.build.trunk_split import TrunkSplit
+from offline.build.trunk_split import Composed, TrunkSplit
 from offline.model_io import save_pt2
 
 
@@ -34,20 +35,24 @@ def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], pen
                     auxiliary_spaces: dict[str, FeatureSpace], layers: LayerSpace,
                     spectrum: ClassGaussians, example: np.ndarray, check_x: np.ndarray, bank: np.ndarray,
                     description: dict, trunk: nn.Module | None = None, stack_networks: bool = False) -> dict:
-    """Writes `models` (by role: original, expert, exposed, features, layer_features and the
-    auxiliaries) to `out` and returns the manifest.
+    """Writes the classifiers `models` (by role: original, expert, exposed and the auxiliaries,
+    whole networks from the input) and the rules' feature extractors to `out`, and returns
+    the manifest.
 
     `penultimate` is M cut before its classifier layer (the Mahalanobis rule's features),
     `expert_space` B cut the same way with its Gaussians (the expert posterior rule),
     `auxiliary_spaces` each auxiliary's by role (its posterior rule),
     `layers` M's tapped layers with theirs (the layer-Mahalanobis rule), `spectrum` the
-    inputs' block spectra's (the spectrum rule);
-    `trunk` the shared trunk when the fine-tunes changed only a head; `stack_networks` runs
+    inputs' block spectra's (the spectrum rule); all of them cut M, B or an auxiliary
+    (their heads, with a shared `trunk`, which the fine-tunes left alone), and the feature
+    extractors are exported as those cuts after the trunk. `stack_networks` runs
     B, the auxiliaries and E as one stacked network in the fused graphs where it can. `description` holds
     what only the producer knows (name, normalization, source_model, build, models); the
     file digests, shapes and export checks are added here.
     """
     description = dict(description)
+    own_spaces = {"expert": expert_space, **auxiliary_spaces}
+    models = {**models, **_feature_extractors(penultimate, own_spaces, layers, trunk)}
     example_tensor = torch.from_numpy(np.ascontiguousarray(example, np.float32))
     input_shape = list(example.shape[1:])
     with torch.no_grad():
@@ -67,7 +72,7 @@ def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], pen
                                                    stack_networks)
         onnx_check.update(fused_check)
         np.save(scratch / STRIP_BANK, bank.astype(np.float32), allow_pickle=False)
-        save_class_gaussians(scratch, gaussians, expert_space, auxiliary_spaces, layers, spectrum)
+        save_class_gaussians(scratch, gaussians, own_spaces, layers, spectrum)
         normalization = description.pop("normalization")
         manifest = {
             "schema_version": SCHEMA_VERSION,
@@ -92,3 +97,15 @@ def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], pen
         }
         (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def _feature_extractors(penultimate: TrunkSplit, own_spaces: dict[str, FeatureSpace], layers: LayerSpace,
+                        trunk: nn.Module | None) -> dict[str, nn.Module]:
+    """The models the separate-session path and the fused graphs' checks read features from,
+    by file role: M's penultimate features, B's and each auxiliary's own, M's pooled layers.
+    Each whole from the input, so a shared trunk runs first."""
+    def from_input(part: nn.Module) -> nn.Module:
+        return Composed(trunk, part) if trunk is not None else part
+    return {"features": from_input(penultimate.trunk),
+            **{f"{role}_features": from_input(space.split.trunk) for role, space in own_spaces.items()},
+            "layer_features": PooledLayers(layers.tapped, trunk)}

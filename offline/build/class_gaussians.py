@@ -128,14 +128,15 @@ def fit_spectrum_gaussians(clean: TensorSet, num_classes: int) -> ClassGaussians
     return fit_class_gaussians(spectra, clean.y, num_classes, space="the inputs' block spectra")
 
 
-def save_class_gaussians(directory: Path, original: ClassGaussians, expert: FeatureSpace,
-                         auxiliaries: dict[str, FeatureSpace], layers: LayerSpace, spectrum: ClassGaussians) -> None:
-    """One CLASS_GAUSSIANS file: M's under `means`/`precision`, B's and each auxiliary's under its role,
-    M's tapped layers' under `layer<i>_` with their `layer_scales`, the spectra's under `spectrum_`."""
+def save_class_gaussians(directory: Path, original: ClassGaussians, own_spaces: dict[str, FeatureSpace],
+                         layers: LayerSpace, spectrum: ClassGaussians) -> None:
+    """One CLASS_GAUSSIANS file: M's under `means`/`precision`, B's and each auxiliary's (`own_spaces`,
+    by role) under its role, M's tapped layers' under `layer<i>_` with their `layer_scales`, the
+    spectra's under `spectrum_`."""
     arrays = {"means": original.means, "precision": original.precision,
               "layer_scales": np.asarray(layers.scales, np.float64),
               "spectrum_means": spectrum.means, "spectrum_precision": spectrum.precision}
-    for role, space in {"expert": expert, **auxiliaries}.items():
+    for role, space in own_spaces.items():
         arrays |= {f"{role}_means": space.gaussians.means, f"{role}_precision": space.gaussians.precision}
     for i, gaussians in enumerate(layers.layers):
         arrays |= {f"layer{i}_means": gaussians.means, f"layer{i}_precision": gaussians.precision}

@@ -14,7 +14,7 @@ from firewall.errors import UserError
 from offline.build.artifacts_writer import write_artifacts
 from offline.build.class_gaussians import (FeatureSpace, fit_class_gaussians, fit_feature_space, fit_layer_space,
                                           fit_spectrum_gaussians)
-from offline.build.layer_taps import PooledLayers, TappedFeatures
+from offline.build.layer_taps import TappedFeatures
 from offline.build.reuse import load_prior_models
 from offline.build.stages import auxiliary_model, backdoor_expert, exposed_model
 from offline.build.trunk_split import Composed, TrunkSplit, split_before_classifier, split_trunk
@@ -177,18 +177,15 @@ def run_build(config: BuildConfig) -> dict:
         reused = None
     auxiliaries = {role: fine_tuned[role] for role in roles if role.startswith("auxiliary")}
     penultimate = _penultimate(tuned)
-    models = {"original": tuned, **fine_tuned, "features": penultimate.trunk}
+    models = {"original": tuned, **fine_tuned}
     if split:
         models = {role: Composed(split.trunk, head) for role, head in models.items()}
-    gaussians = fit_class_gaussians(forward(models["features"], clean.x), clean.y, num_classes)
     tuned_clean = _trunk_outputs(split, clean) if split else clean
+    gaussians = fit_class_gaussians(forward(penultimate.trunk, tuned_clean.x), clean.y, num_classes)
     expert_space = _feature_space(fine_tuned["expert"], tuned_clean, num_classes)
     auxiliary_spaces = {role: _feature_space(network, tuned_clean, num_classes)
                         for role, network in auxiliaries.items()}
-    for role, space in {"expert": expert_space, **auxiliary_spaces}.items():
-        models[f"{role}_features"] = Composed(split.trunk, space.split.trunk) if split else space.split.trunk
     layers = fit_layer_space(_tapped(penultimate.trunk), tuned_clean, num_classes)
-    models["layer_features"] = PooledLayers(layers.tapped, split.trunk if split else None)
 
     bank_rows = rng.choice(len(clean), size=min(config.strip_bank_size, len(clean)), replace=False)
     description = {
