@@ -94,15 +94,17 @@ performance-doc: venv
 	$(PY) -m offline.performance_report $(PERF)/bench-engine.json $(PERF)/bench-serving.json $(GPU_REPORTS) \
 	  > docs/PERFORMANCE.md
 
-# Regenerates docs/CASCADE.md from the cases `make results` left in runs/.
+# Regenerates docs/CASCADE.md from the cases `make results` left in runs/ (about a minute a
+# case on 2 cores; each case's scores are kept in runs/.scores and scored again only when the
+# case was built or poisoned again).
 cascade-study: venv
-	$(PY) -m offline.cascade_study $(RUNS)/*/ > docs/CASCADE.md
+	$(PY) -m offline.cascade_study --scores $(RUNS)/.scores $(RUNS)/*/ > docs/CASCADE.md
 
 # Regenerates docs/INT8.md (the int8 first stage's detection against the float one) from
-# the same cases (about 40 minutes on 2 cores; `--scores DIR` reuses the cascade study's
-# float scores when they are current).
+# the same cases (about 40 minutes on 2 cores; the float scores and the int8 ones are kept
+# in runs/.scores like the cascade study's).
 int8-study: venv
-	$(PY) -m offline.precision_study $(RUNS)/*/ > docs/INT8.md
+	$(PY) -m offline.precision_study --scores $(RUNS)/.scores $(RUNS)/*/ > docs/INT8.md
 
 # Regenerates firewall/protocol/ from protos/ (a test fails when they drift apart).
 protos: venv

@@ -11,8 +11,9 @@ later rule.
 
 Scoring is nearly all the time (about a minute a shapes case on 2 cores); with
 `--scores DIR` each case's scores are kept in DIR/<case>.npz and read back on the next
-run, so that the settings can be changed and measured again in seconds. Stale scores are
-the caller's to delete.
+run, so that the settings can be changed and measured again in seconds. An entry is read
+back only while the case, the scoring code and onnxruntime are what it was scored with
+(`case_digest`); a case built or poisoned again is scored again.
 
 usage: python -m offline.cascade_study [--scores DIR] CASE_DIR... > docs/CASCADE.md
 """
@@ -20,14 +21,19 @@ usage: python -m offline.cascade_study [--scores DIR] CASE_DIR... > docs/CASCADE
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
-from firewall.artifacts import BY_CLASS_OUTPUTS, load_artifacts
+import firewall
+import offline.build.quantize
+from firewall.artifacts import BY_CLASS_OUTPUTS, MANIFEST, load_artifacts, sha256_file
 from firewall.fusion import DEFAULT_CASCADE_BAND, DEFAULT_LATER_RULE_WEIGHT, DEFAULT_LATER_RULES, DEFAULT_WEIGHTS
 from firewall.rules import LATER_RULES
 from firewall.scoring import ScoringEngine
@@ -57,6 +63,7 @@ class Setting:
 
 
 FIRST_STAGE_ALONE = Setting((), 0.0)
+SCORING_CODE = (*sorted(Path(firewall.__file__).parent.rglob("*.py")), Path(offline.build.quantize.__file__))
 DEFAULT = Setting(DEFAULT_LATER_RULES, DEFAULT_CASCADE_BAND) if DEFAULT_CASCADE_BAND > 0 else FIRST_STAGE_ALONE
 BOTH = LATER_RULES
 SETTINGS = tuple(dict.fromkeys((FIRST_STAGE_ALONE,
@@ -77,8 +84,8 @@ class CaseScores:
 
     PARTS = ("calib", "clean", "backdoor")
 
-    def save(self, path: Path) -> None:
-        np.savez(path, first_stage_rules=np.array(self.first_stage_rules),
+    def save(self, path: Path, source: str) -> None:
+        np.savez(path, first_stage_rules=np.array(self.first_stage_rules), source=np.array(source),
                  **{f"{part}/{rule}": values for part in self.PARTS for rule, values in getattr(self, part).items()})
 
     @classmethod
@@ -88,18 +95,41 @@ class CaseScores:
                      for part in cls.PARTS}
             return cls(tuple(str(rule) for rule in stored["first_stage_rules"]), **parts)
 
+    @classmethod
+    def cached(cls, path: Path | None, case: Path, compute: Callable[[], "CaseScores"]) -> "CaseScores":
+        """The scores stored at `path` if they were made from the case as it is now, else
+        `compute()`'s, stored there (no cache when `path` is None): scoring is nearly all of a
+        study's time."""
+        source = case_digest(case)
+        if path is not None and path.is_file():
+            with np.load(path, allow_pickle=False) as stored:
+                current = "source" in stored.files and str(stored["source"]) == source
+            if current:
+                return cls.load(path)
+        scores = compute()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            scores.save(path, source)
+        return scores
+
+
+def case_digest(case: Path) -> str:
+    """One digest of what a case's scores are made from: its artifacts' manifest (which pins
+    every model file by its digest), its data sets (clean.npz is what int8 quantization
+    calibrates on), and the code that scores and quantizes with the onnxruntime it runs on."""
+    digest = hashlib.sha256(ort.__version__.encode())
+    for path in (case / "artifacts" / MANIFEST, case / "clean.npz", case / "calib.npz", case / "test_clean.npz",
+                 case / "test_triggered.npz", *SCORING_CODE):
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()
+
 
 def score_case(case: Path, cache: Path | None = None) -> CaseScores:
     """The case's scores, from the cache when it holds them (and into it when it does not)."""
-    cached = cache / f"{case.name}.npz" if cache else None
-    if cached and cached.is_file():
-        return CaseScores.load(cached)
-    engine = ScoringEngine(load_artifacts(case / "artifacts"))  # every rule the verdict can fuse
-    scores = scores_with(engine, case, engine.first_stage_rules)
-    if cached:
-        cache.mkdir(parents=True, exist_ok=True)
-        scores.save(cached)
-    return scores
+    def compute() -> CaseScores:
+        engine = ScoringEngine(load_artifacts(case / "artifacts"))  # every rule the verdict can fuse
+        return scores_with(engine, case, engine.first_stage_rules)
+    return CaseScores.cached(cache / f"{case.name}.npz" if cache else None, case, compute)
 
 
 def scores_with(engine: ScoringEngine, case: Path, first_stage_rules: tuple[str, ...]) -> CaseScores:

@@ -9,7 +9,10 @@ calibrate --precision fp32|int8` fits it, then measured on the test sets. The la
 run on M and E, which stay in float, and M's prediction does not change in int8
 (offline/build/quantize.py), so their scores are shared by both columns.
 
-With `--scores DIR` the float scores come from (and go to) the cascade study's cache.
+With `--scores DIR` the float scores come from (and go to) the cascade study's cache, and
+the int8 ones from and to DIR/<case>.int8.npz beside them, so that a run over a matrix can
+be stopped and resumed, and cells rebuilt or added, without quantizing and scoring the
+others again.
 
 usage: python -m offline.precision_study [--scores DIR] CASE_DIR... > docs/INT8.md
 """
@@ -32,18 +35,21 @@ from offline.cascade_study import (DEFAULT, FIRST_STAGE_ALONE, CaseScores, measu
 SETTINGS = {"the verdict (default cascade)": DEFAULT, "the first stage alone": FIRST_STAGE_ALONE}
 
 
-def int8_scores(case: Path, fp32: CaseScores, scratch: Path) -> CaseScores:
-    """The case's scores with the first stage taken from the int8 graph of a quantized copy."""
-    copy = scratch / case.name
-    shutil.copytree(case / "artifacts", copy)
-    run_quantize(QuantizeConfig(copy, case / "clean.npz", force=True))
-    engine = ScoringEngine(load_artifacts(copy), rules=fp32.first_stage_rules, precision="int8")
-    int8 = scores_with(engine, case, fp32.first_stage_rules)
-    shutil.rmtree(copy)
-    for part in ("calib", "clean", "backdoor"):
-        scores, shared = getattr(int8, part), getattr(fp32, part)
-        scores.update({rule: values for rule, values in shared.items() if rule not in scores})
-    return int8
+def int8_scores(case: Path, fp32: CaseScores, scratch: Path, cache: Path | None = None) -> CaseScores:
+    """The case's scores with the first stage taken from the int8 graph of a quantized copy
+    (from the cache when it holds them, and into it when it does not)."""
+    def compute() -> CaseScores:
+        copy = scratch / case.name
+        shutil.copytree(case / "artifacts", copy)
+        run_quantize(QuantizeConfig(copy, case / "clean.npz", force=True))
+        engine = ScoringEngine(load_artifacts(copy), rules=fp32.first_stage_rules, precision="int8")
+        int8 = scores_with(engine, case, fp32.first_stage_rules)
+        shutil.rmtree(copy)
+        for part in CaseScores.PARTS:
+            scores, shared = getattr(int8, part), getattr(fp32, part)
+            scores.update({rule: values for rule, values in shared.items() if rule not in scores})
+        return int8
+    return CaseScores.cached(cache / f"{case.name}.int8.npz" if cache else None, case, compute)
 
 
 def to_markdown(results: dict[str, dict[str, dict]]) -> str:
@@ -73,12 +79,12 @@ def to_markdown(results: dict[str, dict[str, dict]]) -> str:
 
 def main() -> int:
     cache, cases = parse_case_arguments("precision_study", __doc__.splitlines()[0],
-                                        "the cascade study's cache of each case's float scores")
+                                        "the cascade study's cache of each case's float scores (and the int8 ones)")
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         for case in cases:
             fp32 = score_case(case, cache)
-            measured = {"fp32": measure(fp32), "int8": measure(int8_scores(case, fp32, Path(scratch)))}
+            measured = {"fp32": measure(fp32), "int8": measure(int8_scores(case, fp32, Path(scratch), cache))}
             results[case.name] = {precision: {label: rows[setting] for label, setting in SETTINGS.items()}
                                   for precision, rows in measured.items()}
             print(f"{case.name} done", file=sys.stderr, flush=True)

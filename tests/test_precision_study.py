@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from offline.cascade_study import measure, score_case
 from offline.precision_study import SETTINGS, int8_scores, to_markdown
 
@@ -26,3 +28,33 @@ def test_the_int8_study_scores_the_first_stage_in_int8_and_shares_the_later_rule
     results = {"case": {"fp32": {label: measure(fp32)[s] for label, s in SETTINGS.items()},
                         "int8": {label: measure(int8)[s] for label, s in SETTINGS.items()}}}
     assert "| case | " in to_markdown(results)
+
+
+
+def test_with_a_scores_cache_the_int8_scores_are_kept_and_read_back_without_quantizing_again(
+        tiny_case, tiny_artifacts, tmp_path):
+    case, cache = tmp_path / "case", tmp_path / "scores"
+    shutil.copytree(tiny_case, case)
+    shutil.copytree(tiny_artifacts, case / "artifacts")
+    fp32 = score_case(case, cache)
+    int8 = int8_scores(case, fp32, tmp_path / "scratch", cache)
+    assert sorted(p.name for p in cache.iterdir()) == ["case.int8.npz", "case.npz"]
+    for model in (case / "artifacts").glob("*.onnx"):
+        model.unlink()  # scoring again could not even load the models
+    again = int8_scores(case, score_case(case, cache), tmp_path / "scratch", cache)
+    assert again.first_stage_rules == int8.first_stage_rules
+    for part in ("calib", "clean", "backdoor"):
+        assert all((getattr(again, part)[rule] == values).all() for rule, values in getattr(int8, part).items())
+
+
+def test_a_cached_score_made_from_other_data_is_scored_again(tiny_case, tiny_artifacts, tmp_path):
+    case, cache = tmp_path / "case", tmp_path / "scores"
+    shutil.copytree(tiny_case, case)
+    shutil.copytree(tiny_artifacts, case / "artifacts")
+    before = score_case(case, cache)
+    with np.load(case / "calib.npz") as calib:
+        half = {key: calib[key][: len(calib["x"]) // 2] for key in calib.files}
+    np.savez(case / "calib.npz", **half)
+    after = score_case(case, cache)
+    assert len(after.calib["mahalanobis"]) == len(before.calib["mahalanobis"]) // 2
+    assert len(score_case(case, cache).calib["mahalanobis"]) == len(after.calib["mahalanobis"])  # and kept
