@@ -204,7 +204,9 @@ def backdoor_expert(model: nn.Module, train: TensorSet, heldout: TensorSet, num_
         print("warning: every learning rate tried for the backdoor expert left it answering every input alike; "
               "the BaDExpert rules and the expert posterior will not separate anything", file=sys.stderr)
     expert, report, _ = best or closest or dead
-    report.selection = {"criterion": "smallest weight change among the rates that collapse held-out accuracy",
+    report.selection = {"criterion": "smallest weight change among the rates that collapse held-out accuracy, "
+                                     "else the lowest held-out accuracy; a run with constant_output only if every "
+                                     "run has it",
                         "search": search}
     return expert, report
 
