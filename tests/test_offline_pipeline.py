@@ -166,7 +166,9 @@ def test_the_cascade_study_measures_the_verdict_offline_calibrate_makes(tiny_cas
     assert measured[DEFAULT]["auroc"] == pytest.approx(verdict["auroc"])
     assert measured[DEFAULT]["tpr_at_1"] == pytest.approx(verdict["tpr_at_fpr"]["0.01"])
     assert measured[DEFAULT]["fpr"] == pytest.approx(verdict["threshold_fpr"])
-    (case / "artifacts").unlink()  # the second run reads the scores it kept
+    (case / "artifacts").unlink()  # the second run reads the scores it kept: no model is left to score with
+    (case / "artifacts").mkdir()
+    shutil.copy(tiny_artifacts / "manifest.json", case / "artifacts")
     assert study(case, cache=tmp_path / "scores") == measured
 
 
