@@ -100,16 +100,17 @@ class CaseScores:
         """The scores stored at `path` if they were made from the case as it is now, else
         `compute()`'s, stored there (no cache when `path` is None): scoring is nearly all of a
         study's time."""
+        if path is None:
+            return compute()
         source = case_digest(case)
-        if path is not None and path.is_file():
+        if path.is_file():
             with np.load(path, allow_pickle=False) as stored:
                 current = "source" in stored.files and str(stored["source"]) == source
             if current:
                 return cls.load(path)
         scores = compute()
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            scores.save(path, source)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scores.save(path, source)
         return scores
 
 
