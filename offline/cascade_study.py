@@ -63,7 +63,8 @@ class Setting:
 
 
 FIRST_STAGE_ALONE = Setting((), 0.0)
-SCORING_CODE = (*sorted(Path(firewall.__file__).parent.rglob("*.py")), Path(offline.build.quantize.__file__))
+SCORING_CODE = (*sorted(Path(firewall.__file__).parent.rglob("*.py")), Path(offline.build.quantize.__file__),
+                Path(__file__), Path(__file__).with_name("precision_study.py"))
 DEFAULT = Setting(DEFAULT_LATER_RULES, DEFAULT_CASCADE_BAND) if DEFAULT_CASCADE_BAND > 0 else FIRST_STAGE_ALONE
 BOTH = LATER_RULES
 SETTINGS = tuple(dict.fromkeys((FIRST_STAGE_ALONE,
@@ -117,7 +118,8 @@ class CaseScores:
 def case_digest(case: Path) -> str:
     """One digest of what a case's scores are made from: its artifacts' manifest (which pins
     every model file by its digest), its data sets (clean.npz is what int8 quantization
-    calibrates on), and the code that scores and quantizes with the onnxruntime it runs on."""
+    calibrates on), and the code that scores and quantizes (the firewall, the quantizer and the
+    studies themselves) with the onnxruntime it runs on."""
     digest = hashlib.sha256(ort.__version__.encode())
     for path in (case / "artifacts" / MANIFEST, case / "clean.npz", case / "calib.npz", case / "test_clean.npz",
                  case / "test_triggered.npz", *SCORING_CODE):
