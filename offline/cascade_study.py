@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import sys
 from collections.abc import Callable
@@ -63,8 +64,7 @@ class Setting:
 
 
 FIRST_STAGE_ALONE = Setting((), 0.0)
-SCORING_CODE = (*sorted(Path(firewall.__file__).parent.rglob("*.py")), Path(offline.build.quantize.__file__),
-                Path(__file__), Path(__file__).with_name("precision_study.py"))
+SCORING_CODE = (*sorted(Path(firewall.__file__).parent.rglob("*.py")), Path(offline.build.quantize.__file__))
 DEFAULT = Setting(DEFAULT_LATER_RULES, DEFAULT_CASCADE_BAND) if DEFAULT_CASCADE_BAND > 0 else FIRST_STAGE_ALONE
 BOTH = LATER_RULES
 SETTINGS = tuple(dict.fromkeys((FIRST_STAGE_ALONE,
@@ -90,40 +90,46 @@ class CaseScores:
                  **{f"{part}/{rule}": values for part in self.PARTS for rule, values in getattr(self, part).items()})
 
     @classmethod
-    def load(cls, path: Path) -> "CaseScores":
+    def load(cls, path: Path, source: str | None = None) -> "CaseScores | None":
+        """The scores stored at `path`; None if `source` is given and they were not made from it."""
         with np.load(path, allow_pickle=False) as stored:
+            if source is not None and ("source" not in stored.files or str(stored["source"]) != source):
+                return None
             parts = {part: {key.split("/", 1)[1]: stored[key] for key in stored.files if key.startswith(f"{part}/")}
                      for part in cls.PARTS}
             return cls(tuple(str(rule) for rule in stored["first_stage_rules"]), **parts)
 
     @classmethod
-    def cached(cls, path: Path | None, case: Path, compute: Callable[[], "CaseScores"]) -> "CaseScores":
-        """The scores stored at `path` if they were made from the case as it is now, else
-        `compute()`'s, stored there (no cache when `path` is None): scoring is nearly all of a
-        study's time."""
+    def cached(cls, path: Path | None, case: Path, compute: Callable[[], "CaseScores"],
+               code: tuple[Callable, ...]) -> "CaseScores":
+        """The scores stored at `path` if they were made from the case and `code` (the study's
+        functions `compute` scores with) as they are now, else `compute()`'s, stored there (no
+        cache when `path` is None): scoring is nearly all of a study's time. Only the scoring
+        functions enter the digest, not their modules, so that a study's settings and tables
+        can change without scoring the matrix again."""
         if path is None:
             return compute()
-        source = case_digest(case)
-        if path.is_file():
-            with np.load(path, allow_pickle=False) as stored:
-                current = "source" in stored.files and str(stored["source"]) == source
-            if current:
-                return cls.load(path)
+        source = case_digest(case, code)
+        stored = cls.load(path, source) if path.is_file() else None
+        if stored is not None:
+            return stored
         scores = compute()
         path.parent.mkdir(parents=True, exist_ok=True)
         scores.save(path, source)
         return scores
 
 
-def case_digest(case: Path) -> str:
+def case_digest(case: Path, code: tuple[Callable, ...] = ()) -> str:
     """One digest of what a case's scores are made from: its artifacts' manifest (which pins
     every model file by its digest), its data sets (clean.npz is what int8 quantization
-    calibrates on), and the code that scores and quantizes (the firewall, the quantizer and the
-    studies themselves) with the onnxruntime it runs on."""
+    calibrates on), and the code that scores and quantizes (the firewall package, the
+    quantizer and the study's own scoring functions, `code`) with the onnxruntime it runs on."""
     digest = hashlib.sha256(ort.__version__.encode())
     for path in (case / "artifacts" / MANIFEST, case / "clean.npz", case / "calib.npz", case / "test_clean.npz",
                  case / "test_triggered.npz", *SCORING_CODE):
         digest.update((sha256_file(path) if path.is_file() else f"no {path.name}").encode())
+    for function in code:
+        digest.update(inspect.getsource(function).encode())
     return digest.hexdigest()
 
 
@@ -132,7 +138,7 @@ def score_case(case: Path, cache: Path | None = None) -> CaseScores:
     def compute() -> CaseScores:
         engine = ScoringEngine(load_artifacts(case / "artifacts"))  # every rule the verdict can fuse
         return scores_with(engine, case, engine.first_stage_rules)
-    return CaseScores.cached(cache / f"{case.name}.npz" if cache else None, case, compute)
+    return CaseScores.cached(cache / f"{case.name}.npz" if cache else None, case, compute, (score_case, scores_with))
 
 
 def scores_with(engine: ScoringEngine, case: Path, first_stage_rules: tuple[str, ...]) -> CaseScores:

@@ -49,7 +49,8 @@ def int8_scores(case: Path, fp32: CaseScores, scratch: Path, cache: Path | None 
             scores, shared = getattr(int8, part), getattr(fp32, part)
             scores.update({rule: values for rule, values in shared.items() if rule not in scores})
         return int8
-    return CaseScores.cached(cache / f"{case.name}.int8.npz" if cache else None, case, compute)
+    return CaseScores.cached(cache / f"{case.name}.int8.npz" if cache else None, case, compute,
+                             (int8_scores, scores_with))
 
 
 def to_markdown(results: dict[str, dict[str, dict]]) -> str:

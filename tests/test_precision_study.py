@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from offline.cascade_study import measure, score_case
+from offline.cascade_study import CaseScores, measure, score_case
 from offline.precision_study import SETTINGS, int8_scores, to_markdown
 
 
@@ -58,3 +58,26 @@ def test_a_cached_score_made_from_other_data_is_scored_again(tiny_case, tiny_art
     after = score_case(case, cache)
     assert len(after.calib["mahalanobis"]) == len(before.calib["mahalanobis"]) // 2
     assert len(score_case(case, cache).calib["mahalanobis"]) == len(after.calib["mahalanobis"])  # and kept
+
+
+def _scoring_one_way() -> int:
+    return 1
+
+
+def _scoring_another_way() -> int:
+    return 2
+
+
+def test_a_cached_score_is_scored_again_when_the_study_s_scoring_code_changes_and_not_otherwise(tmp_path):
+    case, path, calls = tmp_path / "case", tmp_path / "scores" / "case.npz", []
+    case.mkdir()
+
+    def compute() -> CaseScores:
+        calls.append(1)
+        return CaseScores(("badexpert",), *({"badexpert": np.arange(3.0) + len(calls)} for _ in CaseScores.PARTS))
+
+    first = CaseScores.cached(path, case, compute, (_scoring_one_way,))
+    kept = CaseScores.cached(path, case, compute, (_scoring_one_way,))
+    assert len(calls) == 1 and (kept.calib["badexpert"] == first.calib["badexpert"]).all()
+    changed = CaseScores.cached(path, case, compute, (_scoring_another_way,))
+    assert len(calls) == 2 and (changed.calib["badexpert"] != first.calib["badexpert"]).all()
