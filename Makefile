@@ -94,15 +94,17 @@ performance-doc: venv
 	$(PY) -m offline.performance_report $(PERF)/bench-engine.json $(PERF)/bench-serving.json $(GPU_REPORTS) \
 	  > docs/PERFORMANCE.md
 
-# Regenerates docs/CASCADE.md from the cases `make results` left in runs/ (about a minute a
-# case on 2 cores; each case's scores are kept in runs/.scores and scored again only when the
-# case was built or poisoned again).
+# Regenerates docs/CASCADE.md from the cases `make results` left in runs/ (40-70 seconds a
+# case on 2 cores, an hour for the 70 attack cases; each case's scores are kept in
+# runs/.scores and scored again only when the case, the scoring code or onnxruntime changed:
+# from the cache the whole study takes seconds).
 cascade-study: venv
 	$(PY) -m offline.cascade_study --scores $(RUNS)/.scores $(RUNS)/*/ > docs/CASCADE.md
 
 # Regenerates docs/INT8.md (the int8 first stage's detection against the float one) from
-# the same cases (about 40 minutes on 2 cores; the float scores and the int8 ones are kept
-# in runs/.scores like the cascade study's).
+# the same cases (about 5 minutes on 2 cores once the cascade study has scored them in
+# float: only the first stage is scored again, in int8; its scores are kept in runs/.scores
+# too).
 int8-study: venv
 	$(PY) -m offline.precision_study --scores $(RUNS)/.scores $(RUNS)/*/ > docs/INT8.md
 
