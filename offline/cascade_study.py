@@ -119,7 +119,7 @@ class CaseScores:
         return scores
 
 
-def case_digest(case: Path, code: tuple[Callable, ...] = ()) -> str:
+def case_digest(case: Path, code: tuple[Callable, ...]) -> str:
     """One digest of what a case's scores are made from: its artifacts' manifest (which pins
     every model file by its digest), its data sets (clean.npz is what int8 quantization
     calibrates on), and the code that scores and quantizes (the firewall package, the
