@@ -25,7 +25,7 @@ import hashlib
 import inspect
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,14 +90,15 @@ class CaseScores:
                  **{f"{part}/{rule}": values for part in self.PARTS for rule, values in getattr(self, part).items()})
 
     @classmethod
-    def load(cls, path: Path, source: str | None = None) -> "CaseScores | None":
-        """The scores stored at `path`; None if `source` is given and they were not made from it."""
+    def load(cls, path: Path) -> "CaseScores":
         with np.load(path, allow_pickle=False) as stored:
-            if source is not None and ("source" not in stored.files or str(stored["source"]) != source):
-                return None
-            parts = {part: {key.split("/", 1)[1]: stored[key] for key in stored.files if key.startswith(f"{part}/")}
-                     for part in cls.PARTS}
-            return cls(tuple(str(rule) for rule in stored["first_stage_rules"]), **parts)
+            return cls._read(stored)
+
+    @classmethod
+    def _read(cls, stored: Mapping[str, np.ndarray]) -> "CaseScores":
+        parts = {part: {key.split("/", 1)[1]: stored[key] for key in stored if key.startswith(f"{part}/")}
+                 for part in cls.PARTS}
+        return cls(tuple(str(rule) for rule in stored["first_stage_rules"]), **parts)
 
     @classmethod
     def cached(cls, path: Path | None, case: Path, compute: Callable[[], "CaseScores"],
@@ -110,9 +111,10 @@ class CaseScores:
         if path is None:
             return compute()
         source = case_digest(case, code)
-        stored = cls.load(path, source) if path.is_file() else None
-        if stored is not None:
-            return stored
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as stored:
+                if "source" in stored and str(stored["source"]) == source:
+                    return cls._read(stored)
         scores = compute()
         path.parent.mkdir(parents=True, exist_ok=True)
         scores.save(path, source)
