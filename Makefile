@@ -82,14 +82,17 @@ bench-serving: venv
 # The GPU half, on a machine with an NVIDIA GPU and onnxruntime-gpu in .venv in place of
 # onnxruntime (`.venv/bin/pip uninstall -y onnxruntime && .venv/bin/pip install
 # onnxruntime-gpu`, with CUDA 13 and cuDNN 9 where it can load them): an untrained
-# ResNet-18-sized artifacts set, the engine against eager PyTorch on the GPU, and the
-# issue's serving configuration with both servers on the GPU (about 8 minutes).
+# ResNet-18-sized artifacts set built twice (the second with --stack-networks), the engine
+# against eager PyTorch on the GPU, and the issue's serving configuration on each build with
+# both servers on the GPU (about 12 minutes on an H100 with 16 cores, from its parts' times
+# in session 36, which ran them one by one).
 bench-gpu: venv
 	scripts/bench_gpu.sh $(PY) $(RUNS) $(PERF)
 	$(MAKE) performance-doc
 
 GPU_REPORTS = $(if $(wildcard $(PERF)/bench-engine-gpu.json),--gpu-engine $(PERF)/bench-engine-gpu.json) \
-              $(if $(wildcard $(PERF)/bench-serving-gpu.json),--gpu-serving $(PERF)/bench-serving-gpu.json)
+              $(if $(wildcard $(PERF)/bench-serving-gpu.json),--gpu-serving $(PERF)/bench-serving-gpu.json) \
+              $(if $(wildcard $(PERF)/bench-serving-gpu-stacked.json),--gpu-serving-stacked $(PERF)/bench-serving-gpu-stacked.json)
 performance-doc: venv
 	$(PY) -m offline.performance_report $(PERF)/bench-engine.json $(PERF)/bench-serving.json $(GPU_REPORTS) \
 	  > docs/PERFORMANCE.md

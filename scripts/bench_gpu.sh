@@ -2,9 +2,10 @@
 # The GPU half of docs/PERFORMANCE.md (issue 5): an untrained ResNet-18-sized artifacts
 # set (latency does not depend on the weights' values), the engine on onnxruntime's CUDA
 # provider against eager PyTorch on the GPU, and bare MLServer against MLServer behind
-# the firewall with both models on the GPU (the engine also with the firewall's networks
-# stacked, `offline build --stack-networks`). Fails rather than report a CPU fallback.
-# usage: scripts/bench_gpu.sh PYTHON RUNS RECORDS   (writes RECORDS/bench-{engine,serving}-gpu.json)
+# the firewall with both models on the GPU, each also with the firewall's networks stacked
+# (`offline build --stack-networks`). Fails rather than report a CPU fallback.
+# usage: scripts/bench_gpu.sh PYTHON RUNS RECORDS
+#   (writes RECORDS/bench-engine-gpu.json, bench-serving-gpu.json, bench-serving-gpu-stacked.json)
 set -euo pipefail
 py=${1:?usage: bench_gpu.sh PYTHON RUNS RECORDS} runs=${2:?} records=${3:?}
 "$py" - <<'PY'
@@ -21,5 +22,8 @@ test -f "$stacked/artifacts/thresholds.json" || \
   "$py" -m offline.untrained_case "$stacked" --arch resnet18 --width 64 --stack-networks --force
 mkdir -p "$records"
 "$py" -m offline.bench_engine "$case" --device cuda --stacked "$stacked/artifacts" --json "$records/bench-engine-gpu.json"
-"$py" -m offline.bench_serving "$case" --configs issue --pinned-upstream-configs '' \
-  --require-provider CUDAExecutionProvider --json "$records/bench-serving-gpu.json"
+for build in "$case" "$stacked"; do
+  suffix=${build#"$case"}
+  "$py" -m offline.bench_serving "$build" --configs issue --pinned-upstream-configs '' \
+    --require-provider CUDAExecutionProvider --json "$records/bench-serving-gpu$suffix.json"
+done

@@ -27,9 +27,9 @@ def _serving(*rows: dict) -> dict:
 
 def test_the_added_p99_at_concurrency_1_decides_the_gpu_target():
     met = "\n".join(gpu_section(None, _serving(_row(TARGET_RUNG, 1, 3.0, 4.5), _row(TARGET_RUNG, 8, 3.0, 30.0))))
-    assert "| 1.50 ms | yes |" in met
+    assert "| 1.50 ms (p50: 0.75 ms) | yes |" in met
     missed = "\n".join(gpu_section(None, _serving(_row(TARGET_RUNG, 1, 3.0, 5.5), _row(FLOOR_RUNG, 1, 3.0, 3.1))))
-    assert "| 2.50 ms | **no** |" in missed
+    assert "| 2.50 ms (p50: 1.25 ms) | **no** |" in missed
     assert "NVIDIA H100 80GB HBM3" in missed and "firewall on CUDAExecutionProvider" in missed
 
 
@@ -40,10 +40,20 @@ def test_without_the_issues_configuration_at_concurrency_1_no_gpu_target_is_clai
 
 def test_a_run_from_before_the_default_cascade_is_read_off_the_first_stage_rung_and_says_so():
     earlier = "\n".join(gpu_section(None, _serving(_row(FIRST_STAGE_TARGET_RUNG, 1, 3.0, 4.0))))
-    assert "| 1.00 ms | yes |" in earlier and f'rung "{FIRST_STAGE_TARGET_RUNG}"' in earlier
+    assert "| 1.00 ms (p50: 0.50 ms) | yes |" in earlier and f'rung "{FIRST_STAGE_TARGET_RUNG}"' in earlier
     both = "\n".join(gpu_section(None, _serving(_row(FIRST_STAGE_TARGET_RUNG, 1, 3.0, 4.0),
                                                 _row(TARGET_RUNG, 1, 3.0, 6.0))))
-    assert "| 3.00 ms | **no** |" in both and f'rung "{TARGET_RUNG}"' in both
+    assert "| 3.00 ms (p50: 1.50 ms) | **no** |" in both and f'rung "{TARGET_RUNG}"' in both
+
+
+def test_the_stacked_build_has_its_own_target_row_and_serving_table_beside_the_default_one():
+    default, stacked = _serving(_row(TARGET_RUNG, 1, 3.0, 6.0)), _serving(_row(TARGET_RUNG, 1, 3.0, 4.0))
+    text = "\n".join(gpu_section(None, default, stacked))
+    rows = [line for line in text.splitlines() if line.startswith("| added p99")]
+    assert len(rows) == 2
+    assert "default build" in rows[0] and "| 3.00 ms (p50: 1.50 ms) | **no** |" in rows[0]
+    assert "--stack-networks" in rows[1] and "| 1.00 ms (p50: 0.50 ms) | yes |" in rows[1]
+    assert "### Serving, networks stacked" in text
 
 
 def _engine(ms: dict[str, dict[int, float]]) -> dict:
