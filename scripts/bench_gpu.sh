@@ -22,7 +22,7 @@ test -f "$stacked/artifacts/thresholds.json" || \
   "$py" -m offline.untrained_case "$stacked" --arch resnet18 --width 64 --stack-networks --force
 mkdir -p "$records"
 "$py" -m offline.bench_engine "$case" --device cuda --stacked "$stacked/artifacts" --json "$records/bench-engine-gpu.json"
-for build in "$case" "$stacked"; do
+for build in "$case" "$stacked"; do  # bench-serving-gpu.json, then bench-serving-gpu-stacked.json
   suffix=${build#"$case"}
   "$py" -m offline.bench_serving "$build" --configs issue --pinned-upstream-configs '' \
     --require-provider CUDAExecutionProvider --json "$records/bench-serving-gpu$suffix.json"
