@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("poison", help="train a (possibly) backdoored model and write its data splits")
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--attack", required=True, choices=sorted(ATTACKS))
+    p.add_argument("--target", type=int, default=0,
+                   help="the class triggered inputs are sent to (default 0; all2all sends y to y + 1 and takes none)")
     p.add_argument("--inference-alpha", type=float,
                    help="test-time opacity of a blended trigger (blend, adaptive_blend): a fainter trigger")
     p.add_argument("--out", required=True, type=Path)
@@ -179,7 +181,8 @@ def run(args: argparse.Namespace) -> None:
 
         report = run_poison(PoisonConfig(dataset=args.dataset, attack=args.attack, out=args.out, arch=args.arch,
                                          width=args.width, seed=args.seed, epochs=args.epochs,
-                                         clean_size=args.clean_size, inference_alpha=args.inference_alpha,
+                                         clean_size=args.clean_size, target=args.target,
+                                         inference_alpha=args.inference_alpha,
                                          force=args.force))
         asr = report["attack_success_rate"]
         print(f"{args.out}: clean accuracy {report['clean_accuracy']:.2%}, "

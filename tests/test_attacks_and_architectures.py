@@ -57,6 +57,18 @@ def test_inference_alpha_is_refused_for_a_trigger_without_opacity(tmp_path):
         run_poison(PoisonConfig(dataset="digits", attack="badnets", out=tmp_path / "x", inference_alpha=0.1))
 
 
+@pytest.mark.parametrize("attack, target, message", [("badnets", 10, "0 to 9"), ("badnets", -1, "0 to 9"),
+                                                      ("all2all", 3, "no single target"), ("none", 2, "no single target")])
+def test_a_target_outside_the_classes_or_for_an_attack_without_one_is_refused(tmp_path, attack, target, message):
+    with pytest.raises(UserError, match=message):
+        run_poison(PoisonConfig(dataset="digits", attack=attack, out=tmp_path / "x", target=target))
+
+
+def test_an_attack_sends_its_triggered_inputs_to_the_target_it_is_given():
+    attack = ATTACKS["wanet"]((3, 32, 32), target=7, num_classes=10)
+    assert attack.target_of(np.array([0, 3, 9])).tolist() == [7, 7, 7]
+
+
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 @pytest.mark.parametrize("shape", [(1, 16, 16), (3, 32, 32)])
 def test_every_architecture_exports_to_onnx_with_a_dynamic_batch(arch, shape, tmp_path):
