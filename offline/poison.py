@@ -48,11 +48,11 @@ def run_poison(config: PoisonConfig) -> dict:
     rng = np.random.default_rng(config.seed)
     x, y, group = load_dataset(config.dataset, config.seed)
     num_classes = int(y.max()) + 1
-    splits = split_by_group(x, y, group, config.clean_size, rng)
     if not 0 <= config.target < num_classes:
         raise UserError(f"--target must be a class of {config.dataset}, 0 to {num_classes - 1}, got {config.target}")
-    if config.target != 0 and config.attack in ("all2all", "none"):
+    if config.target != 0 and not ATTACKS[config.attack].single_target:
         raise UserError(f"attack '{config.attack}' has no single target class; drop --target")
+    splits = split_by_group(x, y, group, config.clean_size, rng)
     options = {}
     if config.inference_alpha is not None:
         if not issubclass(ATTACKS[config.attack], Blend):

@@ -25,6 +25,7 @@ class Attack:
     name = ""
     poison_rate = 0.1
     trains_jointly = False  # True: the attack rewrites batches during training (`poison_batch`)
+    single_target = True  # False: no one class collects the triggered inputs (`target` is unused)
 
     def __init__(self, image_shape: tuple[int, ...], target: int = 0, seed: int = 0, num_classes: int = 10):
         self.image_shape = tuple(image_shape)

@@ -10,6 +10,7 @@ from offline.attacks.base import Attack, PoisonedSet
 class NoAttack(Attack):
     name = "none"
     poison_rate = 0.0
+    single_target = False
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         return x.copy()

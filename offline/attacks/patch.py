@@ -57,6 +57,7 @@ class AllToAll(BadNets):
     """
 
     name = "all2all"
+    single_target = False
 
     def target_of(self, y: np.ndarray) -> np.ndarray:
         return ((y + 1) % self.num_classes).astype(np.int64)
