@@ -64,6 +64,9 @@ BY_CLASS_OUTPUTS = {"badexpert": "badexpert_by_class", "badexpert_tsbd": "badexp
                     "expert_posterior": "expert_posterior_by_class",
                     "layer_mahalanobis": "layer_mahalanobis_by_class",
                     "spectrum_mahalanobis": "spectrum_mahalanobis_by_class"}
+# The one first-stage rule no graph computes: its score for every class comes from the
+# manifest (the class the build suspects to be the backdoor's target; firewall/rules/target_class.py).
+TARGET_CLASS_RULE = "target_class"
 # The classifiers as torch.export programs, for the eager-PyTorch engine benchmark
 # (which cuts M's features from M itself). Listed and hashed like every file; the
 # sidecar never opens them.
@@ -121,6 +124,7 @@ class Manifest:
     normalization: Normalization
     files: dict[str, str]
     raw: dict[str, Any] = field(repr=False, compare=False)
+    suspected_target: int | None = None  # the class the build found the backdoor sends inputs to, if any
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Manifest":
@@ -144,9 +148,21 @@ class Manifest:
                 ),
                 files={name: str(entry["sha256"]) for name, entry in data["files"].items()},
                 raw=data,
+                suspected_target=_suspected_target(data),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"manifest.json is missing or has a malformed key ({exc!r})") from exc
+
+
+def _suspected_target(data: dict[str, Any]) -> int | None:
+    """The build's suspected target class; None where it named none or did not look (a build with
+    `--target-identification-steps 0`)."""
+    target = (data.get("target_identification") or {}).get("suspected_target")
+    if target is None:
+        return None
+    if not 0 <= int(target) < int(data["num_classes"]):
+        raise ValueError(f"target_identification.suspected_target {target} is not a class")
+    return int(target)
 
 
 @dataclass(frozen=True)

@@ -103,10 +103,21 @@ DEFAULT_SPECTRUM_MAHALANOBIS_WEIGHT = 0.5
 # width-8 adaptive_blend 0.897 -> 0.922, dynamic 0.949 -> 0.956, WaNet 0.911 -> 0.911 over
 # three seeds, as predicted ("The expert posterior"). `offline calibrate --expert-posterior-weight`.
 DEFAULT_EXPERT_POSTERIOR_WEIGHT = 0.5
+
+# The suspected target's evidence counts as BaDExpert's (firewall/rules/target_class.py).
+# Read off the matrix's attack cases in a study on their cached scores with each case's
+# target identified by the build's own method (session 37; docs/METHODS.md, "The suspected
+# target"): weight 0.5 / 1 / 1.5 / 2 raise the mean AUROC and TPR at 1% FPR with the
+# weight, most on the weak width-8 cells, but on the clean models where a class was named
+# wrongly the clean inputs M sends there are rejected more the more it weighs (at most 5% at
+# weight 1, 6.7% at 2, against 1.7% without the rule), and the test FPR drifts up.
+# `offline calibrate --target-class-weight`.
+DEFAULT_TARGET_CLASS_WEIGHT = 1.0
 DEFAULT_WEIGHTS = {"exposed": DEFAULT_EXPOSED_WEIGHT, "mahalanobis": DEFAULT_MAHALANOBIS_WEIGHT,
                    "layer_mahalanobis": DEFAULT_LAYER_MAHALANOBIS_WEIGHT,
                    "spectrum_mahalanobis": DEFAULT_SPECTRUM_MAHALANOBIS_WEIGHT,
                    "expert_posterior": DEFAULT_EXPERT_POSTERIOR_WEIGHT,
+                   "target_class": DEFAULT_TARGET_CLASS_WEIGHT,
                    **{rule: DEFAULT_LATER_RULE_WEIGHT for rule in LATER_RULES}}
 
 # The auxiliary posterior's evidence counts half as well, shared between the auxiliaries

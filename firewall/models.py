@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from firewall.artifacts import BY_CLASS_OUTPUTS, FUSED_FILES, PREDICTION_OUTPUT, Artifacts
+from firewall.artifacts import BY_CLASS_OUTPUTS, FUSED_FILES, PREDICTION_OUTPUT, TARGET_CLASS_RULE, Artifacts
 from firewall.cuda_graph import CUDA, BoundReplay, capture_sizes, with_cuda_graphs
 from firewall.probabilities import softmax
 
@@ -201,12 +201,15 @@ class ModelSet:
         return [np.concatenate(parts)[:n] for parts in zip(*outputs)]
 
     def first_stage(self, x: np.ndarray, predict: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
-        """(M's prediction or None, {rule: its score for every class}) from one fused-graph run.
+        """(M's prediction or None, {rule: its score for every class}) from one fused-graph run,
+        and the suspected target's rule, which needs no network.
 
         Without `predict` the graph without M runs: the prediction comes from elsewhere."""
         role = "fused" if predict else "fused_without_original"
         outputs = self.run(role, x)
         by_class = {rule: outputs[name] for rule, name in BY_CLASS_OUTPUTS.items() if name in outputs}
+        manifest = self._artifacts.manifest
+        by_class[TARGET_CLASS_RULE] = _target_class_by_class(manifest.suspected_target, len(x), manifest.num_classes)
         return (outputs[PREDICTION_OUTPUT].astype(np.int64) if predict else None), by_class
 
     def logits(self, role: str, x: np.ndarray) -> np.ndarray:
@@ -214,6 +217,15 @@ class ModelSet:
 
     def probs(self, role: str, x: np.ndarray) -> np.ndarray:
         return softmax(self.logits(role, x))
+
+
+def _target_class_by_class(suspected_target: int | None, rows: int, num_classes: int) -> np.ndarray:
+    """[rows, K]: the suspected-target rule's score for every class (firewall/rules/target_class.py), 1 in
+    the suspected target's column; all 0 where the build named none."""
+    scores = np.zeros((rows, num_classes), np.float32)
+    if suspected_target is not None:
+        scores[:, suspected_target] = 1.0
+    return scores
 
 
 def _filled(rows_of_x: np.ndarray, rows: int) -> np.ndarray:

@@ -110,9 +110,12 @@ def recalibrates(case: Path, config: BenchConfig) -> bool:
 
 
 def _built_as_this_run_would(place: Path, config: BenchConfig) -> bool:
+    """The same schema and auxiliary method, and a build that looked for the backdoor's target (the
+    firewall serves one that did not, without the suspected-target rule's evidence)."""
     manifest = built_manifest(place, config.auxiliary)
     return (manifest is not None and manifest.get("schema_version") == SCHEMA_VERSION
-            and manifest["build"]["auxiliary_method"] == (config.auxiliary or DEFAULT_AUXILIARY))
+            and manifest["build"]["auxiliary_method"] == (config.auxiliary or DEFAULT_AUXILIARY)
+            and manifest.get("target_identification") is not None)
 
 
 def run_bench(config: BenchConfig) -> tuple[list[Path], dict[str, str]]:

@@ -81,12 +81,18 @@ class StoredGaussians:
                    artifacts.layer_gaussians(), artifacts.class_gaussians("spectrum"))
 
 
+def _is_target(yhat, suspected_target: int | None):
+    """The suspected-target rule on predictions (a tensor or an array): whether each is the target."""
+    return yhat == (-1 if suspected_target is None else suspected_target)
+
+
 class EagerRules:
     """The serving rules written directly in PyTorch, run eagerly on the torch models."""
 
     def __init__(self, artifacts_dir: Path, bank: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...],
                  gaussians: StoredGaussians, auxiliaries: list[str], input_shape: tuple[int, ...],
-                 device: str = "cpu"):
+                 suspected_target: int | None = None, device: str = "cpu"):
+        self.suspected_target = suspected_target
         roles = ["original", "expert", "exposed", *auxiliaries]
         self.models = {role: load_pt2(artifacts_dir / TORCH_FILES[role]).module().to(device) for role in roles}
         self.auxiliaries = {role: split_before_classifier(self.models[role]) for role in auxiliaries}
@@ -107,15 +113,16 @@ class EagerRules:
     def of(cls, artifacts: Artifacts, bank: np.ndarray, gaussians: StoredGaussians, auxiliaries: list[str],
            device: str = "cpu") -> "EagerRules":
         """The eager rules of an artifacts set."""
-        norm = artifacts.manifest.normalization
-        return cls(artifacts.root, bank, norm.mean, norm.std, gaussians, auxiliaries, artifacts.manifest.input_shape,
-                   device)
+        manifest = artifacts.manifest
+        norm = manifest.normalization
+        return cls(artifacts.root, bank, norm.mean, norm.std, gaussians, auxiliaries, manifest.input_shape,
+                   manifest.suspected_target, device)
 
     @torch.inference_mode()
     def first_stage(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """M's prediction, and the BaDExpert (with each auxiliary), exposed-margin, Mahalanobis,
-        auxiliary-posterior (with each auxiliary), expert-posterior, layer-Mahalanobis and
-        spectrum scores of it."""
+        auxiliary-posterior (with each auxiliary), expert-posterior, layer-Mahalanobis,
+        spectrum and suspected-target scores of it."""
         features, pooled = self.features(x)
         yhat = self.original.head(features).argmax(dim=1)
         expert_features = self.expert.trunk(x)
@@ -128,9 +135,10 @@ class EagerRules:
             posteriors.append(posterior_by_class_torch(self.mahalanobis[role](aux_features)))
         exposed = exposed_by_class(self.models["exposed"](x))
         mahalanobis = self.mahalanobis["original"](features)
-        return yhat, *(scores.gather(1, yhat[:, None])[:, 0]
-                       for scores in (*badexpert, exposed, mahalanobis, *posteriors, expert_posterior,
-                                      self.layer_mahalanobis(pooled), self.spectrum_mahalanobis(x)))
+        return (yhat, *(scores.gather(1, yhat[:, None])[:, 0]
+                        for scores in (*badexpert, exposed, mahalanobis, *posteriors, expert_posterior,
+                                       self.layer_mahalanobis(pooled), self.spectrum_mahalanobis(x))),
+                _is_target(yhat, self.suspected_target).float())
 
     @torch.inference_mode()
     def strip(self, x: torch.Tensor, yhat: torch.Tensor) -> torch.Tensor:
@@ -147,6 +155,7 @@ class SeparateSessionRules:
 
     def __init__(self, engine: ScoringEngine, gaussians: StoredGaussians, auxiliaries: list[str]):
         self.models, self.gaussians, self.auxiliaries = engine.models, gaussians, auxiliaries
+        self.suspected_target = engine.manifest.suspected_target
 
     def first_stage(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
         """M's prediction and the first-stage scores of it, in EagerRules.first_stage's order."""
@@ -161,7 +170,8 @@ class SeparateSessionRules:
         by_layer = layer_mahalanobis_by_class(models.logits("layer_features", x), gaussians.layers)
         return (yhat, *badexpert, prob_of(margin_by_class(models.logits("exposed", x)), yhat),
                 prob_of(mahalanobis_by_class(features, *gaussians.by_model["original"]), yhat), *posteriors,
-                prob_of(by_layer, yhat), prob_of(spectrum_mahalanobis_by_class(x, *gaussians.spectrum), yhat))
+                prob_of(by_layer, yhat), prob_of(spectrum_mahalanobis_by_class(x, *gaussians.spectrum), yhat),
+                _is_target(yhat, self.suspected_target).astype(np.float64))
 
 
 def _median_seconds(call: Callable[[], object], seconds: float, max_calls: int = 5000) -> float:

@@ -26,6 +26,7 @@ _WEIGHTED_EVIDENCE = {
     "layer_mahalanobis": "the layer-Mahalanobis rule's evidence (M's activations at six depths)",
     "spectrum_mahalanobis": "the spectrum rule's evidence (the input's own frequency content)",
     "expert_posterior": "the expert posterior's evidence (M's class under B's features)",
+    "target_class": "the suspected target's evidence (M answers the class the build found the backdoor sends to)",
 }
 
 
@@ -47,7 +48,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     from offline.attacks import ATTACKS
-    from offline.build.pipeline import AUXILIARY_METHODS, DEFAULT_AUXILIARY
+    from offline.build.pipeline import AUXILIARY_METHODS, DEFAULT_AUXILIARY, TARGET_IDENTIFICATION_STEPS
     from offline.data.splits import DATASETS
     from offline.models import ARCHITECTURES
 
@@ -90,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run B, the auxiliaries and E in the fused graphs as one network of grouped convolutions "
                         "(convolutional networks only; for GPUs, where the networks one after another are bound "
                         "by latency: docs/PERFORMANCE_NOTES.md); the scores are the same to float rounding")
+    b.add_argument("--target-identification-steps", type=int, default=TARGET_IDENTIFICATION_STEPS, metavar="N",
+                   help="look for the backdoor's target class: N optimisation steps per class of a reverse-engineered "
+                        "trigger (default %(default)s; 0 does not look, and the suspected-target rule adds nothing)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--reuse-models", type=Path, metavar="ARTIFACTS",
                    help="take B, E and M' from this earlier build of the same model on the same clean data instead "
@@ -195,6 +199,7 @@ def run(args: argparse.Namespace) -> None:
                                          input_mean=args.input_mean, input_std=args.input_std,
                                          shared_trunk=args.shared_trunk, seed=args.seed,
                                          reuse_models=args.reuse_models, stack_networks=args.stack_networks,
+                                         target_identification_steps=args.target_identification_steps,
                                          force=args.force))
         for role, info in manifest["models"].items():
             extra = f", {info['steps']} steps, stopped by {info['stopped_by']}" if "steps" in info else ""

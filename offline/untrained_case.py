@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from firewall.artifacts import sha256_file
-from firewall.rules import auxiliary_roles, first_stage_rules
+from firewall.rules import auxiliary_roles, graph_rules
 from offline.build.artifacts_writer import write_artifacts
 from offline.build.class_gaussians import (fit_class_gaussians, fit_feature_space, fit_layer_space,
                                           fit_spectrum_gaussians)
@@ -83,7 +83,7 @@ def make_untrained_case(config: UntrainedCaseConfig) -> dict:
         gaussians = fit_class_gaussians(forward(penultimate.trunk, clean.x), clean.y, num_classes)
         expert_space = fit_feature_space(split_before_classifier(models["expert"]), clean, num_classes)
         auxiliary_spaces = {role: fit_feature_space(split_before_classifier(models[role]), clean, num_classes)
-                            for role in auxiliary_roles(first_stage_rules(ROLES))}
+                            for role in auxiliary_roles(graph_rules(ROLES))}
         layers = fit_layer_space(TappedFeatures(penultimate.trunk), clean, num_classes)
     bank_rows = np.random.default_rng(config.seed).choice(len(clean.y), size=min(BuildConfig.strip_bank_size, len(clean.y)), replace=False)
     parameters = sum(p.numel() for p in models["original"].parameters())

@@ -12,7 +12,7 @@ from offline.cli import main as offline
 
 def _build(tiny_case: Path, out: Path, clean: Path | None = None, model: Path | None = None) -> int:
     return offline(["build", "--model", str(model or tiny_case / "model.pt2"),
-                    "--clean-data", str(clean or tiny_case / "clean.npz"), "--out", str(out)])
+                    "--clean-data", str(clean or tiny_case / "clean.npz"), "--out", str(out), "--target-identification-steps", "0"])
 
 
 def _assert_clean_failure(code: int, capsys, out: Path, words: str) -> None:

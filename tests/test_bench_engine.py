@@ -53,6 +53,6 @@ def test_only_a_stacked_build_of_the_same_models_is_timed_as_the_stacked_graph(t
     clean = np.load(tiny_case / "clean.npz")
     np.savez(tmp_path / "clean.npz", x=clean["x"][:150], y=clean["y"][:150])
     assert offline(["build", "--model", str(tiny_case / "model.pt2"), "--clean-data", str(tmp_path / "clean.npz"),
-                    "--out", str(tmp_path / "other"), "--auxiliary", "finetune", "--stack-networks"]) == 0
+                    "--out", str(tmp_path / "other"), "--auxiliary", "finetune", "--stack-networks", "--target-identification-steps", "0"]) == 0
     with pytest.raises(UserError, match="not a build of the same models"):
         _stacked_engine(tmp_path / "other", artifacts, x, threads=1)

@@ -20,7 +20,7 @@ from offline.model_io import load_pt2, save_pt2
 
 def _build(tiny_case: Path, out: Path, *extra: str, model: Path | None = None, clean: Path | None = None) -> int:
     return offline(["build", "--model", str(model or tiny_case / "model.pt2"),
-                    "--clean-data", str(clean or tiny_case / "clean.npz"), "--out", str(out), *extra])
+                    "--clean-data", str(clean or tiny_case / "clean.npz"), "--out", str(out), "--target-identification-steps", "0", *extra])
 
 
 def test_a_build_on_the_fine_tuned_models_of_another_scores_as_that_build(tiny_case: Path, tiny_artifacts: Path,

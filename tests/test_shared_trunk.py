@@ -51,7 +51,7 @@ def count_convs(path: Path) -> int:
 def test_a_shared_trunk_build_fine_tunes_heads_only_and_runs_the_trunk_once(tiny_case: Path, tmp_path: Path):
     out = tmp_path / "shared"
     assert offline(["build", "--model", str(tiny_case / "model.pt2"), "--clean-data", str(tiny_case / "clean.npz"),
-                    "--out", str(out), "--auxiliary", "finetune", "--shared-trunk", "0.9"]) == 0
+                    "--out", str(out), "--auxiliary", "finetune", "--shared-trunk", "0.9", "--target-identification-steps", "0"]) == 0
     artifacts = load_artifacts(out)
     recorded = artifacts.manifest.raw["build"]["shared_trunk"]
     assert recorded["head_share"] == 0.9 and recorded["trunk_parameters"] > 0

@@ -42,7 +42,7 @@ def test_zero_reinit_clears_the_most_changed_70_percent_of_the_top_channels_only
 def test_build_with_tsbd_records_the_share_it_chose_on_clean_data(tiny_case, tmp_path):
     out = tmp_path / "art"
     assert offline(["build", "--model", str(tiny_case / "model.pt2"), "--clean-data", str(tiny_case / "clean.npz"),
-                    "--out", str(out), "--auxiliary", "tsbd"]) == 0
+                    "--out", str(out), "--auxiliary", "tsbd", "--target-identification-steps", "0"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     auxiliary = manifest["models"]["auxiliary"]
     assert manifest["build"]["auxiliary_method"] == "tsbd"

@@ -15,16 +15,18 @@ from firewall.thresholds import Thresholds
 from offline.cli import main as offline
 
 BOTH_FIRST_STAGE = ("badexpert", "badexpert_tsbd", "exposed", "mahalanobis", "auxiliary_posterior",
-                    "auxiliary_tsbd_posterior", "expert_posterior", "layer_mahalanobis", "spectrum_mahalanobis")
+                    "auxiliary_tsbd_posterior", "expert_posterior", "layer_mahalanobis", "spectrum_mahalanobis",
+                    "target_class")
 
 
-def test_a_build_with_the_fine_tuned_auxiliary_alone_has_seven_first_stage_rules(tiny_case, tmp_path):
+def test_a_build_with_the_fine_tuned_auxiliary_alone_has_eight_first_stage_rules(tiny_case, tmp_path):
     out = tmp_path / "artifacts"
     assert offline(["build", "--model", str(tiny_case / "model.pt2"), "--clean-data", str(tiny_case / "clean.npz"),
-                    "--out", str(out), "--auxiliary", "finetune"]) == 0
+                    "--out", str(out), "--auxiliary", "finetune", "--target-identification-steps", "0"]) == 0
     artifacts = load_artifacts(out)
     assert first_stage_rules(artifacts.model_roles) == ("badexpert", "exposed", "mahalanobis", "auxiliary_posterior",
-                                                        "expert_posterior", "layer_mahalanobis", "spectrum_mahalanobis")
+                                                        "expert_posterior", "layer_mahalanobis", "spectrum_mahalanobis",
+                                                        "target_class")
     assert "auxiliary_tsbd" not in artifacts.model_roles
     assert list(artifacts.manifest.raw["auxiliary_posterior"]) == ["auxiliary"]
 

@@ -14,12 +14,13 @@ from firewall.rules.mahalanobis import MahalanobisRule
 from firewall.rules.scaleup import ScaleUpRule
 from firewall.rules.spectrum_mahalanobis import SpectrumMahalanobisRule
 from firewall.rules.strip import ExposedEntropyRule, ExposedStripRule, StripOriginalRule
+from firewall.rules.target_class import TargetClassRule
 
 RULES: dict[str, type[Rule]] = {
     rule.name: rule
     for rule in (BadExpertRule, BadExpertTsbdRule, ExposedRule, MahalanobisRule, AuxiliaryPosteriorRule,
                  AuxiliaryTsbdPosteriorRule, ExpertPosteriorRule, LayerMahalanobisRule, SpectrumMahalanobisRule,
-                 ExposedStripRule, StripOriginalRule, ScaleUpRule, ExposedEntropyRule)
+                 TargetClassRule, ExposedStripRule, StripOriginalRule, ScaleUpRule, ExposedEntropyRule)
 }
 
 # The costly rules (64 superimposed copies through M or E each) that run only in the
@@ -42,15 +43,22 @@ def posterior_rules(rules: Iterable[str]) -> list[str]:
     return [rule for rule in rules if issubclass(RULES[rule], AuxiliaryPosteriorRule)]
 
 
-def first_stage_rules(model_roles: Iterable[str]) -> tuple[str, ...]:
-    """The first-stage rules that a build with these models computes, in BY_CLASS_OUTPUTS'
-    order: a rule that reads an M' (BaDExpert's, the auxiliary posterior) exists where
-    its M' does."""
+def graph_rules(model_roles: Iterable[str]) -> tuple[str, ...]:
+    """The first-stage rules that the fused graph of a build with these models computes, in
+    BY_CLASS_OUTPUTS' order: a rule that reads an M' (BaDExpert's, the auxiliary posterior)
+    exists where its M' does."""
     roles = set(model_roles)
     return tuple(rule for rule in BY_CLASS_OUTPUTS if getattr(RULES[rule], "auxiliary", None) in (None, *roles))
 
 
-__all__ = ["RULES", "LATER_RULES", "auxiliary_roles", "badexpert_rules", "first_stage_rules", "posterior_rules", "Batch", "Rule",
+def first_stage_rules(model_roles: Iterable[str]) -> tuple[str, ...]:
+    """Every rule scored for every request: the fused graph's, then the suspected target's
+    (read from the manifest, no network)."""
+    return (*graph_rules(model_roles), TargetClassRule.name)
+
+
+__all__ = ["RULES", "LATER_RULES", "auxiliary_roles", "badexpert_rules", "first_stage_rules", "graph_rules",
+           "posterior_rules", "Batch", "Rule", "TargetClassRule",
            "BadExpertRule", "BadExpertTsbdRule", "AuxiliaryPosteriorRule", "AuxiliaryTsbdPosteriorRule",
            "ExpertPosteriorRule", "ExposedRule",
            "MahalanobisRule", "LayerMahalanobisRule", "SpectrumMahalanobisRule", "ExposedStripRule",

@@ -30,7 +30,7 @@ from torch import fx, nn
 
 from firewall.artifacts import BY_CLASS_OUTPUTS, FUSED_FILES, PREDICTION_OUTPUT
 from firewall.errors import UserError
-from firewall.rules import RULES, auxiliary_roles, badexpert_rules, first_stage_rules, posterior_rules
+from firewall.rules import RULES, auxiliary_roles, badexpert_rules, graph_rules, posterior_rules
 from firewall.rules.auxiliary_posterior import posterior_by_class
 from firewall.rules.badexpert import triangle_statistic
 from firewall.rules.expert_posterior import ExpertPosteriorRule
@@ -213,7 +213,7 @@ def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians:
     are the class Gaussians of the clean inputs' block spectra. With `stack`, B, the
     auxiliaries and E run as one stacked network where their architecture allows.
     """
-    rules = first_stage_rules(models)
+    rules = graph_rules(models)
     spaces = [auxiliaries[role] for role in auxiliary_roles(rules)]
     networks, layout = _networks(models, expert, spaces, trunk, stack)
     spectrum_distances = SpectrumMahalanobisByClass(tuple(example.shape[1:]), spectrum.means, spectrum.precision)
@@ -265,10 +265,10 @@ def _check(models: dict[str, nn.Module], gaussians: ClassGaussians, expert: Feat
                 "mahalanobis": mahalanobis_by_class(features, gaussians.means, gaussians.precision),
                 "layer_mahalanobis": layer_mahalanobis_by_class(models["layer_features"](tx).numpy(), layers.arrays()),
                 "spectrum_mahalanobis": spectrum_mahalanobis_by_class(x, spectrum.means, spectrum.precision)}
-    for rule in badexpert_rules(first_stage_rules(models)):
+    for rule in badexpert_rules(graph_rules(models)):
         expected[rule] = -triangle_statistic(b, models[RULES[rule].auxiliary](tx).softmax(dim=1).numpy())
     posteriors = {rule: (RULES[rule].auxiliary, auxiliaries[RULES[rule].auxiliary])
-                  for rule in posterior_rules(first_stage_rules(models))}
+                  for rule in posterior_rules(graph_rules(models))}
     for rule, (role, space) in {**posteriors, ExpertPosteriorRule.name: ("expert", expert)}.items():
         own_features = models[f"{role}_features"](tx).flatten(1).numpy().astype(np.float64)
         fitted = space.gaussians

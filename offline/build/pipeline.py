@@ -17,6 +17,7 @@ from offline.build.class_gaussians import (FeatureSpace, fit_class_gaussians, fi
 from offline.build.layer_taps import TappedFeatures
 from offline.build.reuse import load_prior_models
 from offline.build.stages import auxiliary_model, backdoor_expert, exposed_model
+from offline.build.target_identification import identify_target
 from offline.build.trunk_split import Composed, TrunkSplit, split_before_classifier, split_trunk
 from offline.build.tsbd import tsbd_auxiliary
 from offline.data.tensorsets import TensorSet, check_labels, load_tensor_set
@@ -32,6 +33,11 @@ _AUXILIARY_ROLES = {"finetune": {"auxiliary": "finetune"}, "tsbd": {"auxiliary":
                     "both": {"auxiliary": "finetune", "auxiliary_tsbd": "tsbd"}}
 AUXILIARY_METHODS = tuple(_AUXILIARY_ROLES)
 DEFAULT_AUXILIARY = "both"
+# Optimisation steps per class of the target identification's reverse-engineered triggers
+# (offline/build/target_identification.py): 150 found the target of every weak width-8
+# backdoor measured (docs/METHODS.md, "The suspected target"), about a minute and a half for
+# a 32x32 shapes model on 2 cores.
+TARGET_IDENTIFICATION_STEPS = 150
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class BuildConfig:
     shared_trunk: float | None = None  # fine-tune only a head holding this share of M's parameters
     reuse_models: Path | None = None  # an earlier build whose fine-tuned models to take (offline/build/reuse.py)
     stack_networks: bool = False  # B, the auxiliaries and E as one network in the fused graphs (stacked_networks.py)
+    target_identification_steps: int = TARGET_IDENTIFICATION_STEPS  # 0: do not look for the backdoor's target
     seed: int = 0
     force: bool = False
 
@@ -141,7 +148,25 @@ def _fine_tune(model: torch.nn.Module, tuned: torch.nn.Module, tune_train: Tenso
     return {role: m for role, (m, _) in made.items()}, {role: report.to_json() for role, (_, report) in made.items()}
 
 
+def _target_identification(model: torch.nn.Module, clean: TensorSet, num_classes: int,
+                            config: BuildConfig) -> dict | None:
+    """Which class the backdoor sends inputs to, if one stands out, with the evidence; None when not asked."""
+    if config.target_identification_steps == 0:
+        return None
+    if clean.x.ndim != 4:
+        print("note: target identification reverse-engineers image triggers; inputs of shape "
+              f"{clean.x.shape[1:]} are not images, so the build does not look for the backdoor's target",
+              file=sys.stderr)
+        return None
+    report = identify_target(model, clean.x, clean.y, num_classes, mean=config.input_mean, std=config.input_std,
+                             steps=config.target_identification_steps, seed=config.seed)
+    return report.to_json()
+
+
 def run_build(config: BuildConfig) -> dict:
+    if config.target_identification_steps < 0:
+        raise UserError(f"--target-identification-steps is a number of steps, 0 or more; got "
+                        f"{config.target_identification_steps}")
     if config.auxiliary not in AUXILIARY_METHODS:
         raise UserError(f"--auxiliary {config.auxiliary} is not available; use one of {AUXILIARY_METHODS}")
     if config.reuse_models is not None and config.shared_trunk is not None:
@@ -200,6 +225,7 @@ def run_build(config: BuildConfig) -> dict:
                   "software": software_versions(), "clean_row_digests": clean.row_digests(),
                   "fine_tuned_models_from": reused},
         "models": {"original": {"heldout_clean_accuracy": original_acc}, **reports},
+        "target_identification": _target_identification(model, clean, num_classes, config),
     }
     return write_artifacts(config.out, config.force, models=models, penultimate=penultimate, gaussians=gaussians,
                            expert_space=expert_space, auxiliary_spaces=auxiliary_spaces, layers=layers,

@@ -28,7 +28,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from firewall.artifacts import (FUSED_FILES, INT8_FUSED_FILES, MANIFEST, THRESHOLDS, Artifacts, Manifest,
                                 load_artifacts, sha256_file, write_json_atomically)
 from firewall.errors import UserError
-from firewall.rules import first_stage_rules
+from firewall.rules import graph_rules
 from firewall.scoring import ScoringEngine
 from firewall.thresholds import Thresholds
 from offline.data.tensorsets import load_tensor_set
@@ -115,7 +115,7 @@ def _float_input_restored(model: onnx.ModelProto, input_name: str, quantized: se
 
 def _agreement(artifacts: Artifacts, x: np.ndarray) -> dict:
     """How close the int8 first stage's scores are to the float graph's on the clean inputs."""
-    rules = first_stage_rules(artifacts.model_roles)
+    rules = graph_rules(artifacts.model_roles)
     (yhat, fp32), (yhat_int8, int8) = (ScoringEngine(artifacts, rules=rules, precision=p).score(x)
                                        for p in ("fp32", "int8"))
     return {"prediction_agreement": float((yhat == yhat_int8).mean()),

@@ -1,0 +1,120 @@
+"""Which class, if any, M's backdoor sends inputs to: found offline from M and clean data.
+
+A backdoor is a shortcut into one class: a small change to any input sends it there. So
+for each class c, the smallest mask m and pattern p (x' = (1 - m) x + m p, in pixel space)
+that send the clean inputs of the other classes to c is found by gradient descent on
+cross-entropy towards c plus an L1 penalty on the mask (Neural Cleanse, Wang et al.,
+S&P 2019). The backdoor's target needs a far smaller mask than the other classes: its
+anomaly index, how many robust standard deviations its log mask size sits below the
+classes' median, stands out. A clean model's classes are all about equally hard to reach.
+
+Why the firewall wants it: on backdoors that moved only a fraction of their inputs
+(width-8 WaNet, adaptive_blend, dynamic), the rules' evidence is weak, and knowing the
+target lifts the worst cell 0.79 -> 0.92 AUROC in an oracle study (docs/METHODS.md).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+# 1.4826 * MAD estimates a normal distribution's standard deviation; Neural Cleanse
+# flags a class whose index exceeds 2.
+MAD_TO_STD = 1.4826
+ANOMALY_THRESHOLD = 2.0
+
+
+@dataclass
+class TargetReport:
+    """Per class: the reverse-engineered mask's L1 size (pixels), the share of the other
+    classes' clean inputs it sends there, and its anomaly index; the suspected target is
+    the cheapest class when its index exceeds the threshold, else None."""
+
+    mask_sizes: list[float]
+    flip_rates: list[float]
+    anomaly_index: list[float]
+    suspected_target: int | None
+    threshold: float
+    steps: int
+    penalty: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def anomaly_index(mask_sizes: np.ndarray) -> np.ndarray:
+    """How far below the classes' median each class's log mask size sits, in robust standard deviations
+    (positive: cheaper than the median class)."""
+    logs = np.log(np.maximum(mask_sizes, 1e-6))
+    median = np.median(logs)
+    mad = MAD_TO_STD * np.median(np.abs(logs - median))
+    return (median - logs) / max(mad, 1e-6)
+
+
+def _reverse_engineer(model: nn.Module, pixels: torch.Tensor, target: int, to_model: nn.Module, *, steps: int,
+                      penalty: float, batch_size: int, generator: torch.Generator) -> tuple[float, float]:
+    """The smallest mask found that sends `pixels` to `target`: its L1 size and the share it sends there."""
+    height, width = pixels.shape[-2:]
+    mask_logit = torch.full((1, 1, height, width), -3.0, requires_grad=True)
+    pattern_logit = torch.zeros((1, pixels.shape[1], height, width), requires_grad=True)
+    optimizer = torch.optim.Adam([mask_logit, pattern_logit], lr=0.1)
+    labels = torch.full((min(batch_size, len(pixels)),), target)
+    for _ in range(steps):
+        rows = torch.randperm(len(pixels), generator=generator)[: len(labels)]
+        mask, pattern = torch.sigmoid(mask_logit), torch.sigmoid(pattern_logit)
+        stamped = (1 - mask) * pixels[rows] + mask * pattern
+        loss = F.cross_entropy(model(to_model(stamped)), labels) + penalty * mask.mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        mask, pattern = torch.sigmoid(mask_logit), torch.sigmoid(pattern_logit)
+        stamped = (1 - mask) * pixels + mask * pattern
+        flipped = float((model(to_model(stamped)).argmax(1) == target).float().mean())
+    return float(mask.sum()), flipped
+
+
+class _Normalize(nn.Module):
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels - self.mean) / self.std
+
+
+def identify_target(model: nn.Module, x: np.ndarray, y: np.ndarray, num_classes: int, *,
+                    mean: tuple[float, ...] = (0.0,), std: tuple[float, ...] = (1.0,), steps: int = 150,
+                    penalty: float = 1.0, batch_size: int = 128, threshold: float = ANOMALY_THRESHOLD,
+                    seed: int = 0) -> TargetReport:
+    """Reverse-engineer a trigger for every class from clean images `x` (model space, labels `y`; pixels in
+    [0, 1] once `mean` and `std` are undone, like every trigger here) and name the class whose trigger is
+    anomalously small, if one is.
+
+    A frozen copy of M is used (M as loaded, in its exported eval mode); only the masks and patterns are
+    optimised."""
+    model = copy.deepcopy(model)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    to_model = _Normalize(mean, std)
+    pixels_all = torch.from_numpy(x) * to_model.std + to_model.mean
+    generator = torch.Generator().manual_seed(seed)
+    sizes, flips = [], []
+    for target in tqdm(range(num_classes), desc="target identification", unit="class", disable=None):
+        others = pixels_all[torch.from_numpy(y != target)]
+        size, flipped = _reverse_engineer(model, others, target, to_model, steps=steps, penalty=penalty,
+                                          batch_size=batch_size, generator=generator)
+        sizes.append(size)
+        flips.append(flipped)
+    index = anomaly_index(np.asarray(sizes))
+    cheapest = int(np.argmax(index))
+    return TargetReport(mask_sizes=sizes, flip_rates=flips, anomaly_index=[float(v) for v in index],
+                        suspected_target=cheapest if index[cheapest] > threshold else None, threshold=threshold,
+                        steps=steps, penalty=penalty)
