@@ -13,7 +13,7 @@ import pytest
 
 from firewall.artifacts import INT8_FUSED_FILES, THRESHOLDS, load_artifacts
 from firewall.errors import ArtifactError
-from firewall.rules import first_stage_rules
+from firewall.rules import graph_rules
 from firewall.scoring import ScoringEngine
 from firewall.thresholds import Thresholds
 from offline.build.quantize import quantizable_nodes
@@ -29,7 +29,7 @@ def quantized(tiny_case: Path, tiny_artifacts: Path, tmp_path_factory) -> Path:
 
 def _first_stage(art: Path, precision: str, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     loaded = load_artifacts(art)
-    return ScoringEngine(loaded, rules=first_stage_rules(loaded.model_roles), precision=precision).score(x)
+    return ScoringEngine(loaded, rules=graph_rules(loaded.model_roles), precision=precision).score(x)
 
 
 def test_quantizing_adds_int8_graphs_that_the_manifest_pins(quantized):

@@ -20,7 +20,7 @@ from offline.model_io import load_pt2, save_pt2
 
 def _build(tiny_case: Path, out: Path, *extra: str, model: Path | None = None, clean: Path | None = None) -> int:
     return offline(["build", "--model", str(model or tiny_case / "model.pt2"),
-                    "--clean-data", str(clean or tiny_case / "clean.npz"), "--out", str(out), "--target-identification-steps", "0", *extra])
+                    "--clean-data", str(clean or tiny_case / "clean.npz"), "--out", str(out), *extra])
 
 
 def test_a_build_on_the_fine_tuned_models_of_another_scores_as_that_build(tiny_case: Path, tiny_artifacts: Path,
@@ -34,6 +34,8 @@ def test_a_build_on_the_fine_tuned_models_of_another_scores_as_that_build(tiny_c
     for role in ("expert", "exposed", "auxiliary", "auxiliary_tsbd"):
         recorded = json.loads((tiny_artifacts / "manifest.json").read_text())["models"][role]
         assert manifest["models"][role] == {**recorded, "reused": True}
+    found = json.loads((tiny_artifacts / "manifest.json").read_text())["target_identification"]
+    assert manifest["target_identification"] == {**found, "reused": True}  # M and the clean rows are the same
 
 
 def test_models_fine_tuned_on_other_clean_rows_are_refused(tiny_case: Path, tiny_artifacts: Path, tmp_path: Path,

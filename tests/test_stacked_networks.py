@@ -80,7 +80,7 @@ def test_networks_of_different_architectures_are_not_stacked():
 def stacked_artifacts(tiny_case: Path, tiny_artifacts: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("stacked") / "artifacts"
     assert offline(["build", "--model", str(tiny_case / "model.pt2"), "--clean-data", str(tiny_case / "clean.npz"),
-                    "--out", str(out), "--reuse-models", str(tiny_artifacts), "--stack-networks", "--target-identification-steps", "0"]) == 0
+                    "--out", str(out), "--reuse-models", str(tiny_artifacts), "--stack-networks"]) == 0
     return out
 
 

@@ -34,9 +34,10 @@ _AUXILIARY_ROLES = {"finetune": {"auxiliary": "finetune"}, "tsbd": {"auxiliary":
 AUXILIARY_METHODS = tuple(_AUXILIARY_ROLES)
 DEFAULT_AUXILIARY = "both"
 # Optimisation steps per class of the target identification's reverse-engineered triggers
-# (offline/build/target_identification.py): 150 found the target of every weak width-8
-# backdoor measured (docs/METHODS.md, "The suspected target"), about a minute and a half for
-# a 32x32 shapes model on 2 cores.
+# (offline/build/target_identification.py): 150 named the target of 47 of the matrix's 63
+# one-target attack cases and of all four width-8 checks with other targets, and a wrong
+# class on 3 (docs/METHODS.md, "The suspected target"); a median 139 s a case there, one
+# thread each beside other work.
 TARGET_IDENTIFICATION_STEPS = 150
 
 
@@ -148,11 +149,15 @@ def _fine_tune(model: torch.nn.Module, tuned: torch.nn.Module, tune_train: Tenso
     return {role: m for role, (m, _) in made.items()}, {role: report.to_json() for role, (_, report) in made.items()}
 
 
-def _target_identification(model: torch.nn.Module, clean: TensorSet, num_classes: int,
-                            config: BuildConfig) -> dict | None:
-    """Which class the backdoor sends inputs to, if one stands out, with the evidence; None when not asked."""
+def _target_identification(model: torch.nn.Module, clean: TensorSet, num_classes: int, config: BuildConfig,
+                            prior: dict | None = None) -> dict | None:
+    """Which class the backdoor sends inputs to, if one stands out, with the evidence; None when not asked.
+    `prior` is an earlier build's of the same M on the same clean rows (--reuse-models), taken when it was
+    made with as many steps, since it would come out the same."""
     if config.target_identification_steps == 0:
         return None
+    if prior is not None and prior.get("steps") == config.target_identification_steps:
+        return {**prior, "reused": True}
     if clean.x.ndim != 4:
         print("note: target identification reverse-engineers image triggers; inputs of shape "
               f"{clean.x.shape[1:]} are not images, so the build does not look for the backdoor's target",
@@ -197,9 +202,10 @@ def run_build(config: BuildConfig) -> dict:
     if config.reuse_models is not None:
         prior = load_prior_models(config.reuse_models, model, clean, config.auxiliary, roles)
         fine_tuned, reports, reused = prior.models, prior.reports, prior.source
+        prior_identification = prior.target_identification
     else:
         fine_tuned, reports = _fine_tune(model, tuned, tune_train, tune_heldout, train, heldout, config, num_classes)
-        reused = None
+        reused = prior_identification = None
     auxiliaries = {role: fine_tuned[role] for role in roles if role.startswith("auxiliary")}
     penultimate = _penultimate(tuned)
     models = {"original": tuned, **fine_tuned}
@@ -225,7 +231,7 @@ def run_build(config: BuildConfig) -> dict:
                   "software": software_versions(), "clean_row_digests": clean.row_digests(),
                   "fine_tuned_models_from": reused},
         "models": {"original": {"heldout_clean_accuracy": original_acc}, **reports},
-        "target_identification": _target_identification(model, clean, num_classes, config),
+        "target_identification": _target_identification(model, clean, num_classes, config, prior_identification),
     }
     return write_artifacts(config.out, config.force, models=models, penultimate=penultimate, gaussians=gaussians,
                            expert_space=expert_space, auxiliary_spaces=auxiliary_spaces, layers=layers,

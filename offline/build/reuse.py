@@ -36,6 +36,7 @@ class PriorModels:
     models: dict[str, nn.Module]  # by role: expert, exposed and the auxiliaries
     reports: dict[str, dict]  # how the earlier build made each, as its manifest recorded it
     source: dict  # where they came from, for this build's manifest
+    target_identification: dict | None  # the earlier build's, which depends only on M and the clean rows checked here
 
 
 def load_prior_models(prior: Path, model: nn.Module, clean: TensorSet, auxiliary_method: str,
@@ -67,7 +68,7 @@ def load_prior_models(prior: Path, model: nn.Module, clean: TensorSet, auxiliary
                         f"difference {difference:.3g}); its fine-tuned models belong to another model")
     reports = {role: {**manifest["models"][role], "reused": True} for role in roles}
     source = {"artifacts": str(prior), "manifest_sha256": sha256_file(manifest_path)}
-    return PriorModels(loaded, reports, source)
+    return PriorModels(loaded, reports, source, manifest.get("target_identification"))
 
 
 def _verified_program(prior: Path, files: dict, role: str) -> nn.Module:
