@@ -90,6 +90,8 @@ class ModelSet:
     def __init__(self, artifacts: Artifacts, providers: list[str | tuple[str, dict]] | None = None,
                  tuning: SessionTuning = SessionTuning(), precision: str = "fp32", strip_copies: int = 0):
         self._artifacts = artifacts
+        manifest = artifacts.manifest
+        self._target_row = _target_class_row(manifest.suspected_target, manifest.num_classes)
         self.precision = precision  # of the fused graphs (the separate models are float)
         self._options = tuning.session_options()
         self._providers = providers or default_providers()
@@ -208,8 +210,7 @@ class ModelSet:
         role = "fused" if predict else "fused_without_original"
         outputs = self.run(role, x)
         by_class = {rule: outputs[name] for rule, name in BY_CLASS_OUTPUTS.items() if name in outputs}
-        manifest = self._artifacts.manifest
-        by_class[TARGET_CLASS_RULE] = _target_class_by_class(manifest.suspected_target, len(x), manifest.num_classes)
+        by_class[TARGET_CLASS_RULE] = np.broadcast_to(self._target_row, (len(x), len(self._target_row)))
         return (outputs[PREDICTION_OUTPUT].astype(np.int64) if predict else None), by_class
 
     def logits(self, role: str, x: np.ndarray) -> np.ndarray:
@@ -219,13 +220,14 @@ class ModelSet:
         return softmax(self.logits(role, x))
 
 
-def _target_class_by_class(suspected_target: int | None, rows: int, num_classes: int) -> np.ndarray:
-    """[rows, K]: the suspected-target rule's score for every class (firewall/rules/target_class.py), 1 in
-    the suspected target's column; all 0 where the build named none."""
-    scores = np.zeros((rows, num_classes), np.float32)
+def _target_class_row(suspected_target: int | None, num_classes: int) -> np.ndarray:
+    """[K]: the suspected-target rule's score for every class (firewall/rules/target_class.py), 1 in the
+    suspected target's column, all 0 where the build named none; the same for every input, so made once and
+    broadcast to each batch (read-only) rather than allocated per request."""
+    row = np.zeros(num_classes, np.float32)
     if suspected_target is not None:
-        scores[:, suspected_target] = 1.0
-    return scores
+        row[suspected_target] = 1.0
+    return row
 
 
 def _filled(rows_of_x: np.ndarray, rows: int) -> np.ndarray:
