@@ -42,20 +42,37 @@ def load_cells(runs: Path, auxiliary: str | None = None) -> dict[Group, dict[str
         attack = json.loads((case / "attack.json").read_text())
         report = json.loads(report_path.read_text())
         group = (match["dataset"], match["arch"], attack["width"], attack["epochs"])
-        schema = (built_manifest(case, auxiliary) or {}).get("schema_version")
-        table[group][match["attack"]].append({"attack": attack, "eval": report, "cell": case.name, "schema": schema})
+        manifest = built_manifest(case, auxiliary) or {}
+        table[group][match["attack"]].append({"attack": attack, "eval": report, "cell": case.name,
+                                              "schema": manifest.get("schema_version"),
+                                              "identification": manifest.get("target_identification")})
     return table
 
 
 def _of_earlier_schema(record: dict) -> bool:
-    """Measured on a build of an earlier artifacts schema: a matrix is rebuilt cell by cell over sessions, and such
-    a cell reports the verdict of the default of its day, without the rules added since, so the document must say
-    which cells those are."""
     return record["schema"] is not None and record["schema"] < SCHEMA_VERSION
 
 
+def _of_earlier_build(record: dict) -> bool:
+    """Measured on a build of an earlier artifacts schema, or on one that did not look for the backdoor's target
+    (before session 37): a matrix is rebuilt cell by cell over sessions, and such a cell reports the verdict of
+    the default of its day, without the evidence added since, so the document must say which cells those are."""
+    return _of_earlier_schema(record) or (record["schema"] is not None and record["identification"] is None)
+
+
 def _earlier_builds(records: list[dict]) -> int:
-    return sum(map(_of_earlier_schema, records))
+    return sum(map(_of_earlier_build, records))
+
+
+def _suspected_targets(records: list[dict]) -> str:
+    """The class each seed's build named as the backdoor's target ('–' none, '?' a build that did not look),
+    after the attack's own target: what the `target_class` rule served."""
+    named = ", ".join("?" if r["identification"] is None else
+                      "–" if r["identification"]["suspected_target"] is None else
+                      str(r["identification"]["suspected_target"]) for r in records)
+    attack, target = records[0]["attack"].get("attack"), records[0]["attack"].get("target")
+    attack_target = "–" if attack == "none" else str(target) if isinstance(target, int) else "all"
+    return f"{attack_target} → {named}"
 
 
 def _attack_label(attack: str, records: list[dict]) -> str:
@@ -166,14 +183,16 @@ def summary(table: dict) -> list[str]:
 def earlier_builds_note(table: dict) -> list[str]:
     """What † means, where any cell carries it."""
     records = [r for attacks in table.values() for rs in attacks.values() for r in rs]
-    earlier = sorted({r["schema"] for r in records if _of_earlier_schema(r)})
-    if not earlier:
+    if not _earlier_builds(records):
         return []
-    schemas = ", ".join(map(str, earlier))
-    return [f"† measured on a build of an earlier artifacts schema ({schemas}; the current one is {SCHEMA_VERSION}): "
-            f"{_earlier_builds(records)} of the {len(records)} cells and seeds. Such a cell reports "
-            "the verdict of the default build of its day, and '–' under the rules added since; `make results` builds "
-            "it again. The targets below count every cell as measured.", ""]
+    schemas = ", ".join(map(str, sorted({r["schema"] for r in records if _of_earlier_schema(r)})))
+    why = " or ".join(([f"of an earlier artifacts schema ({schemas}; the current one is {SCHEMA_VERSION})"]
+                       if schemas else [])
+                      + ["that did not look for the backdoor's target (built before session 37: its verdict "
+                         "has no `target_class` evidence)"])
+    return [f"† measured on a build {why}: {_earlier_builds(records)} of the {len(records)} cells and seeds. Such a "
+            "cell reports the verdict of the default build of its day, and '–' under the rules added since; "
+            "`make results` builds it again. The targets below count every cell as measured.", ""]
 
 
 def cascade_note(table: dict) -> list[str]:
@@ -278,7 +297,10 @@ def render(table: dict, figure: str | None = None, comparisons: Iterable[str] = 
              "Rule cells: AUROC / TPR at 1% FPR (from the test ROC) / achieved FPR at the calibrated threshold; "
              "mean ± standard deviation where several seeds were run. `firewall` is the verdict the sidecar applies; "
              "the `strip` (exposed STRIP) and `strip_original` (STRIP on M) columns score every input, where the "
-             "verdict runs them only for inputs in its cascade's band; `scaleup` (SCALE-UP) is a baseline.", "",
+             "verdict runs them only for inputs in its cascade's band; `scaleup` (SCALE-UP) is a baseline. "
+             "`target → suspected`: the attack's target class, then the class each seed's build named as the "
+             "backdoor's target (`offline build`'s target identification; `–` none named, `?` a build that did not "
+             "look), which the verdict's `target_class` evidence points at.", "",
              *earlier_builds_note(table),
              *cascade_note(table),
              *summary(table),
@@ -286,14 +308,14 @@ def render(table: dict, figure: str | None = None, comparisons: Iterable[str] = 
     for (dataset, arch, width, epochs), attacks in sorted(table.items()):
         seeds = max(len(records) for records in attacks.values())
         lines += [f"## {dataset}, {arch}, width {width}, {epochs} epochs ({seeds} seed{'s' if seeds > 1 else ''})", "",
-                  "| attack | seeds | clean acc | ASR | " + " | ".join(RULES) + " |",
-                  "|---|---|---|---|" + "---|" * len(RULES)]
+                  "| attack | seeds | clean acc | ASR | target → suspected | " + " | ".join(RULES) + " |",
+                  "|---|---|---|---|---|" + "---|" * len(RULES)]
         for attack in sorted(attacks, key=lambda a: (a == "none", a)):
             records = attacks[attack]
             asr = [r["attack"]["attack_success_rate"] for r in records if r["attack"]["attack_success_rate"] is not None]
             lines.append(f"| {_attack_label(attack, records)} | {_seeds_label(records)} | "
                          f"{_mean_sd([r['attack']['clean_accuracy'] for r in records])} "
-                         f"| {_mean_sd(asr)} | " + " | ".join(_rule_cell(records, rule) for rule in RULES) + " |")
+                         f"| {_mean_sd(asr)} | {_suspected_targets(records)} | " + " | ".join(_rule_cell(records, rule) for rule in RULES) + " |")
         closing = group_summary(attacks)
         lines += ["", closing, ""] if closing else [""]
     return "\n".join(lines + list(comparisons)) + "\n"

@@ -385,28 +385,36 @@ def test_results_table_compares_a_named_build_only_on_the_cells_measured_both_wa
     assert "wanet" not in comparison
 
 
-def test_results_table_marks_the_cells_measured_on_a_build_of_an_earlier_schema(tmp_path: Path):
+def test_results_table_marks_the_cells_measured_on_an_earlier_build_and_says_what_each_build_named(tmp_path: Path):
     from firewall.artifacts import SCHEMA_VERSION
     from offline.results_table import load_cells, render
 
-    def cell(name: str, schema: int) -> None:
+    def cell(name: str, schema: int, named: int | None | str = "not looked") -> None:
         case = tmp_path / name
         (case / "artifacts").mkdir(parents=True)
-        (case / "attack.json").write_text(json.dumps({"width": 16, "epochs": 40, "clean_accuracy": 0.9,
+        (case / "attack.json").write_text(json.dumps({"attack": name.split("-")[1], "target": 0, "width": 16,
+                                                      "epochs": 40, "clean_accuracy": 0.9,
                                                       "attack_success_rate": 0.5}))
-        (case / "artifacts" / "manifest.json").write_text(json.dumps({"schema_version": schema}))
+        identification = None if named == "not looked" else {"suspected_target": named}
+        (case / "artifacts" / "manifest.json").write_text(json.dumps({"schema_version": schema,
+                                                                      "target_identification": identification}))
         rule = {"auroc": 0.95, "tpr_at_fpr": {"0.01": 0.5}, "threshold_fpr": 0.01}
         rules = {"firewall": rule, **({"auxiliary_posterior": rule} if schema == SCHEMA_VERSION else {})}
         (case / "eval.json").write_text(json.dumps({"rules": rules}))
 
-    cell("shapes-sig-vgg-w16e40", SCHEMA_VERSION)
-    cell("shapes-dynamic-vgg-w16e40", SCHEMA_VERSION)
+    cell("shapes-sig-vgg-w16e40", SCHEMA_VERSION, named=None)
+    cell("shapes-dynamic-vgg-w16e40", SCHEMA_VERSION, named=0)
     cell("shapes-dynamic-vgg-w16e40-s1", SCHEMA_VERSION - 1)
     cell("shapes-wanet-vgg-w16e40", SCHEMA_VERSION - 1)
+    cell("shapes-lowfreq-vgg-w16e40", SCHEMA_VERSION)  # the current schema, built before target identification
     text = render(load_cells(tmp_path))
-    assert f"earlier artifacts schema ({SCHEMA_VERSION - 1}; the current one is {SCHEMA_VERSION}): 2 of the 4" in text
+    assert f"earlier artifacts schema ({SCHEMA_VERSION - 1}; the current one is {SCHEMA_VERSION}) or that did not " \
+           "look for the backdoor's target" in text and ": 3 of the 5 cells" in text
     assert "| dynamic † | 2 (1 †) |" in text and "| wanet † | 1 |" in text and "| sig | 1 |" in text
+    assert "| lowfreq † | 1 |" in text
     assert "| 0.9500 / 0.500 / 0.010 (1 of 2 seeds) | –" in text.split("| dynamic † |")[1].split("\n")[0]
+    assert "| 0 → 0, ? |" in text.split("| dynamic † |")[1].split("\n")[0]
+    assert "| 0 → – |" in text.split("| sig |")[1].split("\n")[0]
 
 
 def test_results_table_says_which_later_rules_the_verdict_ran_and_what_share_of_clean_inputs_paid(tmp_path: Path):
