@@ -28,13 +28,17 @@ from tqdm.auto import tqdm
 # flags a class whose index exceeds 2.
 MAD_TO_STD = 1.4826
 ANOMALY_THRESHOLD = 2.0
+# How a class's mask size is read off its optimisation; recorded so that a build reusing an earlier one's
+# identification (--reuse-models) knows whether it would come out the same.
+SIZE_AVERAGING = "mean over the second half of the steps"
 
 
 @dataclass
 class TargetReport:
-    """Per class: the reverse-engineered mask's L1 size (pixels), the share of the other
-    classes' clean inputs it sends there, and its anomaly index; the suspected target is
-    the cheapest class when its index exceeds the threshold, else None."""
+    """Per class: the reverse-engineered mask's L1 size (pixels, averaged over the second half of
+    the steps: `size_averaging`), the share of the other classes' clean inputs it sends there,
+    and its anomaly index; the suspected target is the cheapest class when its index exceeds
+    the threshold, else None."""
 
     mask_sizes: list[float]
     flip_rates: list[float]
@@ -43,6 +47,7 @@ class TargetReport:
     threshold: float
     steps: int
     penalty: float
+    size_averaging: str = SIZE_AVERAGING
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -59,13 +64,19 @@ def anomaly_index(mask_sizes: np.ndarray) -> np.ndarray:
 
 def _reverse_engineer(model: nn.Module, pixels: torch.Tensor, target: int, to_model: nn.Module, *, steps: int,
                       penalty: float, batch_size: int, generator: torch.Generator) -> tuple[float, float]:
-    """The smallest mask found that sends `pixels` to `target`: its L1 size and the share it sends there."""
+    """The smallest mask found that sends `pixels` to `target`: its L1 size, averaged over the second half of
+    the steps, and the share the final mask sends there.
+
+    The average because the size does not settle: at Adam's rate the mask breathes from step to step, and one
+    snapshot moved a class's anomaly index by several units between neighbouring checkpoints (2 -> 10 -> 3 on
+    one backdoor, 3.4 -> 1.5 -> 3.4 on a clean model; docs/METHODS.md)."""
     height, width = pixels.shape[-2:]
     mask_logit = torch.full((1, 1, height, width), -3.0, requires_grad=True)
     pattern_logit = torch.zeros((1, pixels.shape[1], height, width), requires_grad=True)
     optimizer = torch.optim.Adam([mask_logit, pattern_logit], lr=0.1)
     labels = torch.full((min(batch_size, len(pixels)),), target)
-    for _ in range(steps):
+    settled_sizes = []
+    for step in range(steps):
         rows = torch.randperm(len(pixels), generator=generator)[: len(labels)]
         mask, pattern = torch.sigmoid(mask_logit), torch.sigmoid(pattern_logit)
         stamped = (1 - mask) * pixels[rows] + mask * pattern
@@ -73,11 +84,13 @@ def _reverse_engineer(model: nn.Module, pixels: torch.Tensor, target: int, to_mo
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if step >= steps // 2:
+            settled_sizes.append(float(mask.detach().sum()))
     with torch.no_grad():
         mask, pattern = torch.sigmoid(mask_logit), torch.sigmoid(pattern_logit)
         stamped = (1 - mask) * pixels + mask * pattern
         flipped = float((model(to_model(stamped)).argmax(1) == target).float().mean())
-    return float(mask.sum()), flipped
+    return float(np.mean(settled_sizes)), flipped
 
 
 class _Normalize(nn.Module):
