@@ -22,6 +22,7 @@ from pathlib import Path
 from firewall.artifacts import MANIFEST, SCHEMA_VERSION
 from firewall.errors import UserError
 from offline.build.pipeline import DEFAULT_AUXILIARY, BuildConfig, run_build
+from offline.build.target_identification import SIZE_AVERAGING
 from offline.calibrate import CalibrateConfig, run_calibrate
 from offline.cells import artifacts_dir, built_manifest, eval_path, keep_records
 from offline.evaluate import EvaluateConfig, run_evaluate
@@ -110,12 +111,12 @@ def recalibrates(case: Path, config: BenchConfig) -> bool:
 
 
 def _built_as_this_run_would(place: Path, config: BenchConfig) -> bool:
-    """The same schema and auxiliary method, and a build that looked for the backdoor's target (the
-    firewall serves one that did not, without the suspected-target rule's evidence)."""
+    """The same schema and auxiliary method, and a build that looked for the backdoor's target as builds
+    now do (the firewall serves one that did not, without the suspected-target rule's evidence)."""
     manifest = built_manifest(place, config.auxiliary)
     return (manifest is not None and manifest.get("schema_version") == SCHEMA_VERSION
             and manifest["build"]["auxiliary_method"] == (config.auxiliary or DEFAULT_AUXILIARY)
-            and manifest.get("target_identification") is not None)
+            and (manifest.get("target_identification") or {}).get("size_averaging") == SIZE_AVERAGING)
 
 
 def run_bench(config: BenchConfig) -> tuple[list[Path], dict[str, str]]:

@@ -276,11 +276,14 @@ def test_bench_reuses_a_cell_only_if_its_build_was_made_the_way_this_run_would_m
 
     from firewall.artifacts import SCHEMA_VERSION
 
+    from offline.build.target_identification import SIZE_AVERAGING
+
     def built(artifacts: str, report: str, auxiliary_method: str, schema: int = SCHEMA_VERSION,
-              looked_for_target: bool = True) -> None:
+              looked_for_target: bool = True, size_averaging: str | None = SIZE_AVERAGING) -> None:
         (tmp_path / artifacts).mkdir(exist_ok=True)
+        identification = {"suspected_target": None, **({"size_averaging": size_averaging} if size_averaging else {})}
         manifest = {"schema_version": schema, "build": {"auxiliary_method": auxiliary_method},
-                    "target_identification": {"suspected_target": None} if looked_for_target else None}
+                    "target_identification": identification if looked_for_target else None}
         (tmp_path / artifacts / "manifest.json").write_text(json.dumps(manifest))
         (tmp_path / report).write_text("{}")
 
@@ -290,6 +293,8 @@ def test_bench_reuses_a_cell_only_if_its_build_was_made_the_way_this_run_would_m
     built("artifacts", "eval.json", "both", schema=SCHEMA_VERSION - 1)  # built before a rule was added
     assert not measured_already(tmp_path, BenchConfig(**grid))
     built("artifacts", "eval.json", "both", looked_for_target=False)  # built before it looked for the target
+    assert not measured_already(tmp_path, BenchConfig(**grid))
+    built("artifacts", "eval.json", "both", size_averaging=None)  # read the last step's mask sizes (session 37)
     assert not measured_already(tmp_path, BenchConfig(**grid))
     built("artifacts", "eval.json", "both")
     assert measured_already(tmp_path, BenchConfig(**grid))
@@ -304,10 +309,12 @@ def test_bench_recalibrates_only_a_build_it_would_have_made_and_builds_the_other
 
     from firewall.artifacts import SCHEMA_VERSION
 
+    from offline.build.target_identification import SIZE_AVERAGING
+
     def built(schema: int) -> None:
         (tmp_path / "artifacts").mkdir(exist_ok=True)
         manifest = {"schema_version": schema, "build": {"auxiliary_method": "both"},
-                    "target_identification": {"suspected_target": 0}}
+                    "target_identification": {"suspected_target": 0, "size_averaging": SIZE_AVERAGING}}
         (tmp_path / "artifacts" / "manifest.json").write_text(json.dumps(manifest))
 
     grid = {"out": tmp_path.parent, "datasets": ("digits",), "archs": ("resnet",), "attacks": ("badnets",)}

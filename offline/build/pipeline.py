@@ -37,8 +37,8 @@ DEFAULT_AUXILIARY = "both"
 # (offline/build/target_identification.py): 150 named the target of 47 of the matrix's 63
 # one-target attack cases and of all four width-8 checks with other targets, and a wrong
 # class on 3 (docs/METHODS.md, "The suspected target"); a median 139 s a case there, one
-# thread each beside other work. Fewer steps were no cheaper way to the same answer: at
-# 50 the target was named on 7 of 17 hard cases against 11 at 150 (session 38).
+# thread each beside other work. Fewer steps were no cheaper way to the same answer: on 29
+# hard cases, 50 named the target on 9 of 20 against 13 at 150 (session 38).
 TARGET_IDENTIFICATION_STEPS = 150
 
 

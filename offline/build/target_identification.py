@@ -68,8 +68,8 @@ def _reverse_engineer(model: nn.Module, pixels: torch.Tensor, target: int, to_mo
     the steps, and the share the final mask sends there.
 
     The average because the size does not settle: at Adam's rate the mask breathes from step to step, and one
-    snapshot moved a class's anomaly index by several units between neighbouring checkpoints (2 -> 10 -> 3 on
-    one backdoor, 3.4 -> 1.5 -> 3.4 on a clean model; docs/METHODS.md)."""
+    snapshot moved a class's anomaly index by several units between checkpoints (4.4, 10.6, 3.3 at steps 75,
+    100, 150 on one backdoor; 2.1, 1.5, 3.4 at steps 50, 75, 150 on a clean model; docs/METHODS.md)."""
     height, width = pixels.shape[-2:]
     mask_logit = torch.full((1, 1, height, width), -3.0, requires_grad=True)
     pattern_logit = torch.zeros((1, pixels.shape[1], height, width), requires_grad=True)
