@@ -75,6 +75,7 @@ def cell_dir(out: Path, dataset: str, attack: str, arch: str, seed: int, tag: st
 
 def run_cell(case: Path, dataset: str, attack: str, arch: str, seed: int, poison: dict, repoison: bool,
              auxiliary: str | None = None, reuse_models: bool = False) -> dict:
+    eval_path(case, auxiliary).unlink(missing_ok=True)  # an interrupted build must not leave the last one's
     if repoison or not (case / "attack.json").is_file():
         run_poison(PoisonConfig(dataset=dataset, attack=attack, out=case, arch=arch, seed=seed, force=True,
                                 **poison))
@@ -87,6 +88,7 @@ def run_cell(case: Path, dataset: str, attack: str, arch: str, seed: int, poison
 
 def calibrate_and_evaluate(case: Path, attack: str, auxiliary: str | None = None) -> dict:
     artifacts = artifacts_dir(case, auxiliary)
+    eval_path(case, auxiliary).unlink(missing_ok=True)  # nor an interrupted calibration
     run_calibrate(CalibrateConfig(artifacts, case / "calib.npz"))
     backdoor = None if attack == "none" else case / "test_triggered.npz"
     return run_evaluate(EvaluateConfig(artifacts, case / "test_clean.npz", backdoor,

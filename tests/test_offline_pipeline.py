@@ -304,6 +304,19 @@ def test_bench_reuses_a_cell_only_if_its_build_was_made_the_way_this_run_would_m
     assert measured_already(tmp_path, BenchConfig(**grid, auxiliary="finetune"))
 
 
+def test_a_cell_whose_build_stops_half_way_keeps_no_evaluation_of_the_build_it_replaced(tmp_path: Path):
+    from firewall.errors import UserError
+    from offline.bench import run_cell
+
+    case = tmp_path / "digits-badnets-resnet"
+    case.mkdir()
+    (case / "attack.json").write_text("{}")
+    (case / "eval.json").write_text("{}")  # the evaluation of the build about to be replaced
+    with pytest.raises(UserError):  # the build fails (here: no model), as a killed one would stop
+        run_cell(case, "digits", "badnets", "resnet", 0, {}, repoison=False)
+    assert not (case / "eval.json").exists()
+
+
 def test_bench_recalibrates_only_a_build_it_would_have_made_and_builds_the_others(tmp_path: Path):
     from offline.bench import BenchConfig, recalibrates
 
