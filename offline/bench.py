@@ -22,7 +22,7 @@ from pathlib import Path
 from firewall.artifacts import MANIFEST, SCHEMA_VERSION
 from firewall.errors import UserError
 from offline.build.pipeline import DEFAULT_AUXILIARY, BuildConfig, run_build
-from offline.build.target_identification import SIZE_AVERAGING
+from offline.build.target_identification import read_as_builds_now_do
 from offline.calibrate import CalibrateConfig, run_calibrate
 from offline.cells import artifacts_dir, built_manifest, eval_path, keep_records
 from offline.evaluate import EvaluateConfig, run_evaluate
@@ -118,7 +118,7 @@ def _built_as_this_run_would(place: Path, config: BenchConfig) -> bool:
     manifest = built_manifest(place, config.auxiliary)
     return (manifest is not None and manifest.get("schema_version") == SCHEMA_VERSION
             and manifest["build"]["auxiliary_method"] == (config.auxiliary or DEFAULT_AUXILIARY)
-            and (manifest.get("target_identification") or {}).get("size_averaging") == SIZE_AVERAGING)
+            and read_as_builds_now_do(manifest.get("target_identification")))
 
 
 def run_bench(config: BenchConfig) -> tuple[list[Path], dict[str, str]]:

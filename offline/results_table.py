@@ -17,6 +17,7 @@ import numpy as np
 
 from firewall.artifacts import SCHEMA_VERSION
 from firewall.rules import LATER_RULES, RULES as RULE_REGISTRY, ExposedEntropyRule
+from offline.build.target_identification import read_as_builds_now_do
 from offline.cells import built_manifest, built_variants, eval_path
 
 # The verdict, then every rule in the registry's order, but for the exposed model's STRIP
@@ -55,9 +56,11 @@ def _of_earlier_schema(record: dict) -> bool:
 
 def _of_earlier_build(record: dict) -> bool:
     """Measured on a build of an earlier artifacts schema, or on one that did not look for the backdoor's target
-    (before session 37): a matrix is rebuilt cell by cell over sessions, and such a cell reports the verdict of
-    the default of its day, without the evidence added since, so the document must say which cells those are."""
-    return _of_earlier_schema(record) or (record["schema"] is not None and record["identification"] is None)
+    as builds now do (before session 38): a matrix is rebuilt cell by cell over sessions, and such a cell reports
+    the verdict of the default of its day, so the document must say which cells those are. The
+    identification is judged as `offline bench` judges it, so a cell marked here is one the bench builds again."""
+    return _of_earlier_schema(record) or (record["schema"] is not None
+                                          and not read_as_builds_now_do(record["identification"]))
 
 
 def _earlier_builds(records: list[dict]) -> int:
@@ -188,8 +191,9 @@ def earlier_builds_note(table: dict) -> list[str]:
     schemas = ", ".join(map(str, sorted({r["schema"] for r in records if _of_earlier_schema(r)})))
     why = " or ".join(([f"of an earlier artifacts schema ({schemas}; the current one is {SCHEMA_VERSION})"]
                        if schemas else [])
-                      + ["that did not look for the backdoor's target (built before session 37: its verdict "
-                         "has no `target_class` evidence)"])
+                      + ["that did not look for the backdoor's target as builds now do (built before session "
+                         "37, its verdict has no `target_class` evidence; or before session 38, its mask sizes "
+                         "read at the last step)"])
     return [f"† measured on a build {why}: {_earlier_builds(records)} of the {len(records)} cells and seeds. Such a "
             "cell reports the verdict of the default build of its day, and '–' under the rules added since; "
             "`make results` builds it again. The targets below count every cell as measured.", ""]

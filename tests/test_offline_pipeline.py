@@ -407,15 +407,18 @@ def test_results_table_compares_a_named_build_only_on_the_cells_measured_both_wa
 
 def test_results_table_marks_the_cells_measured_on_an_earlier_build_and_says_what_each_build_named(tmp_path: Path):
     from firewall.artifacts import SCHEMA_VERSION
+    from offline.build.target_identification import SIZE_AVERAGING
     from offline.results_table import load_cells, render
 
-    def cell(name: str, schema: int, named: int | None | str = "not looked") -> None:
+    def cell(name: str, schema: int, named: int | None | str = "not looked",
+             size_averaging: str = SIZE_AVERAGING) -> None:
         case = tmp_path / name
         (case / "artifacts").mkdir(parents=True)
         (case / "attack.json").write_text(json.dumps({"attack": name.split("-")[1], "target": 0, "width": 16,
                                                       "epochs": 40, "clean_accuracy": 0.9,
                                                       "attack_success_rate": 0.5}))
-        identification = None if named == "not looked" else {"suspected_target": named}
+        identification = (None if named == "not looked"
+                          else {"suspected_target": named, "size_averaging": size_averaging})
         (case / "artifacts" / "manifest.json").write_text(json.dumps({"schema_version": schema,
                                                                       "target_identification": identification}))
         rule = {"auroc": 0.95, "tpr_at_fpr": {"0.01": 0.5}, "threshold_fpr": 0.01}
@@ -427,11 +430,12 @@ def test_results_table_marks_the_cells_measured_on_an_earlier_build_and_says_wha
     cell("shapes-dynamic-vgg-w16e40-s1", SCHEMA_VERSION - 1)
     cell("shapes-wanet-vgg-w16e40", SCHEMA_VERSION - 1)
     cell("shapes-lowfreq-vgg-w16e40", SCHEMA_VERSION)  # the current schema, built before target identification
+    cell("shapes-all2all-vgg-w16e40", SCHEMA_VERSION, named=2, size_averaging="last step")  # session 37's reading
     text = render(load_cells(tmp_path))
     assert f"earlier artifacts schema ({SCHEMA_VERSION - 1}; the current one is {SCHEMA_VERSION}) or that did not " \
-           "look for the backdoor's target" in text and ": 3 of the 5 cells" in text
+           "look for the backdoor's target as builds now do" in text and ": 4 of the 6 cells" in text
     assert "| dynamic † | 2 (1 †) |" in text and "| wanet † | 1 |" in text and "| sig | 1 |" in text
-    assert "| lowfreq † | 1 |" in text
+    assert "| lowfreq † | 1 |" in text and "| all2all † | 1 |" in text
     assert "| 0.9500 / 0.500 / 0.010 (1 of 2 seeds) | –" in text.split("| dynamic † |")[1].split("\n")[0]
     assert "| 0 → 0, ? |" in text.split("| dynamic † |")[1].split("\n")[0]
     assert "| 0 → – |" in text.split("| sig |")[1].split("\n")[0]

@@ -17,7 +17,7 @@ from offline.build.class_gaussians import (FeatureSpace, fit_class_gaussians, fi
 from offline.build.layer_taps import TappedFeatures
 from offline.build.reuse import load_prior_models
 from offline.build.stages import auxiliary_model, backdoor_expert, exposed_model
-from offline.build.target_identification import SIZE_AVERAGING, identify_target
+from offline.build.target_identification import identify_target, read_as_builds_now_do
 from offline.build.trunk_split import Composed, TrunkSplit, split_before_classifier, split_trunk
 from offline.build.tsbd import tsbd_auxiliary
 from offline.data.tensorsets import TensorSet, check_labels, load_tensor_set
@@ -157,8 +157,7 @@ def _target_identification(model: torch.nn.Module, clean: TensorSet, num_classes
     made with as many steps and the same reading of the mask sizes, since it would come out the same."""
     if config.target_identification_steps == 0:
         return None
-    if (prior is not None and prior.get("steps") == config.target_identification_steps
-            and prior.get("size_averaging") == SIZE_AVERAGING):
+    if read_as_builds_now_do(prior) and prior["steps"] == config.target_identification_steps:
         return {**prior, "reused": True}
     if clean.x.ndim != 4:
         print("note: target identification reverse-engineers image triggers; inputs of shape "

@@ -33,6 +33,13 @@ ANOMALY_THRESHOLD = 2.0
 SIZE_AVERAGING = "mean over the second half of the steps"
 
 
+def read_as_builds_now_do(identification: dict | None) -> bool:
+    """Whether a manifest's `target_identification` read the mask sizes as this code does: the one test of
+    "current" that reusing it (--reuse-models), rebuilding a matrix cell (`offline bench`) and marking a
+    cell in docs/RESULTS.md all apply, so that they never disagree about which builds are earlier ones."""
+    return identification is not None and identification.get("size_averaging") == SIZE_AVERAGING
+
+
 @dataclass
 class TargetReport:
     """Per class: the reverse-engineered mask's L1 size (pixels, averaged over the second half of
