@@ -19,7 +19,7 @@ import numpy as np
 
 from firewall.errors import ArtifactError
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 MANIFEST = "manifest.json"
 THRESHOLDS = "thresholds.json"
 STRIP_BANK = "strip_bank.npy"
@@ -28,8 +28,13 @@ STRIP_BANK = "strip_bank.npy"
 # rule's), `<role>_means`, `<role>_precision` in each auxiliary's and in B's (their posterior rules'),
 # `layer<i>_means`, `layer<i>_precision` at M's tapped layers with their `layer_scales` (the
 # layer-Mahalanobis rule's), `spectrum_means`, `spectrum_precision` of the inputs' block
-# spectra (the spectrum rule's).
+# spectra (the spectrum rule's); and, in M's penultimate features too, the trigger-direction
+# rule's linear map to every class's score, `trigger_direction_weights` [d, K] and
+# `trigger_direction_bias` [K] (all zero where the build named no suspected target).
 CLASS_GAUSSIANS = "class_gaussians.npz"
+# The suspected target's reverse-engineered mask and pattern (offline/build/target_identification.py),
+# in sets whose build named one: what the trigger-direction rule was fitted from.
+REVERSED_TRIGGER = "reversed_trigger.npz"
 MODEL_FILES = {
     "original": "original.onnx",
     "expert": "expert.onnx",
@@ -63,7 +68,8 @@ BY_CLASS_OUTPUTS = {"badexpert": "badexpert_by_class", "badexpert_tsbd": "badexp
                     "auxiliary_tsbd_posterior": "auxiliary_tsbd_posterior_by_class",
                     "expert_posterior": "expert_posterior_by_class",
                     "layer_mahalanobis": "layer_mahalanobis_by_class",
-                    "spectrum_mahalanobis": "spectrum_mahalanobis_by_class"}
+                    "spectrum_mahalanobis": "spectrum_mahalanobis_by_class",
+                    "trigger_direction": "trigger_direction_by_class"}
 # The one first-stage rule no graph computes: its score for every class comes from the
 # manifest (the class the build suspects to be the backdoor's target; firewall/rules/target_class.py).
 TARGET_CLASS_RULE = "target_class"
@@ -201,6 +207,12 @@ class Artifacts:
         prefix = f"{space}_" if space else ""
         with np.load(self.path(CLASS_GAUSSIANS), allow_pickle=False) as stored:
             return stored[prefix + "means"], stored[prefix + "precision"]
+
+    def trigger_direction(self) -> tuple[np.ndarray, np.ndarray]:
+        """(weights [d, K], bias [K]): the trigger-direction rule's score for every class from M's
+        penultimate features (firewall/rules/trigger_direction.py)."""
+        with np.load(self.path(CLASS_GAUSSIANS), allow_pickle=False) as stored:
+            return stored["trigger_direction_weights"], stored["trigger_direction_bias"]
 
     def layer_gaussians(self) -> list[tuple[np.ndarray, np.ndarray, float]]:
         """(means, precision, scale) of each of M's tapped layers, in the layers' order."""

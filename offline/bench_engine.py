@@ -6,8 +6,9 @@ of CPU threads, at batch 1, 8 and 64:
 - the first stage: M's prediction, the BaDExpert score (B and each M' the build made),
   the exposed margin (E), the Mahalanobis distance (M's penultimate features), the
   auxiliary posterior, the expert posterior (B's penultimate features), the
-  layer-Mahalanobis distance (M's tapped layers) and the
-  spectrum rule's distance (the input's own block spectrum) on every input; eager
+  layer-Mahalanobis distance (M's tapped layers), the
+  spectrum rule's distance (the input's own block spectrum) and the trigger direction (M's
+  penultimate features again) on every input; eager
   PyTorch runs M's layers once for the features and the prediction, as the fused graph
   the sidecar serves does; onnxruntime also as separate sessions (M whole for
   the prediction, M up to its penultimate layer for the features, M's tapped layers, B
@@ -50,10 +51,13 @@ from firewall.rules.exposed import margin_by_class
 from firewall.rules.layer_mahalanobis import LayerGaussians, layer_mahalanobis_by_class
 from firewall.rules.mahalanobis import mahalanobis_by_class
 from firewall.rules.spectrum_mahalanobis import spectrum_mahalanobis_by_class
+from firewall.rules.trigger_direction import trigger_direction_by_class
 from firewall.scoring import ScoringEngine
 from offline.build.fused_export import (LayerMahalanobisByClass, MahalanobisByClass, SpectrumMahalanobisByClass,
-                                       badexpert_by_class, exposed_by_class, posterior_by_class_torch)
+                                       TriggerDirectionByClass, badexpert_by_class, exposed_by_class,
+                                       posterior_by_class_torch)
 from offline.build.layer_taps import TappedFeatures
+from offline.build.trigger_direction import TriggerDirection
 from offline.build.trunk_split import split_before_classifier
 from offline.machine import case_description, describe_machine
 from offline.model_io import load_pt2
@@ -73,12 +77,13 @@ class StoredGaussians:
     by_model: dict[str, tuple[np.ndarray, np.ndarray]]  # M's ("original"), B's and each auxiliary's features
     layers: list[LayerGaussians]  # M's tapped layers
     spectrum: tuple[np.ndarray, np.ndarray]  # the inputs' block spectra
+    direction: tuple[np.ndarray, np.ndarray]  # the trigger-direction rule's map of M's features
 
     @classmethod
     def of(cls, artifacts: Artifacts, auxiliaries: list[str]) -> "StoredGaussians":
         return cls({"original": artifacts.class_gaussians(),
                     **{role: artifacts.class_gaussians(role) for role in ("expert", *auxiliaries)}},
-                   artifacts.layer_gaussians(), artifacts.class_gaussians("spectrum"))
+                   artifacts.layer_gaussians(), artifacts.class_gaussians("spectrum"), artifacts.trigger_direction())
 
 
 def _is_target(yhat, suspected_target: int | None):
@@ -104,6 +109,7 @@ class EagerRules:
         self.features = TappedFeatures(self.original.trunk).to(device)
         self.layer_mahalanobis = LayerMahalanobisByClass(gaussians.layers).to(device)
         self.spectrum_mahalanobis = SpectrumMahalanobisByClass(input_shape, *gaussians.spectrum).to(device)
+        self.trigger_direction = TriggerDirectionByClass(TriggerDirection(*gaussians.direction, report={})).to(device)
         shape = (1, -1, 1, 1)
         self.mean = torch.tensor(mean, device=device).reshape(shape)
         self.std = torch.tensor(std, device=device).reshape(shape)
@@ -122,7 +128,7 @@ class EagerRules:
     def first_stage(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """M's prediction, and the BaDExpert (with each auxiliary), exposed-margin, Mahalanobis,
         auxiliary-posterior (with each auxiliary), expert-posterior, layer-Mahalanobis,
-        spectrum and suspected-target scores of it."""
+        spectrum, trigger-direction and suspected-target scores of it."""
         features, pooled = self.features(x)
         yhat = self.original.head(features).argmax(dim=1)
         expert_features = self.expert.trunk(x)
@@ -137,7 +143,8 @@ class EagerRules:
         mahalanobis = self.mahalanobis["original"](features)
         return (yhat, *(scores.gather(1, yhat[:, None])[:, 0]
                         for scores in (*badexpert, exposed, mahalanobis, *posteriors, expert_posterior,
-                                       self.layer_mahalanobis(pooled), self.spectrum_mahalanobis(x))),
+                                       self.layer_mahalanobis(pooled), self.spectrum_mahalanobis(x),
+                                       self.trigger_direction(features))),
                 _is_target(yhat, self.suspected_target).float())
 
     @torch.inference_mode()
@@ -171,6 +178,7 @@ class SeparateSessionRules:
         return (yhat, *badexpert, prob_of(margin_by_class(models.logits("exposed", x)), yhat),
                 prob_of(mahalanobis_by_class(features, *gaussians.by_model["original"]), yhat), *posteriors,
                 prob_of(by_layer, yhat), prob_of(spectrum_mahalanobis_by_class(x, *gaussians.spectrum), yhat),
+                prob_of(trigger_direction_by_class(features, *gaussians.direction), yhat),
                 _is_target(yhat, self.suspected_target).astype(np.float64))
 
 

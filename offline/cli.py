@@ -27,6 +27,8 @@ _WEIGHTED_EVIDENCE = {
     "spectrum_mahalanobis": "the spectrum rule's evidence (the input's own frequency content)",
     "expert_posterior": "the expert posterior's evidence (M's class under B's features)",
     "target_class": "the suspected target's evidence (M answers the class the build found the backdoor sends to)",
+    "trigger_direction": "the trigger direction's evidence (M's features moved toward the suspected target the way "
+                         "its reversed trigger moves them)",
 }
 
 

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from firewall.artifacts import THRESHOLDS, load_artifacts
+from firewall.artifacts import REVERSED_TRIGGER, THRESHOLDS, load_artifacts
 from firewall.rules import BadExpertRule
 from firewall.scoring import FIREWALL, ScoringEngine
 from firewall.thresholds import Thresholds
+from offline.build.target_identification import ReversedTrigger
 from offline.calibrate import every_rule
 from offline.data.tensorsets import load_tensor_set
 from offline.metrics import auroc, rate_above, rates_above_by_class, same_class_auroc, tpr_at_fpr
@@ -106,7 +107,9 @@ def run_evaluate(config: EvaluateConfig) -> dict:
         if backdoor_scores is not None and report["n_backdoor"]:
             hit_x = triggered.x[hit]
             joint = (_confidences(engine, clean.x), _confidences(engine, hit_x))
-        write_plots(Path(config.plots), clean_scores, backdoor_scores, thresholds, joint)
+        trigger = (ReversedTrigger.load(artifacts.path(REVERSED_TRIGGER))
+                   if REVERSED_TRIGGER in manifest.files else None)
+        write_plots(Path(config.plots), clean_scores, backdoor_scores, thresholds, joint, trigger)
     return report
 
 

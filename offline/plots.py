@@ -1,5 +1,6 @@
-"""PNG plots: ROC curves and BaDExpert's joint-confidence plane for `offline evaluate --plots`, and
-the AUROC map of the detection matrix beside docs/RESULTS.md."""
+"""PNG plots: ROC curves, BaDExpert's joint-confidence plane and the suspected target's reversed
+trigger for `offline evaluate --plots`, and the AUROC map of the detection matrix beside
+docs/RESULTS.md."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from firewall.rules.badexpert import triangle_statistic  # noqa: E402
 from firewall.thresholds import Thresholds  # noqa: E402
+from offline.build.target_identification import ReversedTrigger  # noqa: E402
 from offline.metrics import auroc  # noqa: E402
 
 
@@ -32,10 +34,29 @@ def _finish_roc(ax, title: str) -> None:
     ax.legend(loc="lower right", fontsize=8)
 
 
+def _reversed_trigger(out: Path, trigger: ReversedTrigger) -> Path:
+    """What the build found the backdoor responds to: the mask, the pattern, and the two together
+    as the trigger stamps them on an input (on black)."""
+    def image(array: np.ndarray) -> np.ndarray:
+        return array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
+    gray = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0}
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))
+    panels = [("mask", trigger.mask, gray), ("pattern", image(trigger.pattern), gray),
+              ("mask x pattern", image(trigger.mask * trigger.pattern), gray)]
+    for ax, (title, picture, style) in zip(axes, panels):
+        ax.imshow(picture, **(style if picture.ndim == 2 else {}))
+        ax.set(title=title, xticks=[], yticks=[])
+    fig.suptitle(f"reversed trigger of the suspected target, class {trigger.target} "
+                 f"(mask L1 {trigger.mask.sum():.1f} pixels)")
+    fig.savefig(out / "reversed_trigger.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out / "reversed_trigger.png"
+
+
 def write_plots(out: Path, clean: dict[str, np.ndarray], backdoor: dict[str, np.ndarray] | None,
-                thresholds: Thresholds, joint: tuple | None) -> list[Path]:
+                thresholds: Thresholds, joint: tuple | None, trigger: ReversedTrigger | None = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    written = [_reversed_trigger(out, trigger)] if trigger is not None else []
     if backdoor is not None and all(len(v) for v in backdoor.values()):
         fig, ax = plt.subplots(figsize=(6, 5))
         for rule in clean:

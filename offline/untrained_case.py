@@ -28,6 +28,7 @@ from torch import nn
 from firewall.artifacts import sha256_file
 from firewall.rules import auxiliary_roles, graph_rules
 from offline.build.artifacts_writer import write_artifacts
+from offline.build.trigger_direction import TriggerDirection
 from offline.build.class_gaussians import (fit_class_gaussians, fit_feature_space, fit_layer_space,
                                           fit_spectrum_gaussians)
 from offline.build.layer_taps import TappedFeatures
@@ -101,6 +102,8 @@ def make_untrained_case(config: UntrainedCaseConfig) -> dict:
     write_artifacts(artifacts, config.force, models=models, penultimate=penultimate, gaussians=gaussians,
                     expert_space=expert_space, auxiliary_spaces=auxiliary_spaces, layers=layers,
                     spectrum=fit_spectrum_gaussians(clean, num_classes),
+                    direction=TriggerDirection.absent(gaussians.means.shape[1], num_classes,
+                                                      "untrained networks: no target was looked for"),
                     example=clean.x[:2], check_x=splits["calib"].x[:64], bank=clean.x[bank_rows],
                     description=description, stack_networks=config.stack_networks)
     run_calibrate(CalibrateConfig(artifacts, config.out / "calib.npz"))

@@ -190,7 +190,7 @@ def test_evaluate_writes_the_json_contract_and_plots(tiny_case: Path, tiny_artif
     assert sum(counts) == report["n_clean"]
     rejected = sum(rate * n for rate, n in zip(by_class, counts) if n)
     assert rejected / report["n_clean"] == pytest.approx(report["rules"]["firewall"]["threshold_fpr"])
-    for png in ("roc.png", "roc_badexpert.png", "joint_confidence.png"):
+    for png in ("roc.png", "roc_badexpert.png", "joint_confidence.png", "reversed_trigger.png"):
         assert (tmp_path / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -279,9 +279,11 @@ def test_bench_reuses_a_cell_only_if_its_build_was_made_the_way_this_run_would_m
     from offline.build.target_identification import SIZE_AVERAGING
 
     def built(artifacts: str, report: str, auxiliary_method: str, schema: int = SCHEMA_VERSION,
-              looked_for_target: bool = True, size_averaging: str | None = SIZE_AVERAGING) -> None:
+              looked_for_target: bool = True, size_averaging: str | None = SIZE_AVERAGING,
+              kept_trigger: bool = True) -> None:
         (tmp_path / artifacts).mkdir(exist_ok=True)
-        identification = {"suspected_target": None, **({"size_averaging": size_averaging} if size_averaging else {})}
+        identification = {"suspected_target": None, **({"reversed_trigger": None} if kept_trigger else {}),
+                          **({"size_averaging": size_averaging} if size_averaging else {})}
         manifest = {"schema_version": schema, "build": {"auxiliary_method": auxiliary_method},
                     "target_identification": identification if looked_for_target else None}
         (tmp_path / artifacts / "manifest.json").write_text(json.dumps(manifest))
@@ -295,6 +297,8 @@ def test_bench_reuses_a_cell_only_if_its_build_was_made_the_way_this_run_would_m
     built("artifacts", "eval.json", "both", looked_for_target=False)  # built before it looked for the target
     assert not measured_already(tmp_path, BenchConfig(**grid))
     built("artifacts", "eval.json", "both", size_averaging=None)  # read the last step's mask sizes (session 37)
+    assert not measured_already(tmp_path, BenchConfig(**grid))
+    built("artifacts", "eval.json", "both", kept_trigger=False)  # threw the reversed trigger away (sessions 38-39)
     assert not measured_already(tmp_path, BenchConfig(**grid))
     built("artifacts", "eval.json", "both")
     assert measured_already(tmp_path, BenchConfig(**grid))
@@ -327,7 +331,8 @@ def test_bench_recalibrates_only_a_build_it_would_have_made_and_builds_the_other
     def built(schema: int) -> None:
         (tmp_path / "artifacts").mkdir(exist_ok=True)
         manifest = {"schema_version": schema, "build": {"auxiliary_method": "both"},
-                    "target_identification": {"suspected_target": 0, "size_averaging": SIZE_AVERAGING}}
+                    "target_identification": {"suspected_target": 0, "size_averaging": SIZE_AVERAGING,
+                                              "reversed_trigger": "reversed_trigger.npz"}}
         (tmp_path / "artifacts" / "manifest.json").write_text(json.dumps(manifest))
 
     grid = {"out": tmp_path.parent, "datasets": ("digits",), "archs": ("resnet",), "attacks": ("badnets",)}
@@ -418,7 +423,8 @@ def test_results_table_marks_the_cells_measured_on_an_earlier_build_and_says_wha
                                                       "epochs": 40, "clean_accuracy": 0.9,
                                                       "attack_success_rate": 0.5}))
         identification = (None if named == "not looked"
-                          else {"suspected_target": named, "size_averaging": size_averaging})
+                          else {"suspected_target": named, "size_averaging": size_averaging,
+                                "reversed_trigger": None if named is None else "reversed_trigger.npz"})
         (case / "artifacts" / "manifest.json").write_text(json.dumps({"schema_version": schema,
                                                                       "target_identification": identification}))
         rule = {"auroc": 0.95, "tpr_at_fpr": {"0.01": 0.5}, "threshold_fpr": 0.01}

@@ -58,7 +58,7 @@ def test_the_int8_first_stage_predicts_exactly_what_M_predicts(tiny_case, quanti
 def test_int8_scores_follow_the_float_ones_and_Ms_own_rules_are_unchanged(tiny_case, quantized):
     x = np.load(tiny_case / "test_clean.npz")["x"][:300]
     (_, fp32), (_, int8) = _first_stage(quantized, "fp32", x), _first_stage(quantized, "int8", x)
-    of_m = {"mahalanobis", "layer_mahalanobis", "spectrum_mahalanobis"}  # M's layers, or the input, alone
+    of_m = {"mahalanobis", "layer_mahalanobis", "spectrum_mahalanobis", "trigger_direction"}  # M's layers, or the input
     for rule in of_m:
         np.testing.assert_allclose(int8[rule], fp32[rule], rtol=1e-4, atol=1e-4)
     for rule in set(fp32) - of_m:

@@ -36,6 +36,8 @@ def test_a_build_on_the_fine_tuned_models_of_another_scores_as_that_build(tiny_c
         assert manifest["models"][role] == {**recorded, "reused": True}
     found = json.loads((tiny_artifacts / "manifest.json").read_text())["target_identification"]
     assert manifest["target_identification"] == {**found, "reused": True}  # M and the clean rows are the same
+    assert manifest["files"]["reversed_trigger.npz"] == json.loads(  # and so is the trigger it reached the target by
+        (tiny_artifacts / "manifest.json").read_text())["files"]["reversed_trigger.npz"]
 
 
 def test_models_fine_tuned_on_other_clean_rows_are_refused(tiny_case: Path, tiny_artifacts: Path, tmp_path: Path,

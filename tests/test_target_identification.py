@@ -80,7 +80,7 @@ def test_a_negative_number_of_identification_steps_is_refused(tiny_case, tmp_pat
     assert "--target-identification-steps" in capsys.readouterr().err
 
 
-def test_an_earlier_identification_is_reused_only_if_it_read_the_mask_sizes_the_same_way(tiny_case, tmp_path):
+def test_an_earlier_identification_is_reused_only_if_it_was_made_as_builds_now_make_it(tiny_case, tmp_path):
     from offline.build.pipeline import BuildConfig, _target_identification
     from offline.data.tensorsets import load_tensor_set
     from offline.model_io import load_pt2
@@ -88,8 +88,10 @@ def test_an_earlier_identification_is_reused_only_if_it_read_the_mask_sizes_the_
     model, clean = load_pt2(tiny_case / "model.pt2").module(), load_tensor_set(tiny_case / "clean.npz")
     config = BuildConfig(model=str(tiny_case / "model.pt2"), clean_data=tiny_case / "clean.npz", out=tmp_path,
                          target_identification_steps=2)
-    fresh = _target_identification(model, clean, 10, config)
+    fresh, trigger = _target_identification(model, clean, 10, config)
     assert fresh["size_averaging"] and "reused" not in fresh
-    assert _target_identification(model, clean, 10, config, prior=fresh) == {**fresh, "reused": True}
-    made_otherwise = {key: value for key, value in fresh.items() if key != "size_averaging"}  # a session-37 build
-    assert "reused" not in _target_identification(model, clean, 10, config, prior=made_otherwise)
+    assert _target_identification(model, clean, 10, config, prior=fresh, prior_trigger=trigger) == (
+        {**fresh, "reused": True}, trigger)
+    for earlier in ("size_averaging", "reversed_trigger"):  # a session-37 build; one of sessions 38-39
+        made_otherwise = {key: value for key, value in fresh.items() if key != earlier}
+        assert "reused" not in _target_identification(model, clean, 10, config, prior=made_otherwise)[0]

@@ -1,6 +1,6 @@
 """`offline build --auxiliary both`, the default: BaDExpert's rule and the auxiliary posterior
 once with the fine-tuned M' and once with TSBD's, each pair sharing its rule's weight; a build
-with one M' has four first-stage rules."""
+with one M' has nine first-stage rules."""
 
 import json
 
@@ -16,19 +16,23 @@ from offline.cli import main as offline
 
 BOTH_FIRST_STAGE = ("badexpert", "badexpert_tsbd", "exposed", "mahalanobis", "auxiliary_posterior",
                     "auxiliary_tsbd_posterior", "expert_posterior", "layer_mahalanobis", "spectrum_mahalanobis",
-                    "target_class")
+                    "trigger_direction", "target_class")
 
 
-def test_a_build_with_the_fine_tuned_auxiliary_alone_has_eight_first_stage_rules(tiny_case, tmp_path):
+def test_a_build_with_the_fine_tuned_auxiliary_alone_has_nine_first_stage_rules(tiny_case, tmp_path):
     out = tmp_path / "artifacts"
     assert offline(["build", "--model", str(tiny_case / "model.pt2"), "--clean-data", str(tiny_case / "clean.npz"),
                     "--out", str(out), "--auxiliary", "finetune", "--target-identification-steps", "0"]) == 0
     artifacts = load_artifacts(out)
     assert first_stage_rules(artifacts.model_roles) == ("badexpert", "exposed", "mahalanobis", "auxiliary_posterior",
                                                         "expert_posterior", "layer_mahalanobis", "spectrum_mahalanobis",
-                                                        "target_class")
+                                                        "trigger_direction", "target_class")
     assert "auxiliary_tsbd" not in artifacts.model_roles
     assert list(artifacts.manifest.raw["auxiliary_posterior"]) == ["auxiliary"]
+    # It did not look for the backdoor's target, so it has no trigger direction either: the rule adds nothing.
+    assert artifacts.manifest.raw["trigger_direction"] == {"target": None, "why_none": "no suspected target"}
+    _, scores = ScoringEngine(artifacts).score(np.load(tiny_case / "test_triggered.npz")["x"][:32])
+    assert not scores["trigger_direction"].any()
 
 
 def test_a_default_build_ships_both_auxiliaries_and_their_reports(tiny_artifacts):

@@ -15,12 +15,14 @@ from firewall.rules.scaleup import ScaleUpRule
 from firewall.rules.spectrum_mahalanobis import SpectrumMahalanobisRule
 from firewall.rules.strip import ExposedEntropyRule, ExposedStripRule, StripOriginalRule
 from firewall.rules.target_class import TargetClassRule
+from firewall.rules.trigger_direction import TriggerDirectionRule
 
 RULES: dict[str, type[Rule]] = {
     rule.name: rule
     for rule in (BadExpertRule, BadExpertTsbdRule, ExposedRule, MahalanobisRule, AuxiliaryPosteriorRule,
                  AuxiliaryTsbdPosteriorRule, ExpertPosteriorRule, LayerMahalanobisRule, SpectrumMahalanobisRule,
-                 TargetClassRule, ExposedStripRule, StripOriginalRule, ScaleUpRule, ExposedEntropyRule)
+                 TriggerDirectionRule, TargetClassRule, ExposedStripRule, StripOriginalRule, ScaleUpRule,
+                 ExposedEntropyRule)
 }
 
 # The costly rules (64 superimposed copies through M or E each) that run only in the
@@ -61,5 +63,6 @@ __all__ = ["RULES", "LATER_RULES", "auxiliary_roles", "badexpert_rules", "first_
            "posterior_rules", "Batch", "Rule", "TargetClassRule",
            "BadExpertRule", "BadExpertTsbdRule", "AuxiliaryPosteriorRule", "AuxiliaryTsbdPosteriorRule",
            "ExpertPosteriorRule", "ExposedRule",
-           "MahalanobisRule", "LayerMahalanobisRule", "SpectrumMahalanobisRule", "ExposedStripRule",
+           "MahalanobisRule", "LayerMahalanobisRule", "SpectrumMahalanobisRule", "TriggerDirectionRule",
+           "ExposedStripRule",
            "StripOriginalRule", "ScaleUpRule", "ExposedEntropyRule"]

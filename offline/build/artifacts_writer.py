@@ -18,14 +18,16 @@ import torch
 from torch import nn
 
 import firewall
-from firewall.artifacts import (CLASS_GAUSSIANS, FUSED_FILES, MANIFEST, MODEL_FILES, SCHEMA_VERSION, STRIP_BANK,
-                                TORCH_FILES, sha256_file)
+from firewall.artifacts import (CLASS_GAUSSIANS, FUSED_FILES, MANIFEST, MODEL_FILES, REVERSED_TRIGGER,
+                                SCHEMA_VERSION, STRIP_BANK, TORCH_FILES, sha256_file)
 from firewall.rules.spectrum_mahalanobis import FLOOR, band_count
 from offline.atomic import atomic_directory
 from offline.build.class_gaussians import ClassGaussians, FeatureSpace, LayerSpace, save_class_gaussians
 from offline.build.fused_export import export_fused
 from offline.build.layer_taps import PooledLayers
 from offline.build.onnx_export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx
+from offline.build.target_identification import ReversedTrigger
+from offline.build.trigger_direction import TriggerDirection
 from offline.build.trunk_split import Composed, TrunkSplit
 from offline.model_io import save_pt2
 
@@ -33,8 +35,10 @@ from offline.model_io import save_pt2
 def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], penultimate: TrunkSplit,
                     gaussians: ClassGaussians, expert_space: FeatureSpace,
                     auxiliary_spaces: dict[str, FeatureSpace], layers: LayerSpace,
-                    spectrum: ClassGaussians, example: np.ndarray, check_x: np.ndarray, bank: np.ndarray,
-                    description: dict, trunk: nn.Module | None = None, stack_networks: bool = False) -> dict:
+                    spectrum: ClassGaussians, direction: TriggerDirection, example: np.ndarray,
+                    check_x: np.ndarray, bank: np.ndarray, description: dict,
+                    reversed_trigger: ReversedTrigger | None = None, trunk: nn.Module | None = None,
+                    stack_networks: bool = False) -> dict:
     """Writes the classifiers `models` (by role: original, expert, exposed and the auxiliaries,
     whole networks from the input) and the rules' feature extractors to `out`, and returns
     the manifest.
@@ -43,7 +47,9 @@ def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], pen
     `expert_space` B cut the same way with its Gaussians (the expert posterior rule),
     `auxiliary_spaces` each auxiliary's by role (its posterior rule),
     `layers` M's tapped layers with theirs (the layer-Mahalanobis rule), `spectrum` the
-    inputs' block spectra's (the spectrum rule); all of them cut M, B or an auxiliary
+    inputs' block spectra's (the spectrum rule), `direction` the trigger-direction rule's map
+    of M's penultimate features (fitted from `reversed_trigger`, kept beside it where the
+    build named a suspected target); all of them cut M, B or an auxiliary
     (their heads, with a shared `trunk`, which the fine-tunes left alone), and the feature
     extractors are exported as those cuts after the trunk. `stack_networks` runs
     B, the auxiliaries and E as one stacked network in the fused graphs where it can. `description` holds
@@ -67,12 +73,13 @@ def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], pen
                 (scratch / TORCH_FILES[role]).parent.mkdir(exist_ok=True)
                 save_pt2(module, example_tensor, scratch / TORCH_FILES[role])
         fused_check, fused_networks = export_fused(models, penultimate.head, gaussians, expert_space,
-                                                   auxiliary_spaces, layers,
-                                                   spectrum, example_tensor, scratch, check_x, trunk,
-                                                   stack_networks)
+                                                   auxiliary_spaces, layers, spectrum, direction,
+                                                   example_tensor, scratch, check_x, trunk, stack_networks)
         onnx_check.update(fused_check)
         np.save(scratch / STRIP_BANK, bank.astype(np.float32), allow_pickle=False)
-        save_class_gaussians(scratch, gaussians, own_spaces, layers, spectrum)
+        save_class_gaussians(scratch, gaussians, own_spaces, layers, spectrum, direction)
+        if reversed_trigger is not None:
+            reversed_trigger.save(scratch / REVERSED_TRIGGER)
         normalization = description.pop("normalization")
         manifest = {
             "schema_version": SCHEMA_VERSION,
@@ -84,7 +91,7 @@ def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], pen
             "files": {f: {"sha256": sha256_file(scratch / f)}
                       for f in [*(MODEL_FILES[role] for role in models), *FUSED_FILES.values(),
                                 *(TORCH_FILES[role] for role in models if role in TORCH_FILES), STRIP_BANK,
-                                CLASS_GAUSSIANS]},
+                                CLASS_GAUSSIANS, *([REVERSED_TRIGGER] if reversed_trigger is not None else [])]},
             **description,
             "mahalanobis": {"features_after": penultimate.cut, **gaussians.to_json()},
             "auxiliary_posterior": {role: space.to_json() for role, space in auxiliary_spaces.items()},
@@ -92,6 +99,7 @@ def write_artifacts(out: Path, force: bool, *, models: dict[str, nn.Module], pen
             "layer_mahalanobis": layers.to_json(),
             "spectrum_mahalanobis": {"bands": [band_count(side) for side in input_shape[1:]], "floor": FLOOR,
                                      **spectrum.to_json()},
+            "trigger_direction": direction.report,
             "fused_networks": fused_networks,  # B, the auxiliaries and E stacked into one network, or why not
             "onnx_max_relative_diff": onnx_check,  # absolute below 1 (onnx_export.relative_difference)
         }

@@ -27,6 +27,7 @@ from firewall.rules.layer_mahalanobis import LayerGaussians
 from firewall.rules.mahalanobis import mahalanobis_by_class
 from firewall.rules.spectrum_mahalanobis import block_spectrum
 from offline.build.layer_taps import TappedFeatures, pooled_layers
+from offline.build.trigger_direction import TriggerDirection
 from offline.build.trunk_split import TrunkSplit
 from offline.data.tensorsets import TensorSet
 from offline.training import forward
@@ -129,13 +130,15 @@ def fit_spectrum_gaussians(clean: TensorSet, num_classes: int) -> ClassGaussians
 
 
 def save_class_gaussians(directory: Path, original: ClassGaussians, own_spaces: dict[str, FeatureSpace],
-                         layers: LayerSpace, spectrum: ClassGaussians) -> None:
+                         layers: LayerSpace, spectrum: ClassGaussians, direction: TriggerDirection) -> None:
     """One CLASS_GAUSSIANS file: M's under `means`/`precision`, B's and each auxiliary's (`own_spaces`,
     by role) under its role, M's tapped layers' under `layer<i>_` with their `layer_scales`, the
-    spectra's under `spectrum_`."""
+    spectra's under `spectrum_`, and the trigger-direction rule's map of M's features under
+    `trigger_direction_`."""
     arrays = {"means": original.means, "precision": original.precision,
               "layer_scales": np.asarray(layers.scales, np.float64),
-              "spectrum_means": spectrum.means, "spectrum_precision": spectrum.precision}
+              "spectrum_means": spectrum.means, "spectrum_precision": spectrum.precision,
+              "trigger_direction_weights": direction.weights, "trigger_direction_bias": direction.bias}
     for role, space in own_spaces.items():
         arrays |= {f"{role}_means": space.gaussians.means, f"{role}_precision": space.gaussians.precision}
     for i, gaussians in enumerate(layers.layers):

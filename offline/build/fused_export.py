@@ -9,8 +9,9 @@ Mahalanobis rule from M's penultimate features and the clean class Gaussians, wh
 graph holds as constants, the auxiliary-posterior rule from each M''s own features
 and Gaussians (M' runs once for both of its rules), the expert posterior from B's
 features and Gaussians the same way, the layer-Mahalanobis rule from
-M's pooled activations at its tapped layers, read on the same run of M's layers, and the
-spectrum rule from the input itself. M runs
+M's pooled activations at its tapped layers, read on the same run of M's layers, the
+spectrum rule from the input itself, and the trigger-direction rule as one linear map of
+M's penultimate features. M runs
 up to those features in both graphs; the one with the prediction adds M's classifier
 layer and the argmax. The same graph serves whether the prediction comes from M inside
 the graph or, with `--prediction-from-upstream`, from the production server's own
@@ -38,9 +39,11 @@ from firewall.rules.exposed import margin_by_class
 from firewall.rules.layer_mahalanobis import LayerGaussians, layer_mahalanobis_by_class
 from firewall.rules.mahalanobis import mahalanobis_by_class
 from firewall.rules.spectrum_mahalanobis import FLOOR, spectrum_mahalanobis_by_class, spectrum_operators
+from firewall.rules.trigger_direction import trigger_direction_by_class
 from offline.build.class_gaussians import ClassGaussians, FeatureSpace, LayerSpace
 from offline.build.onnx_export import INPUT_NAME, export_onnx, relative_difference
 from offline.build.stacked_networks import SeparateNetworks, StackedNetworks, Unstackable
+from offline.build.trigger_direction import TriggerDirection
 from offline.build.trunk_split import split_before_classifier
 
 # The rules divide by probabilities that can be 1e-6: float32 rounding moves such a score
@@ -140,10 +143,23 @@ class SpectrumMahalanobisByClass(nn.Module):
         return self.distances((energy + FLOOR).log().flatten(1))
 
 
+class TriggerDirectionByClass(nn.Module):
+    """M's penultimate features [N, d] -> the trigger-direction rule's score for every class, [N, K]
+    (see firewall.rules.trigger_direction)."""
+
+    def __init__(self, direction: TriggerDirection):
+        super().__init__()
+        self.register_buffer("weights", torch.from_numpy(direction.weights.astype(np.float32)))
+        self.register_buffer("bias", torch.from_numpy(direction.bias.astype(np.float32)))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features.flatten(1) @ self.weights + self.bias
+
+
 class FirstStageScorer(nn.Module):
     """x -> the BaDExpert (once per auxiliary), exposed, Mahalanobis, auxiliary-posterior
-    (once per auxiliary), expert-posterior, layer-Mahalanobis and spectrum scores for every
-    class.
+    (once per auxiliary), expert-posterior, layer-Mahalanobis, spectrum and trigger-direction
+    scores for every class.
 
     `networks` runs B and each M' up to their features and E, one after another or stacked
     into one network (offline/build/stacked_networks.py). With a shared trunk
@@ -154,7 +170,7 @@ class FirstStageScorer(nn.Module):
 
     def __init__(self, networks: SeparateNetworks | StackedNetworks, expert: FeatureSpace,
                  auxiliaries: list[FeatureSpace], gaussians: ClassGaussians, layers: LayerSpace,
-                 spectrum: SpectrumMahalanobisByClass, trunk: nn.Module | None = None):
+                 spectrum: SpectrumMahalanobisByClass, direction: TriggerDirection, trunk: nn.Module | None = None):
         super().__init__()
         self.trunk = trunk if trunk is not None else nn.Identity()
         self.networks, self.features = networks, layers.tapped
@@ -163,6 +179,7 @@ class FirstStageScorer(nn.Module):
         self.mahalanobis = MahalanobisByClass(gaussians.means, gaussians.precision)
         self.layer_mahalanobis = LayerMahalanobisByClass(layers.arrays())
         self.spectrum_mahalanobis = spectrum
+        self.trigger_direction = TriggerDirectionByClass(direction)
 
     def scores(self, x: torch.Tensor, h: torch.Tensor, features: torch.Tensor,
                pooled: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -172,7 +189,8 @@ class FirstStageScorer(nn.Module):
         logits, posteriors = zip(*(auxiliary(f) for auxiliary, f in zip(self.auxiliaries, auxiliary_features)))
         badexpert = [badexpert_by_class(b, a.softmax(dim=1)) for a in logits]
         return (*badexpert, exposed_by_class(exposed_logits), self.mahalanobis(features), *posteriors,
-                expert_posterior, self.layer_mahalanobis(pooled), self.spectrum_mahalanobis(x))
+                expert_posterior, self.layer_mahalanobis(pooled), self.spectrum_mahalanobis(x),
+                self.trigger_direction(features))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         h = self.trunk(x)
@@ -195,7 +213,7 @@ class PredictingScorer(nn.Module):
 
 def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians: ClassGaussians,
                  expert: FeatureSpace, auxiliaries: dict[str, FeatureSpace], layers: LayerSpace,
-                 spectrum: ClassGaussians,
+                 spectrum: ClassGaussians, direction: TriggerDirection,
                  example: torch.Tensor, out: Path, check_x: np.ndarray, trunk: nn.Module | None = None,
                  stack: bool = False) -> tuple[dict[str, float], dict]:
     """Write both fused graphs and check them against the numpy rules on real inputs;
@@ -210,21 +228,22 @@ def export_fused(models: dict[str, nn.Module], classifier: nn.Module, gaussians:
     classifier layer, with their clean class Gaussians; `models["<role>_features"]` the
     same cuts as whole models. `layers` taps `models["features"]` (its head, with a shared trunk);
     `models["layer_features"]` gives the same pooled activations from the input. `spectrum`
-    are the class Gaussians of the clean inputs' block spectra. With `stack`, B, the
+    are the class Gaussians of the clean inputs' block spectra, `direction` the trigger-direction
+    rule's map of M's penultimate features. With `stack`, B, the
     auxiliaries and E run as one stacked network where their architecture allows.
     """
     rules = graph_rules(models)
     spaces = [auxiliaries[role] for role in auxiliary_roles(rules)]
     networks, layout = _networks(models, expert, spaces, trunk, stack)
     spectrum_distances = SpectrumMahalanobisByClass(tuple(example.shape[1:]), spectrum.means, spectrum.precision)
-    scorer = FirstStageScorer(networks, expert, spaces, gaussians, layers, spectrum_distances, trunk)
+    scorer = FirstStageScorer(networks, expert, spaces, gaussians, layers, spectrum_distances, direction, trunk)
     scores = [BY_CLASS_OUTPUTS[rule] for rule in rules]
     graphs = {"fused": (PredictingScorer(classifier, scorer), [PREDICTION_OUTPUT, *scores]),
               "fused_without_original": (scorer, scores)}
     for role, (module, outputs) in graphs.items():
         export_onnx(module, example, out / FUSED_FILES[role], output_names=outputs)
-    checks = {role: _check(models, gaussians, expert, auxiliaries, layers, spectrum, out / FUSED_FILES[role],
-                           check_x)
+    checks = {role: _check(models, gaussians, expert, auxiliaries, layers, spectrum, direction,
+                           out / FUSED_FILES[role], check_x)
               for role in graphs}
     return checks, layout
 
@@ -252,8 +271,8 @@ def _networks(models: dict[str, nn.Module], expert: FeatureSpace, auxiliaries: l
 
 @torch.no_grad()
 def _check(models: dict[str, nn.Module], gaussians: ClassGaussians, expert: FeatureSpace,
-           auxiliaries: dict[str, FeatureSpace], layers: LayerSpace, spectrum: ClassGaussians, path: Path,
-           x: np.ndarray) -> float:
+           auxiliaries: dict[str, FeatureSpace], layers: LayerSpace, spectrum: ClassGaussians,
+           direction: TriggerDirection, path: Path, x: np.ndarray) -> float:
     """Largest relative difference of the scores between onnxruntime and the numpy rules on torch
     outputs; predictions must match exactly."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -264,7 +283,8 @@ def _check(models: dict[str, nn.Module], gaussians: ClassGaussians, expert: Feat
     expected = {"exposed": margin_by_class(models["exposed"](tx).numpy()),
                 "mahalanobis": mahalanobis_by_class(features, gaussians.means, gaussians.precision),
                 "layer_mahalanobis": layer_mahalanobis_by_class(models["layer_features"](tx).numpy(), layers.arrays()),
-                "spectrum_mahalanobis": spectrum_mahalanobis_by_class(x, spectrum.means, spectrum.precision)}
+                "spectrum_mahalanobis": spectrum_mahalanobis_by_class(x, spectrum.means, spectrum.precision),
+                "trigger_direction": trigger_direction_by_class(features, direction.weights, direction.bias)}
     for rule in badexpert_rules(graph_rules(models)):
         expected[rule] = -triangle_statistic(b, models[RULES[rule].auxiliary](tx).softmax(dim=1).numpy())
     posteriors = {rule: (RULES[rule].auxiliary, auxiliaries[RULES[rule].auxiliary])

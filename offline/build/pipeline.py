@@ -17,13 +17,14 @@ from offline.build.class_gaussians import (FeatureSpace, fit_class_gaussians, fi
 from offline.build.layer_taps import TappedFeatures
 from offline.build.reuse import load_prior_models
 from offline.build.stages import auxiliary_model, backdoor_expert, exposed_model
-from offline.build.target_identification import identify_target, read_as_builds_now_do
+from offline.build.target_identification import ReversedTrigger, identify_target, read_as_builds_now_do
+from offline.build.trigger_direction import fit_trigger_direction
 from offline.build.trunk_split import Composed, TrunkSplit, split_before_classifier, split_trunk
 from offline.build.tsbd import tsbd_auxiliary
 from offline.data.tensorsets import TensorSet, check_labels, load_tensor_set
 from offline.machine import software_versions
 from offline.model_io import input_shape_of, load_model
-from offline.training import accuracy, forward
+from offline.training import accuracy, forward, predict
 
 MIN_CLEAN = 50
 # How M' is made: for each `--auxiliary`, the auxiliary roles it makes and the method that
@@ -151,22 +152,24 @@ def _fine_tune(model: torch.nn.Module, tuned: torch.nn.Module, tune_train: Tenso
 
 
 def _target_identification(model: torch.nn.Module, clean: TensorSet, num_classes: int, config: BuildConfig,
-                            prior: dict | None = None) -> dict | None:
-    """Which class the backdoor sends inputs to, if one stands out, with the evidence; None when not asked.
-    `prior` is an earlier build's of the same M on the same clean rows (--reuse-models), taken when it was
-    made with as many steps and the same reading of the mask sizes, since it would come out the same."""
+                            prior: dict | None = None, prior_trigger: ReversedTrigger | None = None
+                            ) -> tuple[dict | None, ReversedTrigger | None]:
+    """Which class the backdoor sends inputs to, if one stands out, with the evidence, and the reversed
+    trigger that reached it; None when not asked. `prior` is an earlier build's of the same M on the same
+    clean rows (--reuse-models) with the trigger it kept, taken when it was made with as many steps and as
+    builds now make it, since it would come out the same."""
     if config.target_identification_steps == 0:
-        return None
+        return None, None
     if read_as_builds_now_do(prior) and prior["steps"] == config.target_identification_steps:
-        return {**prior, "reused": True}
+        return {**prior, "reused": True}, prior_trigger
     if clean.x.ndim != 4:
         print("note: target identification reverse-engineers image triggers; inputs of shape "
               f"{clean.x.shape[1:]} are not images, so the build does not look for the backdoor's target",
               file=sys.stderr)
-        return None
+        return None, None
     report = identify_target(model, clean.x, clean.y, num_classes, mean=config.input_mean, std=config.input_std,
                              steps=config.target_identification_steps, seed=config.seed)
-    return report.to_json()
+    return report.to_json(), report.trigger
 
 
 def run_build(config: BuildConfig) -> dict:
@@ -203,10 +206,10 @@ def run_build(config: BuildConfig) -> dict:
     if config.reuse_models is not None:
         prior = load_prior_models(config.reuse_models, model, clean, config.auxiliary, roles)
         fine_tuned, reports, reused = prior.models, prior.reports, prior.source
-        prior_identification = prior.target_identification
+        prior_identification, prior_trigger = prior.target_identification, prior.reversed_trigger
     else:
         fine_tuned, reports = _fine_tune(model, tuned, tune_train, tune_heldout, train, heldout, config, num_classes)
-        reused = prior_identification = None
+        reused = prior_identification = prior_trigger = None
     auxiliaries = {role: fine_tuned[role] for role in roles if role.startswith("auxiliary")}
     penultimate = _penultimate(tuned)
     models = {"original": tuned, **fine_tuned}
@@ -218,6 +221,11 @@ def run_build(config: BuildConfig) -> dict:
     auxiliary_spaces = {role: _feature_space(network, tuned_clean, num_classes)
                         for role, network in auxiliaries.items()}
     layers = fit_layer_space(_tapped(penultimate.trunk), tuned_clean, num_classes)
+    identification, trigger = _target_identification(model, clean, num_classes, config, prior_identification,
+                                                     prior_trigger)
+    direction = fit_trigger_direction(
+        trigger, clean, num_classes, lambda x: forward(penultimate.trunk, forward(split.trunk, x) if split else x),
+        lambda x: predict(model, x), config.input_mean, config.input_std)
 
     bank_rows = rng.choice(len(clean), size=min(config.strip_bank_size, len(clean)), replace=False)
     description = {
@@ -232,11 +240,11 @@ def run_build(config: BuildConfig) -> dict:
                   "software": software_versions(), "clean_row_digests": clean.row_digests(),
                   "fine_tuned_models_from": reused},
         "models": {"original": {"heldout_clean_accuracy": original_acc}, **reports},
-        "target_identification": _target_identification(model, clean, num_classes, config, prior_identification),
+        "target_identification": identification,
     }
     return write_artifacts(config.out, config.force, models=models, penultimate=penultimate, gaussians=gaussians,
                            expert_space=expert_space, auxiliary_spaces=auxiliary_spaces, layers=layers,
-                           spectrum=fit_spectrum_gaussians(clean, num_classes), example=clean.x[:2],
-                           check_x=heldout.x[:64],
-                           bank=clean.x[bank_rows], description=description, trunk=split.trunk if split else None,
+                           spectrum=fit_spectrum_gaussians(clean, num_classes), direction=direction,
+                           example=clean.x[:2], check_x=heldout.x[:64], bank=clean.x[bank_rows],
+                           description=description, reversed_trigger=trigger, trunk=split.trunk if split else None,
                            stack_networks=config.stack_networks)

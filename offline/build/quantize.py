@@ -35,9 +35,11 @@ from offline.data.tensorsets import load_tensor_set
 
 QUANTIZED_OPS = ("Conv", "Gemm")
 # M's layers, by the prefix their weights carry in the fused graphs (with the predicting
-# graph's `scorer.` before it): its feature layers and its classifier. Every other
-# convolution and fully connected layer is B's, an M''s or E's, stacked or not.
-FLOAT_NETWORKS = ("features.", "classifier.")
+# graph's `scorer.` before it): its feature layers and its classifier, and the trigger
+# direction's map of M's features (a fully connected layer too, which the quantizer would feed
+# a quantized copy of the features M's classifier reads). Every other convolution and fully
+# connected layer is B's, an M''s or E's, stacked or not.
+FLOAT_NETWORKS = ("features.", "classifier.", "trigger_direction.")
 CALIBRATION_BATCH = 64
 
 

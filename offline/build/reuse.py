@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from firewall.artifacts import MANIFEST, TORCH_FILES, sha256_file
+from firewall.artifacts import MANIFEST, REVERSED_TRIGGER, TORCH_FILES, sha256_file
 from firewall.errors import UserError
+from offline.build.target_identification import ReversedTrigger
 from offline.data.tensorsets import TensorSet
 from offline.model_io import load_pt2
 from offline.training import forward
@@ -37,6 +38,7 @@ class PriorModels:
     reports: dict[str, dict]  # how the earlier build made each, as its manifest recorded it
     source: dict  # where they came from, for this build's manifest
     target_identification: dict | None  # the earlier build's, which depends only on M and the clean rows checked here
+    reversed_trigger: ReversedTrigger | None  # the one it kept for its suspected target, if it named one
 
 
 def load_prior_models(prior: Path, model: nn.Module, clean: TensorSet, auxiliary_method: str,
@@ -68,7 +70,18 @@ def load_prior_models(prior: Path, model: nn.Module, clean: TensorSet, auxiliary
                         f"difference {difference:.3g}); its fine-tuned models belong to another model")
     reports = {role: {**manifest["models"][role], "reused": True} for role in roles}
     source = {"artifacts": str(prior), "manifest_sha256": sha256_file(manifest_path)}
-    return PriorModels(loaded, reports, source, manifest.get("target_identification"))
+    identification = manifest.get("target_identification")
+    return PriorModels(loaded, reports, source, identification, _verified_trigger(prior, files, identification))
+
+
+def _verified_trigger(prior: Path, files: dict, identification: dict | None) -> ReversedTrigger | None:
+    """The reversed trigger the earlier identification kept, checked against its manifest's digest."""
+    if not (identification or {}).get("reversed_trigger"):
+        return None
+    path = prior / REVERSED_TRIGGER
+    if not path.is_file() or sha256_file(path) != files.get(REVERSED_TRIGGER, {}).get("sha256"):
+        raise UserError(f"--reuse-models {prior}: {path} is missing or differs from its manifest's sha256")
+    return ReversedTrigger.load(path)
 
 
 def _verified_program(prior: Path, files: dict, role: str) -> nn.Module:

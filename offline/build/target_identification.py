@@ -16,13 +16,16 @@ target lifts the worst cell 0.79 -> 0.92 AUROC in an oracle study (docs/METHODS.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+
+from firewall.artifacts import REVERSED_TRIGGER
 
 # 1.4826 * MAD estimates a normal distribution's standard deviation; Neural Cleanse
 # flags a class whose index exceeds 2.
@@ -34,10 +37,38 @@ SIZE_AVERAGING = "mean over the second half of the steps"
 
 
 def read_as_builds_now_do(identification: dict | None) -> bool:
-    """Whether a manifest's `target_identification` read the mask sizes as this code does: the one test of
-    "current" that reusing it (--reuse-models), rebuilding a matrix cell (`offline bench`) and marking a
-    cell in docs/RESULTS.md all apply, so that they never disagree about which builds are earlier ones."""
-    return identification is not None and identification.get("size_averaging") == SIZE_AVERAGING
+    """Whether a manifest's `target_identification` read the mask sizes as this code does and kept the named
+    class's reversed trigger (`reversed_trigger`: its file, or None where no class was named; the
+    trigger-direction rule is fitted from it): the one test of "current" that reusing it (--reuse-models),
+    rebuilding a matrix cell (`offline bench`) and marking a cell in docs/RESULTS.md all apply, so that they
+    never disagree about which builds are earlier ones."""
+    return (identification is not None and identification.get("size_averaging") == SIZE_AVERAGING
+            and "reversed_trigger" in identification)
+
+
+@dataclass(frozen=True)
+class ReversedTrigger:
+    """The mask and pattern that sent the other classes' clean inputs to the suspected target, in pixel
+    space: x' = (1 - mask) x + mask pattern. Not the attacker's trigger, but a way into the target by the
+    same shortcut (firewall/rules/trigger_direction.py), and a picture of what the backdoor responds to."""
+
+    target: int
+    mask: np.ndarray  # [H, W], in [0, 1]
+    pattern: np.ndarray  # [C, H, W], in [0, 1]
+
+    def stamp(self, pixels: np.ndarray) -> np.ndarray:
+        """Images [N, C, H, W] in [0, 1] with the trigger stamped on."""
+        return ((1.0 - self.mask) * pixels + self.mask * self.pattern).astype(np.float32)
+
+    def save(self, path: Path) -> None:
+        with open(path, "wb") as handle:
+            np.savez(handle, target=np.int64(self.target), mask=self.mask.astype(np.float32),
+                     pattern=self.pattern.astype(np.float32))
+
+    @classmethod
+    def load(cls, path: Path) -> "ReversedTrigger":
+        with np.load(path, allow_pickle=False) as stored:  # data, never code
+            return cls(int(stored["target"]), stored["mask"], stored["pattern"])
 
 
 @dataclass
@@ -55,9 +86,12 @@ class TargetReport:
     steps: int
     penalty: float
     size_averaging: str = SIZE_AVERAGING
+    trigger: ReversedTrigger | None = field(default=None, repr=False)  # the suspected target's; in its own file
 
     def to_json(self) -> dict:
-        return asdict(self)
+        report = asdict(self)
+        del report["trigger"]
+        return {**report, "reversed_trigger": REVERSED_TRIGGER if self.trigger is not None else None}
 
 
 def anomaly_index(mask_sizes: np.ndarray) -> np.ndarray:
@@ -70,9 +104,10 @@ def anomaly_index(mask_sizes: np.ndarray) -> np.ndarray:
 
 
 def _reverse_engineer(model: nn.Module, pixels: torch.Tensor, target: int, to_model: nn.Module, *, steps: int,
-                      penalty: float, batch_size: int, generator: torch.Generator) -> tuple[float, float]:
+                      penalty: float, batch_size: int, generator: torch.Generator
+                      ) -> tuple[float, float, ReversedTrigger]:
     """The smallest mask found that sends `pixels` to `target`: its L1 size, averaged over the second half of
-    the steps, and the share the final mask sends there.
+    the steps, the share the final mask sends there, and the final mask and pattern.
 
     The average because the size does not settle: at Adam's rate the mask breathes from step to step, and one
     snapshot moved a class's anomaly index by several units between checkpoints (4.4, 10.6, 3.3 at steps 75,
@@ -97,7 +132,7 @@ def _reverse_engineer(model: nn.Module, pixels: torch.Tensor, target: int, to_mo
         mask, pattern = torch.sigmoid(mask_logit), torch.sigmoid(pattern_logit)
         stamped = (1 - mask) * pixels + mask * pattern
         flipped = float((model(to_model(stamped)).argmax(1) == target).float().mean())
-    return float(np.mean(settled_sizes)), flipped
+    return float(np.mean(settled_sizes)), flipped, ReversedTrigger(target, mask[0, 0].numpy(), pattern[0].numpy())
 
 
 class _Normalize(nn.Module):
@@ -126,15 +161,17 @@ def identify_target(model: nn.Module, x: np.ndarray, y: np.ndarray, num_classes:
     to_model = _Normalize(mean, std)
     pixels_all = torch.from_numpy(x) * to_model.std + to_model.mean
     generator = torch.Generator().manual_seed(seed)
-    sizes, flips = [], []
+    sizes, flips, triggers = [], [], []
     for target in tqdm(range(num_classes), desc="target identification", unit="class", disable=None):
         others = pixels_all[torch.from_numpy(y != target)]
-        size, flipped = _reverse_engineer(model, others, target, to_model, steps=steps, penalty=penalty,
-                                          batch_size=batch_size, generator=generator)
+        size, flipped, trigger = _reverse_engineer(model, others, target, to_model, steps=steps, penalty=penalty,
+                                                   batch_size=batch_size, generator=generator)
         sizes.append(size)
         flips.append(flipped)
+        triggers.append(trigger)
     index = anomaly_index(np.asarray(sizes))
     cheapest = int(np.argmax(index))
+    suspected = cheapest if index[cheapest] > threshold else None
     return TargetReport(mask_sizes=sizes, flip_rates=flips, anomaly_index=[float(v) for v in index],
-                        suspected_target=cheapest if index[cheapest] > threshold else None, threshold=threshold,
-                        steps=steps, penalty=penalty)
+                        suspected_target=suspected, threshold=threshold, steps=steps, penalty=penalty,
+                        trigger=None if suspected is None else triggers[suspected])
