@@ -57,7 +57,6 @@ from offline.build.fused_export import (LayerMahalanobisByClass, MahalanobisByCl
                                        TriggerDirectionByClass, badexpert_by_class, exposed_by_class,
                                        posterior_by_class_torch)
 from offline.build.layer_taps import TappedFeatures
-from offline.build.trigger_direction import TriggerDirection
 from offline.build.trunk_split import split_before_classifier
 from offline.machine import case_description, describe_machine
 from offline.model_io import load_pt2
@@ -109,7 +108,7 @@ class EagerRules:
         self.features = TappedFeatures(self.original.trunk).to(device)
         self.layer_mahalanobis = LayerMahalanobisByClass(gaussians.layers).to(device)
         self.spectrum_mahalanobis = SpectrumMahalanobisByClass(input_shape, *gaussians.spectrum).to(device)
-        self.trigger_direction = TriggerDirectionByClass(TriggerDirection(*gaussians.direction, report={})).to(device)
+        self.trigger_direction = TriggerDirectionByClass(*gaussians.direction).to(device)
         shape = (1, -1, 1, 1)
         self.mean = torch.tensor(mean, device=device).reshape(shape)
         self.std = torch.tensor(std, device=device).reshape(shape)

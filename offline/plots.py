@@ -39,12 +39,11 @@ def _reversed_trigger(out: Path, trigger: ReversedTrigger) -> Path:
     as the trigger stamps them on an input (on black)."""
     def image(array: np.ndarray) -> np.ndarray:
         return array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
-    gray = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0}
     fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))
-    panels = [("mask", trigger.mask, gray), ("pattern", image(trigger.pattern), gray),
-              ("mask x pattern", image(trigger.mask * trigger.pattern), gray)]
-    for ax, (title, picture, style) in zip(axes, panels):
-        ax.imshow(picture, **(style if picture.ndim == 2 else {}))
+    panels = [("mask", trigger.mask), ("pattern", image(trigger.pattern)),
+              ("mask x pattern", image(trigger.mask * trigger.pattern))]
+    for ax, (title, picture) in zip(axes, panels):
+        ax.imshow(picture, **({"cmap": "gray", "vmin": 0.0, "vmax": 1.0} if picture.ndim == 2 else {}))
         ax.set(title=title, xticks=[], yticks=[])
     fig.suptitle(f"reversed trigger of the suspected target, class {trigger.target} "
                  f"(mask L1 {trigger.mask.sum():.1f} pixels)")

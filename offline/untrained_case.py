@@ -28,11 +28,11 @@ from torch import nn
 from firewall.artifacts import sha256_file
 from firewall.rules import auxiliary_roles, graph_rules
 from offline.build.artifacts_writer import write_artifacts
-from offline.build.trigger_direction import TriggerDirection
 from offline.build.class_gaussians import (fit_class_gaussians, fit_feature_space, fit_layer_space,
                                           fit_spectrum_gaussians)
 from offline.build.layer_taps import TappedFeatures
 from offline.build.pipeline import BuildConfig
+from offline.build.trigger_direction import TriggerDirection
 from offline.build.trunk_split import split_before_classifier
 from offline.calibrate import CalibrateConfig, run_calibrate
 from offline.data.splits import load_dataset, split_by_group

@@ -147,10 +147,10 @@ class TriggerDirectionByClass(nn.Module):
     """M's penultimate features [N, d] -> the trigger-direction rule's score for every class, [N, K]
     (see firewall.rules.trigger_direction)."""
 
-    def __init__(self, direction: TriggerDirection):
+    def __init__(self, weights: np.ndarray, bias: np.ndarray):
         super().__init__()
-        self.register_buffer("weights", torch.from_numpy(direction.weights.astype(np.float32)))
-        self.register_buffer("bias", torch.from_numpy(direction.bias.astype(np.float32)))
+        self.register_buffer("weights", torch.from_numpy(weights.astype(np.float32)))
+        self.register_buffer("bias", torch.from_numpy(bias.astype(np.float32)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features.flatten(1) @ self.weights + self.bias
@@ -179,7 +179,7 @@ class FirstStageScorer(nn.Module):
         self.mahalanobis = MahalanobisByClass(gaussians.means, gaussians.precision)
         self.layer_mahalanobis = LayerMahalanobisByClass(layers.arrays())
         self.spectrum_mahalanobis = spectrum
-        self.trigger_direction = TriggerDirectionByClass(direction)
+        self.trigger_direction = TriggerDirectionByClass(direction.weights, direction.bias)
 
     def scores(self, x: torch.Tensor, h: torch.Tensor, features: torch.Tensor,
                pooled: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:

@@ -216,7 +216,8 @@ def run_build(config: BuildConfig) -> dict:
     if split:
         models = {role: Composed(split.trunk, head) for role, head in models.items()}
     tuned_clean = _trunk_outputs(split, clean) if split else clean
-    gaussians = fit_class_gaussians(forward(penultimate.trunk, tuned_clean.x), clean.y, num_classes)
+    clean_features = forward(penultimate.trunk, tuned_clean.x)
+    gaussians = fit_class_gaussians(clean_features, clean.y, num_classes)
     expert_space = _feature_space(fine_tuned["expert"], tuned_clean, num_classes)
     auxiliary_spaces = {role: _feature_space(network, tuned_clean, num_classes)
                         for role, network in auxiliaries.items()}
@@ -224,7 +225,8 @@ def run_build(config: BuildConfig) -> dict:
     identification, trigger = _target_identification(model, clean, num_classes, config, prior_identification,
                                                      prior_trigger)
     direction = fit_trigger_direction(
-        trigger, clean, num_classes, lambda x: forward(penultimate.trunk, forward(split.trunk, x) if split else x),
+        trigger, clean, clean_features, num_classes,
+        lambda x: forward(penultimate.trunk, forward(split.trunk, x) if split else x),
         lambda x: predict(model, x), config.input_mean, config.input_std)
 
     bank_rows = rng.choice(len(clean), size=min(config.strip_bank_size, len(clean)), replace=False)

@@ -78,18 +78,19 @@ def _verified_trigger(prior: Path, files: dict, identification: dict | None) -> 
     """The reversed trigger the earlier identification kept, checked against its manifest's digest."""
     if not (identification or {}).get("reversed_trigger"):
         return None
-    path = prior / REVERSED_TRIGGER
-    if not path.is_file() or sha256_file(path) != files.get(REVERSED_TRIGGER, {}).get("sha256"):
-        raise UserError(f"--reuse-models {prior}: {path} is missing or differs from its manifest's sha256")
-    return ReversedTrigger.load(path)
+    return ReversedTrigger.load(_verified_file(prior, files, REVERSED_TRIGGER))
 
 
 def _verified_program(prior: Path, files: dict, role: str) -> nn.Module:
-    filename = TORCH_FILES[role]
+    return load_pt2(_verified_file(prior, files, TORCH_FILES[role])).module()
+
+
+def _verified_file(prior: Path, files: dict, filename: str) -> Path:
+    """The earlier set's `filename`, once it is shown to be the file its manifest pins."""
     entry = files.get(filename)
     if entry is None:
         raise UserError(f"--reuse-models {prior}: its manifest lists no {filename}")
     path = prior / filename
     if not path.is_file() or sha256_file(path) != entry.get("sha256"):
         raise UserError(f"--reuse-models {prior}: {path} is missing or differs from its manifest's sha256")
-    return load_pt2(path).module()
+    return path

@@ -44,12 +44,15 @@ class TriggerDirection:
         return cls(np.zeros((dim, num_classes)), np.zeros(num_classes), {"target": target, "why_none": why})
 
 
-def fit_trigger_direction(trigger: ReversedTrigger | None, clean: TensorSet, num_classes: int,
-                          features_of: Callable[[np.ndarray], np.ndarray], predict: Callable[[np.ndarray], np.ndarray],
-                          mean: tuple[float, ...], std: tuple[float, ...]) -> TriggerDirection:
-    """The direction for `trigger`'s target from the build's `clean` set (model space); `features_of` gives
-    M's penultimate features, `predict` M's answers, `mean` and `std` turn model space into pixels."""
-    dim = np.asarray(features_of(clean.x[:1])).reshape(1, -1).shape[1]
+def fit_trigger_direction(trigger: ReversedTrigger | None, clean: TensorSet, clean_features: np.ndarray,
+                          num_classes: int, features_of: Callable[[np.ndarray], np.ndarray],
+                          predict: Callable[[np.ndarray], np.ndarray], mean: tuple[float, ...],
+                          std: tuple[float, ...]) -> TriggerDirection:
+    """The direction for `trigger`'s target from the build's `clean` set (model space) and M's penultimate
+    features of it, `clean_features` (the class Gaussians' own); `features_of` gives them for other inputs,
+    `predict` M's answers, `mean` and `std` turn model space into pixels."""
+    clean_features = np.asarray(clean_features, np.float64).reshape(len(clean), -1)
+    dim = clean_features.shape[1]
     if trigger is None:
         return TriggerDirection.absent(dim, num_classes, "no suspected target")
     target = trigger.target
@@ -58,22 +61,21 @@ def fit_trigger_direction(trigger: ReversedTrigger | None, clean: TensorSet, num
     others = clean.x[clean.y != target]
     stamped = ((trigger.stamp(others * std_ + mean_) - mean_) / std_).astype(np.float32)
     stamped = stamped[predict(stamped) == target]
-    genuine = clean.x[(clean.y == target) & (predict(clean.x) == target)]
-    if min(len(stamped), len(genuine)) < MIN_GROUP:
-        return TriggerDirection.absent(dim, num_classes, f"{len(stamped)} stamped and {len(genuine)} genuine inputs "
+    genuine = (clean.y == target) & (predict(clean.x) == target)
+    if min(len(stamped), genuine.sum()) < MIN_GROUP:
+        return TriggerDirection.absent(dim, num_classes, f"{len(stamped)} stamped and {genuine.sum()} genuine inputs "
                                        f"reach the target; {MIN_GROUP} of each are needed", target)
-    by_group = [np.asarray(features_of(x), np.float64).reshape(len(x), -1) for x in (stamped, genuine)]
+    by_group = [np.asarray(features_of(stamped), np.float64).reshape(len(stamped), -1), clean_features[genuine]]
     means = [f.mean(axis=0) for f in by_group]
-    scatter = sum((f - m).T @ (f - m) for f, m in zip(by_group, means)) / (len(stamped) + len(genuine) - 2)
+    scatter = sum((f - m).T @ (f - m) for f, m in zip(by_group, means)) / (len(stamped) + genuine.sum() - 2)
     covariance = (1 - SHRINKAGE) * scatter + SHRINKAGE * np.trace(scatter) / dim * np.eye(dim)
     direction = np.linalg.solve(covariance, means[0] - means[1])
     direction /= np.sqrt(direction @ covariance @ direction)  # one pooled standard deviation per unit of score
-    scores = [(f - means[1]) @ direction for f in (*by_group, np.asarray(features_of(clean.x), np.float64)
-                                                   .reshape(len(clean), -1))]
+    scores = [(f - means[1]) @ direction for f in (by_group[0], clean_features)]
     floor = float(min(s.min() for s in scores)) - FLOOR_MARGIN
     weights, bias = np.zeros((dim, num_classes)), np.full(num_classes, floor)
     weights[:, target], bias[target] = direction, -(means[1] @ direction)
     report = {"target": target, "stamped": len(stamped), "stamped_of_other_classes": len(others),
-              "genuine": len(genuine), "shrinkage": SHRINKAGE, "separation": float(scores[0].mean()),
+              "genuine": int(genuine.sum()), "shrinkage": SHRINKAGE, "separation": float(scores[0].mean()),
               "floor": floor, "why_none": None}
     return TriggerDirection(weights, bias, report)
