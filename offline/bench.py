@@ -21,8 +21,8 @@ from pathlib import Path
 
 from firewall.artifacts import MANIFEST, SCHEMA_VERSION
 from firewall.errors import UserError
+from offline.build.identification_version import read_as_builds_now_do
 from offline.build.pipeline import DEFAULT_AUXILIARY, BuildConfig, run_build
-from offline.build.target_identification import read_as_builds_now_do
 from offline.calibrate import CalibrateConfig, run_calibrate
 from offline.cells import artifacts_dir, built_manifest, eval_path, keep_records
 from offline.evaluate import EvaluateConfig, run_evaluate

@@ -17,7 +17,7 @@ import numpy as np
 
 from firewall.artifacts import SCHEMA_VERSION
 from firewall.rules import LATER_RULES, RULES as RULE_REGISTRY, ExposedEntropyRule
-from offline.build.target_identification import read_as_builds_now_do
+from offline.build.identification_version import read_as_builds_now_do
 from offline.cells import built_manifest, built_variants, eval_path
 
 # The verdict, then every rule in the registry's order, but for the exposed model's STRIP

@@ -276,7 +276,7 @@ def test_bench_reuses_a_cell_only_if_its_build_was_made_the_way_this_run_would_m
 
     from firewall.artifacts import SCHEMA_VERSION
 
-    from offline.build.target_identification import SIZE_AVERAGING
+    from offline.build.identification_version import SIZE_AVERAGING
 
     def built(artifacts: str, report: str, auxiliary_method: str, schema: int = SCHEMA_VERSION,
               looked_for_target: bool = True, size_averaging: str | None = SIZE_AVERAGING,
@@ -326,7 +326,7 @@ def test_bench_recalibrates_only_a_build_it_would_have_made_and_builds_the_other
 
     from firewall.artifacts import SCHEMA_VERSION
 
-    from offline.build.target_identification import SIZE_AVERAGING
+    from offline.build.identification_version import SIZE_AVERAGING
 
     def built(schema: int) -> None:
         (tmp_path / "artifacts").mkdir(exist_ok=True)
@@ -412,7 +412,7 @@ def test_results_table_compares_a_named_build_only_on_the_cells_measured_both_wa
 
 def test_results_table_marks_the_cells_measured_on_an_earlier_build_and_says_what_each_build_named(tmp_path: Path):
     from firewall.artifacts import SCHEMA_VERSION
-    from offline.build.target_identification import SIZE_AVERAGING
+    from offline.build.identification_version import SIZE_AVERAGING
     from offline.results_table import load_cells, render
 
     def cell(name: str, schema: int, named: int | None | str = "not looked",

@@ -26,24 +26,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from firewall.artifacts import REVERSED_TRIGGER
+from offline.build.identification_version import SIZE_AVERAGING
 
 # 1.4826 * MAD estimates a normal distribution's standard deviation; Neural Cleanse
 # flags a class whose index exceeds 2.
 MAD_TO_STD = 1.4826
 ANOMALY_THRESHOLD = 2.0
-# How a class's mask size is read off its optimisation; recorded so that a build reusing an earlier one's
-# identification (--reuse-models) knows whether it would come out the same.
-SIZE_AVERAGING = "mean over the second half of the steps"
-
-
-def read_as_builds_now_do(identification: dict | None) -> bool:
-    """Whether a manifest's `target_identification` read the mask sizes as this code does and kept the named
-    class's reversed trigger (`reversed_trigger`: its file, or None where no class was named; the
-    trigger-direction rule is fitted from it): the one test of "current" that reusing it (--reuse-models),
-    rebuilding a matrix cell (`offline bench`) and marking a cell in docs/RESULTS.md all apply, so that they
-    never disagree about which builds are earlier ones."""
-    return (identification is not None and identification.get("size_averaging") == SIZE_AVERAGING
-            and "reversed_trigger" in identification)
 
 
 @dataclass(frozen=True)
