@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 
-from firewall.artifacts import REVERSED_TRIGGER, THRESHOLDS, load_artifacts
+from firewall.artifacts import REVERSED_TRIGGER, THRESHOLDS, Normalization, load_artifacts
 from firewall.fusion import DEFAULT_TRIGGER_DIRECTION_WEIGHT
 from firewall.probabilities import prob_of
 from firewall.rules.trigger_direction import trigger_direction_by_class
@@ -46,7 +46,7 @@ def test_the_direction_points_from_the_targets_genuine_inputs_to_the_stamped_one
     mask = np.zeros((4, 4), np.float32)
     mask[3, 3] = 1.0
     trigger = ReversedTrigger(TARGET, mask, np.ones((1, 4, 4), np.float32))
-    direction = fit_trigger_direction(trigger, clean, _flat(clean.x), 4, _flat, _toy_model, mean=(0.0,), std=(1.0,))
+    direction = fit_trigger_direction(trigger, clean, _flat(clean.x), 4, _flat, _toy_model, Normalization())
     assert direction.report["stamped"] == direction.report["stamped_of_other_classes"] == 120
     assert direction.report["genuine"] == 40 and direction.report["separation"] > 3
     others = clean.x[clean.y != TARGET]
@@ -63,10 +63,10 @@ def test_the_direction_points_from_the_targets_genuine_inputs_to_the_stamped_one
 
 def test_without_a_suspected_target_or_with_too_few_inputs_reaching_it_the_rule_adds_nothing():
     clean = _toy_task()
-    absent = fit_trigger_direction(None, clean, _flat(clean.x), 4, _flat, _toy_model, mean=(0.0,), std=(1.0,))
+    absent = fit_trigger_direction(None, clean, _flat(clean.x), 4, _flat, _toy_model, Normalization())
     assert not absent.weights.any() and not absent.bias.any() and absent.report["why_none"] == "no suspected target"
     useless = ReversedTrigger(TARGET, np.zeros((4, 4), np.float32), np.ones((1, 4, 4), np.float32))  # sends nothing
-    fitted = fit_trigger_direction(useless, clean, _flat(clean.x), 4, _flat, _toy_model, mean=(0.0,), std=(1.0,))
+    fitted = fit_trigger_direction(useless, clean, _flat(clean.x), 4, _flat, _toy_model, Normalization())
     assert not fitted.weights.any()
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from firewall.artifacts import sha256_file
+from firewall.artifacts import Normalization, sha256_file
 from firewall.errors import UserError
 from offline.build.artifacts_writer import write_artifacts
 from offline.build.class_gaussians import (FeatureSpace, fit_class_gaussians, fit_feature_space, fit_layer_space,
@@ -228,7 +228,7 @@ def run_build(config: BuildConfig) -> dict:
     direction = fit_trigger_direction(
         trigger, clean, clean_features, num_classes,
         lambda x: forward(penultimate.trunk, forward(split.trunk, x) if split else x),
-        lambda x: predict(model, x), config.input_mean, config.input_std)
+        lambda x: predict(model, x), Normalization(config.input_mean, config.input_std))
 
     bank_rows = rng.choice(len(clean), size=min(config.strip_bank_size, len(clean)), replace=False)
     description = {

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from firewall.artifacts import Normalization
 from offline.build.target_identification import ReversedTrigger
 from offline.data.tensorsets import TensorSet
 
@@ -46,20 +47,18 @@ class TriggerDirection:
 
 def fit_trigger_direction(trigger: ReversedTrigger | None, clean: TensorSet, clean_features: np.ndarray,
                           num_classes: int, features_of: Callable[[np.ndarray], np.ndarray],
-                          predict: Callable[[np.ndarray], np.ndarray], mean: tuple[float, ...],
-                          std: tuple[float, ...]) -> TriggerDirection:
+                          predict: Callable[[np.ndarray], np.ndarray], normalization: Normalization
+                          ) -> TriggerDirection:
     """The direction for `trigger`'s target from the build's `clean` set (model space) and M's penultimate
     features of it, `clean_features` (the class Gaussians' own); `features_of` gives them for other inputs,
-    `predict` M's answers, `mean` and `std` turn model space into pixels."""
+    `predict` M's answers, `normalization` turns model space into pixels, where the trigger is stamped."""
     clean_features = np.asarray(clean_features, np.float64).reshape(len(clean), -1)
     dim = clean_features.shape[1]
     if trigger is None:
         return TriggerDirection.absent(dim, num_classes, "no suspected target")
     target = trigger.target
-    shape = (1, -1, 1, 1)
-    mean_, std_ = np.asarray(mean, np.float32).reshape(shape), np.asarray(std, np.float32).reshape(shape)
     others = clean.x[clean.y != target]
-    stamped = ((trigger.stamp(others * std_ + mean_) - mean_) / std_).astype(np.float32)
+    stamped = normalization.from_pixels(trigger.stamp(normalization.to_pixels(others))).astype(np.float32)
     stamped = stamped[predict(stamped) == target]
     genuine = (clean.y == target) & (predict(clean.x) == target)
     if min(len(stamped), genuine.sum()) < MIN_GROUP:
