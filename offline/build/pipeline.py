@@ -93,9 +93,14 @@ def _shared_trunk(model: torch.nn.Module, config: BuildConfig) -> TrunkSplit | N
         raise UserError(f"--shared-trunk {config.shared_trunk}: {exc}") from None
 
 
-def _trunk_outputs(split: TrunkSplit, data: TensorSet) -> TensorSet:
-    """The trunk's output for every input: the heads train on these, the trunk never changes."""
-    return TensorSet(forward(split.trunk, data.x), data.y)
+def _tuned_input(split: TrunkSplit | None, x: np.ndarray) -> np.ndarray:
+    """What the fine-tuned networks read: with a shared trunk, the trunk's output (the heads
+    train on it and the trunk never changes); without one, the input itself."""
+    return forward(split.trunk, x) if split else x
+
+
+def _tuned_set(split: TrunkSplit | None, data: TensorSet) -> TensorSet:
+    return TensorSet(_tuned_input(split, data.x), data.y) if split else data
 
 
 def _penultimate(model: torch.nn.Module) -> TrunkSplit:
@@ -201,8 +206,8 @@ def run_build(config: BuildConfig) -> dict:
         print(f"warning: the model is only {original_acc:.1%} accurate on the held-out clean data; "
               "check that the clean set is normalised as the model expects", file=sys.stderr)
     split = _shared_trunk(model, config)
-    tuned, tune_train, tune_heldout = ((split.head, _trunk_outputs(split, train), _trunk_outputs(split, heldout))
-                                       if split else (model, train, heldout))
+    tuned = split.head if split else model
+    tune_train, tune_heldout = _tuned_set(split, train), _tuned_set(split, heldout)
     roles = _fine_tuned_roles(config.auxiliary)
     if config.reuse_models is not None:
         prior = load_prior_models(config.reuse_models, model, clean, config.auxiliary, roles)
@@ -216,7 +221,7 @@ def run_build(config: BuildConfig) -> dict:
     models = {"original": tuned, **fine_tuned}
     if split:
         models = {role: Composed(split.trunk, head) for role, head in models.items()}
-    tuned_clean = _trunk_outputs(split, clean) if split else clean
+    tuned_clean = _tuned_set(split, clean)
     clean_features = forward(penultimate.trunk, tuned_clean.x)
     gaussians = fit_class_gaussians(clean_features, clean.y, num_classes)
     expert_space = _feature_space(fine_tuned["expert"], tuned_clean, num_classes)
@@ -227,7 +232,7 @@ def run_build(config: BuildConfig) -> dict:
                                                      prior_trigger)
     direction = fit_trigger_direction(
         trigger, clean, clean_features, num_classes,
-        lambda x: forward(penultimate.trunk, forward(split.trunk, x) if split else x),
+        lambda x: forward(penultimate.trunk, _tuned_input(split, x)),
         lambda x: predict(model, x), Normalization(config.input_mean, config.input_std))
 
     bank_rows = rng.choice(len(clean), size=min(config.strip_bank_size, len(clean)), replace=False)
