@@ -64,3 +64,42 @@ def test_an_expert_that_answers_every_input_alike_is_never_chosen(monkeypatch):
     assert not any(run["constant_output"] for lr, run in by_rate.items() if lr != killing_rate)
     assert report.lr != killing_rate
     assert not stages.answers_alike(expert, tiny_task(30, 1))
+
+
+def _meeting_criterion_at(steps_by_rate: dict[float, int], change_by_rate: dict[float, float]):
+    """An `_expert_at` whose runs stop by the criterion at the given steps with the given weight changes."""
+    run_once = stages._expert_at
+
+    def run(*args, **kwargs):
+        expert, report, _ = run_once(*args, **kwargs)
+        lr = args[4]
+        if lr in steps_by_rate:
+            report.stopped_by, report.steps = "criterion", steps_by_rate[lr]
+        return expert, report, change_by_rate[lr]
+
+    return run
+
+
+def test_a_rate_that_collapses_the_task_at_its_first_check_loses_to_one_that_collapses_it_later(monkeypatch):
+    # the overshooting rate moved least, which on its own would win; its stop point is unresolved
+    torch.manual_seed(0)
+    model = export_program(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), torch.zeros(2, 1, 4, 4)).module()
+    fast, slow = stages.EXPERT_LRS[2], stages.EXPERT_LRS[0]
+    changes = {lr: 2.0 for lr in stages.EXPERT_LRS} | {fast: 1.0, slow: 1.5}
+    monkeypatch.setattr(stages, "_expert_at", _meeting_criterion_at({fast: 5, slow: 60}, changes))
+    _, report = stages.backdoor_expert(model, tiny_task(60, 0), tiny_task(30, 1), 3, target_accuracy=-1.0,
+                                       max_steps=3, check_every=5)
+    by_rate = {run["lr"]: run for run in report.selection["search"]}
+    assert by_rate[fast]["met_at_first_check"] and not by_rate[slow]["met_at_first_check"]
+    assert report.lr == slow
+
+
+def test_a_collapse_at_the_first_check_is_taken_when_no_rate_collapses_later(monkeypatch):
+    torch.manual_seed(0)
+    model = export_program(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), torch.zeros(2, 1, 4, 4)).module()
+    fast = stages.EXPERT_LRS[2]
+    changes = {lr: 2.0 for lr in stages.EXPERT_LRS} | {fast: 3.0}
+    monkeypatch.setattr(stages, "_expert_at", _meeting_criterion_at({fast: 5}, changes))
+    _, report = stages.backdoor_expert(model, tiny_task(60, 0), tiny_task(30, 1), 3, target_accuracy=-1.0,
+                                       max_steps=3, check_every=5)
+    assert report.lr == fast and report.stopped_by == "criterion"

@@ -180,8 +180,16 @@ def backdoor_expert(model: nn.Module, train: TensorSet, heldout: TensorSet, num_
     kept nothing, AUROC of b alone 0.30; 1e-3 needed 130 steps, moved 1.6, AUROC 0.75).
     A run is abandoned once it has moved further than the best finished one, and a run
     that leaves B answering every input alike is never chosen (`answers_alike`).
+
+    A rate that meets the criterion at its first check has overshot: the collapse happened
+    somewhere inside one check's handful of large steps, which the criterion cannot tell
+    apart, and its small weight change says nothing about what it kept. Such a run is taken
+    only when no rate meets the criterion later (measured on shapes/MobileNet BadNets seed
+    1: Adam 3e-3 met it at step 5 with the smallest change, 1.70, and turned the BaDExpert
+    rule's AUROC to 0.30; Adam 1e-3 met it at step 60, change 1.92, rule 0.94).
     """
     best: tuple[nn.Module, StageReport, float] | None = None
+    overshot: tuple[nn.Module, StageReport, float] | None = None  # kept in case every collapse is unresolved
     closest: tuple[nn.Module, StageReport, float] | None = None  # kept in case no rate collapses
     dead: tuple[nn.Module, StageReport, float] | None = None  # kept in case every rate kills the network
     search = []
@@ -190,23 +198,29 @@ def backdoor_expert(model: nn.Module, train: TensorSet, heldout: TensorSet, num_
                                              check_every, batch_size, seed,
                                              give_up_above=best[2] if best else float("inf"))
         constant = answers_alike(expert, heldout)
+        at_first_check = report.stopped_by == "criterion" and report.steps <= check_every
         search.append({"lr": lr, "steps": report.steps, "stopped_by": report.stopped_by,
                        "heldout_clean_accuracy": report.heldout_clean_accuracy, "weight_change": change,
-                       "constant_output": constant})
+                       "constant_output": constant, "met_at_first_check": at_first_check})
         if constant:
             dead = dead or (expert, report, change)
+            continue
+        if at_first_check:
+            if overshot is None or change < overshot[2]:
+                overshot = (expert, report, change)
             continue
         if report.stopped_by == "criterion" and (best is None or change < best[2]):
             best = (expert, report, change)
         if best is None and (closest is None or report.heldout_clean_accuracy < closest[1].heldout_clean_accuracy):
             closest = (expert, report, change)
-    if not (best or closest):
+    if not (best or overshot or closest):
         print("warning: every learning rate tried for the backdoor expert left it answering every input alike; "
               "the BaDExpert rules and the expert posterior will not separate anything", file=sys.stderr)
-    expert, report, _ = best or closest or dead
-    report.selection = {"criterion": "smallest weight change among the rates that collapse held-out accuracy, "
-                                     "else the lowest held-out accuracy; a run with constant_output only if every "
-                                     "run has it",
+    expert, report, _ = best or overshot or closest or dead
+    report.selection = {"criterion": "smallest weight change among the rates that collapse held-out accuracy after "
+                                     "their first check, else among those that collapse it at the first check, else "
+                                     "the lowest held-out accuracy; a run with constant_output only if every run has "
+                                     "it",
                         "search": search}
     return expert, report
 
