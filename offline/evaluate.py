@@ -24,7 +24,7 @@ from firewall.artifacts import REVERSED_TRIGGER, THRESHOLDS, load_artifacts
 from firewall.rules import BadExpertRule
 from firewall.scoring import FIREWALL, ScoringEngine
 from firewall.thresholds import Thresholds
-from offline.build.target_identification import ReversedTrigger
+from offline.build.reversed_trigger import ReversedTrigger
 from offline.calibrate import every_rule
 from offline.data.tensorsets import load_tensor_set
 from offline.metrics import auroc, rate_above, rates_above_by_class, same_class_auroc, tpr_at_fpr

@@ -15,7 +15,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from firewall.rules.badexpert import triangle_statistic  # noqa: E402
 from firewall.thresholds import Thresholds  # noqa: E402
-from offline.build.target_identification import ReversedTrigger  # noqa: E402
+from offline.build.reversed_trigger import ReversedTrigger  # noqa: E402
 from offline.metrics import auroc  # noqa: E402
 
 

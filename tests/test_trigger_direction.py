@@ -15,7 +15,7 @@ from firewall.probabilities import prob_of
 from firewall.rules.trigger_direction import trigger_direction_by_class
 from firewall.scoring import ScoringEngine
 from firewall.thresholds import Thresholds
-from offline.build.target_identification import ReversedTrigger
+from offline.build.reversed_trigger import ReversedTrigger
 from offline.build.trigger_direction import fit_trigger_direction
 from offline.data.tensorsets import TensorSet
 from offline.metrics import auroc

@@ -26,7 +26,7 @@ from offline.build.class_gaussians import ClassGaussians, FeatureSpace, LayerSpa
 from offline.build.fused_export import export_fused
 from offline.build.layer_taps import PooledLayers
 from offline.build.onnx_export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx
-from offline.build.target_identification import ReversedTrigger
+from offline.build.reversed_trigger import ReversedTrigger
 from offline.build.trigger_direction import TriggerDirection
 from offline.build.trunk_split import Composed, TrunkSplit
 from offline.model_io import save_pt2

@@ -18,7 +18,8 @@ from offline.build.identification_version import read_as_builds_now_do
 from offline.build.layer_taps import TappedFeatures
 from offline.build.reuse import load_prior_models
 from offline.build.stages import auxiliary_model, backdoor_expert, exposed_model
-from offline.build.target_identification import ReversedTrigger, identify_target
+from offline.build.reversed_trigger import ReversedTrigger
+from offline.build.target_identification import identify_target
 from offline.build.trigger_direction import fit_trigger_direction
 from offline.build.trunk_split import Composed, TrunkSplit, split_before_classifier, split_trunk
 from offline.build.tsbd import tsbd_auxiliary

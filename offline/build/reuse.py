@@ -22,7 +22,7 @@ from torch import nn
 
 from firewall.artifacts import MANIFEST, REVERSED_TRIGGER, TORCH_FILES, sha256_file
 from firewall.errors import UserError
-from offline.build.target_identification import ReversedTrigger
+from offline.build.reversed_trigger import ReversedTrigger
 from offline.data.tensorsets import TensorSet
 from offline.model_io import load_pt2
 from offline.training import forward

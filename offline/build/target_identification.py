@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,36 +26,12 @@ from tqdm.auto import tqdm
 
 from firewall.artifacts import REVERSED_TRIGGER
 from offline.build.identification_version import SIZE_AVERAGING
+from offline.build.reversed_trigger import ReversedTrigger
 
 # 1.4826 * MAD estimates a normal distribution's standard deviation; Neural Cleanse
 # flags a class whose index exceeds 2.
 MAD_TO_STD = 1.4826
 ANOMALY_THRESHOLD = 2.0
-
-
-@dataclass(frozen=True)
-class ReversedTrigger:
-    """The mask and pattern that sent the other classes' clean inputs to the suspected target, in pixel
-    space: x' = (1 - mask) x + mask pattern. Not the attacker's trigger, but a way into the target by the
-    same shortcut (firewall/rules/trigger_direction.py), and a picture of what the backdoor responds to."""
-
-    target: int
-    mask: np.ndarray  # [H, W], in [0, 1]
-    pattern: np.ndarray  # [C, H, W], in [0, 1]
-
-    def stamp(self, pixels: np.ndarray) -> np.ndarray:
-        """Images [N, C, H, W] in [0, 1] with the trigger stamped on."""
-        return ((1.0 - self.mask) * pixels + self.mask * self.pattern).astype(np.float32)
-
-    def save(self, path: Path) -> None:
-        with open(path, "wb") as handle:
-            np.savez(handle, target=np.int64(self.target), mask=self.mask.astype(np.float32),
-                     pattern=self.pattern.astype(np.float32))
-
-    @classmethod
-    def load(cls, path: Path) -> "ReversedTrigger":
-        with np.load(path, allow_pickle=False) as stored:  # data, never code
-            return cls(int(stored["target"]), stored["mask"], stored["pattern"])
 
 
 @dataclass

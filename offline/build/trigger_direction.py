@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from firewall.artifacts import Normalization
-from offline.build.target_identification import ReversedTrigger
+from offline.build.reversed_trigger import ReversedTrigger
 from offline.data.tensorsets import TensorSet
 
 SHRINKAGE = 0.1
