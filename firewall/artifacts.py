@@ -32,7 +32,7 @@ STRIP_BANK = "strip_bank.npy"
 # rule's linear map to every class's score, `trigger_direction_weights` [d, K] and
 # `trigger_direction_bias` [K] (all zero where the build named no suspected target).
 CLASS_GAUSSIANS = "class_gaussians.npz"
-# The suspected target's reverse-engineered mask and pattern (offline/build/target_identification.py),
+# The suspected target's reverse-engineered mask and pattern (offline/build/reversed_trigger.py),
 # in sets whose build named one: what the trigger-direction rule was fitted from.
 REVERSED_TRIGGER = "reversed_trigger.npz"
 MODEL_FILES = {

@@ -168,6 +168,17 @@ def _expert_at(model: nn.Module, train: TensorSet, heldout: TensorSet, num_class
     return expert, report, weight_change(expert, model)
 
 
+def _preference(run: dict) -> tuple[int, float]:
+    """Where a learning rate's run ranks for the expert, lower first: a collapse the criterion saw
+    happen, by weight change; a collapse already there at the first check, by weight change; no
+    collapse, by held-out accuracy; last, a network that answers every input alike."""
+    if run["constant_output"]:
+        return 3, 0.0
+    if run["stopped_by"] != "criterion":
+        return 2, run["heldout_clean_accuracy"]
+    return (1 if run["met_at_first_check"] else 0), run["weight_change"]
+
+
 def backdoor_expert(model: nn.Module, train: TensorSet, heldout: TensorSet, num_classes: int, *,
                     lrs: tuple[float, ...] = EXPERT_LRS, target_accuracy: float = 0.05, max_steps: int = 3000,
                     check_every: int = 5, batch_size: int = 64, seed: int = 0) -> tuple[nn.Module, StageReport]:
@@ -188,40 +199,26 @@ def backdoor_expert(model: nn.Module, train: TensorSet, heldout: TensorSet, num_
     1: Adam 3e-3 met it at step 5 with the smallest change, 1.70, and turned the BaDExpert
     rule's AUROC to 0.30; Adam 1e-3 met it at step 60, change 1.92, rule 0.94).
     """
-    best: tuple[nn.Module, StageReport, float] | None = None
-    overshot: tuple[nn.Module, StageReport, float] | None = None  # kept in case every collapse is unresolved
-    closest: tuple[nn.Module, StageReport, float] | None = None  # kept in case no rate collapses
-    dead: tuple[nn.Module, StageReport, float] | None = None  # kept in case every rate kills the network
-    search = []
+    runs: list[tuple[dict, nn.Module, StageReport]] = []  # (its search entry, B, its report), in the order tried
     for lr in lrs:
+        resolved = [entry["weight_change"] for entry, _, _ in runs if _preference(entry)[0] == 0]
         expert, report, change = _expert_at(model, train, heldout, num_classes, lr, target_accuracy, max_steps,
                                              check_every, batch_size, seed,
-                                             give_up_above=best[2] if best else float("inf"))
-        constant = answers_alike(expert, heldout)
-        at_first_check = report.stopped_by == "criterion" and report.steps <= check_every
-        search.append({"lr": lr, "steps": report.steps, "stopped_by": report.stopped_by,
-                       "heldout_clean_accuracy": report.heldout_clean_accuracy, "weight_change": change,
-                       "constant_output": constant, "met_at_first_check": at_first_check})
-        if constant:
-            dead = dead or (expert, report, change)
-            continue
-        if at_first_check:
-            if overshot is None or change < overshot[2]:
-                overshot = (expert, report, change)
-            continue
-        if report.stopped_by == "criterion" and (best is None or change < best[2]):
-            best = (expert, report, change)
-        if best is None and (closest is None or report.heldout_clean_accuracy < closest[1].heldout_clean_accuracy):
-            closest = (expert, report, change)
-    if not (best or overshot or closest):
+                                             give_up_above=min(resolved, default=float("inf")))
+        runs.append(({"lr": lr, "steps": report.steps, "stopped_by": report.stopped_by,
+                      "heldout_clean_accuracy": report.heldout_clean_accuracy, "weight_change": change,
+                      "constant_output": answers_alike(expert, heldout),
+                      "met_at_first_check": report.stopped_by == "criterion" and report.steps <= check_every},
+                     expert, report))
+    chosen, expert, report = min(runs, key=lambda run: _preference(run[0]))  # the first tried among equals
+    if chosen["constant_output"]:
         print("warning: every learning rate tried for the backdoor expert left it answering every input alike; "
               "the BaDExpert rules and the expert posterior will not separate anything", file=sys.stderr)
-    expert, report, _ = best or overshot or closest or dead
     report.selection = {"criterion": "smallest weight change among the rates that collapse held-out accuracy after "
                                      "their first check, else among those that collapse it at the first check, else "
                                      "the lowest held-out accuracy; a run with constant_output only if every run has "
                                      "it",
-                        "search": search}
+                        "search": [entry for entry, _, _ in runs]}
     return expert, report
 
 
