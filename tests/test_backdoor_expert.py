@@ -103,3 +103,19 @@ def test_a_collapse_at_the_first_check_is_taken_when_no_rate_collapses_later(mon
     _, report = stages.backdoor_expert(model, tiny_task(60, 0), tiny_task(30, 1), 3, target_accuracy=-1.0,
                                        max_steps=3, check_every=5)
     assert report.lr == fast and report.stopped_by == "criterion"
+
+
+def _recorded_expert(chosen_steps: int, *, current_rule: bool) -> dict:
+    """An expert report as a manifest keeps it: chosen at Adam 3e-3 after `chosen_steps`, beside a rate that
+    met the criterion at step 60."""
+    search = [{"lr": 1e-3, "steps": 60, "stopped_by": "criterion", "weight_change": 1.9},
+              {"lr": 3e-3, "steps": chosen_steps, "stopped_by": "criterion", "weight_change": 1.7}]
+    if current_rule:
+        search = [{**run, "met_at_first_check": run["steps"] <= stages.EXPERT_CHECK_EVERY} for run in search]
+    return {"lr": 3e-3, "stopped_by": "criterion", "steps": chosen_steps, "selection": {"search": search}}
+
+
+def test_an_earlier_build_that_took_a_first_check_collapse_is_not_the_current_rule_s_choice():
+    assert not stages.expert_chosen_as_builds_now_do(_recorded_expert(5, current_rule=False))
+    assert stages.expert_chosen_as_builds_now_do(_recorded_expert(40, current_rule=False))  # either rule's choice
+    assert stages.expert_chosen_as_builds_now_do(_recorded_expert(5, current_rule=True))  # the fallback, made now

@@ -4,6 +4,7 @@ models score as that build did, and models that do not belong to this build are 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +74,18 @@ def test_the_matrix_reuses_fine_tuned_models_only_when_it_builds_again(tmp_path:
     assert offline(["bench", "--quick", "--reuse-models", "--out", str(tmp_path)]) != 0
     assert "add --rebuild" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_an_expert_chosen_by_the_earlier_first_check_rule_is_not_reused(tiny_case: Path, tiny_artifacts: Path,
+                                                                       tmp_path: Path, capsys):
+    earlier = tmp_path / "earlier"
+    shutil.copytree(tiny_artifacts, earlier)
+    manifest = json.loads((earlier / "manifest.json").read_text())
+    expert = manifest["models"]["expert"]
+    expert.update(stopped_by="criterion", steps=5)  # as the pre-session-44 rule could choose, and did twice
+    for run in expert["selection"]["search"]:
+        del run["met_at_first_check"]
+    (earlier / "manifest.json").write_text(json.dumps(manifest))
+    assert _build(tiny_case, tmp_path / "out", "--reuse-models", str(earlier)) != 0
+    assert "first check" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -23,6 +23,7 @@ from torch import nn
 from firewall.artifacts import MANIFEST, REVERSED_TRIGGER, TORCH_FILES, sha256_file
 from firewall.errors import UserError
 from offline.build.reversed_trigger import ReversedTrigger
+from offline.build.stages import expert_chosen_as_builds_now_do
 from offline.data.tensorsets import TensorSet
 from offline.model_io import load_pt2
 from offline.training import forward
@@ -60,6 +61,10 @@ def load_prior_models(prior: Path, model: nn.Module, clean: TensorSet, auxiliary
     if build.get("clean_row_digests") != clean.row_digests():
         raise UserError(f"--reuse-models {prior}: that set was built on other clean rows than --clean-data; its "
                         "fine-tuned models would not match this build's class Gaussians and held-out checks")
+    if "expert" in roles and not expert_chosen_as_builds_now_do(manifest["models"]["expert"]):
+        raise UserError(f"--reuse-models {prior}: that set's backdoor expert met its criterion at the first check, "
+                        "which builds now take only when no learning rate meets it later; build it again without "
+                        "--reuse-models")
     # Read and checked here rather than by firewall.artifacts.load_artifacts, which refuses a
     # set of an older schema: the very sets this option exists to take the models from.
     loaded = {role: _verified_program(prior, files, role) for role in ["original", *roles]}

@@ -135,6 +135,7 @@ def _diverged(model: nn.Module, guard: DivergenceGuard, heldout: TensorSet,
 
 
 EXPERT_LRS = (1e-3, 3e-4, 3e-3, 1e-4)  # tried in this order: the usual winner first
+EXPERT_CHECK_EVERY = 5  # steps between held-out checks; a run that meets the criterion within one has overshot
 
 
 def weight_change(model: nn.Module, reference: nn.Module) -> float:
@@ -179,9 +180,20 @@ def _preference(run: dict) -> tuple[int, float]:
     return (1 if run["met_at_first_check"] else 0), run["weight_change"]
 
 
+def expert_chosen_as_builds_now_do(report: dict) -> bool:
+    """Whether a manifest's expert report was chosen by this rule: builds before the first-check rule
+    recorded no `met_at_first_check`, and those that took a collapse at their first check may have
+    passed over a rate that this rule prefers (--reuse-models must not keep such an expert)."""
+    search = (report.get("selection") or {}).get("search") or []
+    if all("met_at_first_check" in run for run in search):
+        return True
+    return not (report.get("stopped_by") == "criterion" and report.get("steps", 0) <= EXPERT_CHECK_EVERY)
+
+
 def backdoor_expert(model: nn.Module, train: TensorSet, heldout: TensorSet, num_classes: int, *,
                     lrs: tuple[float, ...] = EXPERT_LRS, target_accuracy: float = 0.05, max_steps: int = 3000,
-                    check_every: int = 5, batch_size: int = 64, seed: int = 0) -> tuple[nn.Module, StageReport]:
+                    check_every: int = EXPERT_CHECK_EVERY, batch_size: int = 64,
+                    seed: int = 0) -> tuple[nn.Module, StageReport]:
     """BaDExpert's B: fine-tune on y -> (y+1) mod K until held-out clean accuracy collapses.
 
     The learning rate is chosen on clean data: among the rates that collapse held-out
