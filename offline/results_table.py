@@ -192,8 +192,9 @@ def earlier_builds_note(table: dict) -> list[str]:
     why = " or ".join(([f"of an earlier artifacts schema ({schemas}; the current one is {SCHEMA_VERSION})"]
                        if schemas else [])
                       + ["that did not look for the backdoor's target as builds now do (built before session "
-                         "37, its verdict has no `target_class` evidence; or before session 38, its mask sizes "
-                         "read at the last step)"])
+                         "37, its verdict has no `target_class` evidence; before session 38, its mask sizes "
+                         "read at the last step; or before session 45, a class named where the next cheapest one's "
+                         "mask was within 3%)"])
     return [f"† measured on a build {why}: {_earlier_builds(records)} of the {len(records)} cells and seeds. Such a "
             "cell reports the verdict of the default build of its day, and '–' under the rules added since; "
             "`make results` builds it again. The targets below count every cell as measured.", ""]

@@ -271,6 +271,14 @@ def test_bench_names_cells_poisoned_at_other_settings_after_those_settings():
     assert wider.settings_tag("shapes") == "-w16e20"
 
 
+def _sizes_naming(named: int | None) -> dict:
+    """A target identification's mask sizes and threshold from which the build's rule names `named`."""
+    sizes = [100.0 + c for c in range(10)]
+    if named is not None:
+        sizes[named] = 40.0
+    return {"mask_sizes": sizes, "threshold": 2.0}
+
+
 def test_bench_reuses_a_cell_only_if_its_build_was_made_the_way_this_run_would_make_it(tmp_path: Path):
     from offline.bench import BenchConfig, measured_already
 
@@ -280,9 +288,10 @@ def test_bench_reuses_a_cell_only_if_its_build_was_made_the_way_this_run_would_m
 
     def built(artifacts: str, report: str, auxiliary_method: str, schema: int = SCHEMA_VERSION,
               looked_for_target: bool = True, size_averaging: str | None = SIZE_AVERAGING,
-              kept_trigger: bool = True) -> None:
+              kept_trigger: bool = True, sizes: dict | None = None) -> None:
         (tmp_path / artifacts).mkdir(exist_ok=True)
-        identification = {"suspected_target": None, **({"reversed_trigger": None} if kept_trigger else {}),
+        identification = {"suspected_target": None, **(sizes or _sizes_naming(None)),
+                          **({"reversed_trigger": None} if kept_trigger else {}),
                           **({"size_averaging": size_averaging} if size_averaging else {})}
         manifest = {"schema_version": schema, "build": {"auxiliary_method": auxiliary_method},
                     "target_identification": identification if looked_for_target else None}
@@ -299,6 +308,8 @@ def test_bench_reuses_a_cell_only_if_its_build_was_made_the_way_this_run_would_m
     built("artifacts", "eval.json", "both", size_averaging=None)  # read the last step's mask sizes (session 37)
     assert not measured_already(tmp_path, BenchConfig(**grid))
     built("artifacts", "eval.json", "both", kept_trigger=False)  # threw the reversed trigger away (sessions 38-39)
+    assert not measured_already(tmp_path, BenchConfig(**grid))
+    built("artifacts", "eval.json", "both", sizes=_sizes_naming(3))  # no name where builds now name class 3
     assert not measured_already(tmp_path, BenchConfig(**grid))
     built("artifacts", "eval.json", "both")
     assert measured_already(tmp_path, BenchConfig(**grid))
@@ -331,7 +342,8 @@ def test_bench_recalibrates_only_a_build_it_would_have_made_and_builds_the_other
     def built(schema: int) -> None:
         (tmp_path / "artifacts").mkdir(exist_ok=True)
         manifest = {"schema_version": schema, "build": {"auxiliary_method": "both"},
-                    "target_identification": {"suspected_target": 0, "size_averaging": SIZE_AVERAGING,
+                    "target_identification": {"suspected_target": 0, **_sizes_naming(0),
+                                              "size_averaging": SIZE_AVERAGING,
                                               "reversed_trigger": "reversed_trigger.npz"}}
         (tmp_path / "artifacts" / "manifest.json").write_text(json.dumps(manifest))
 
@@ -423,7 +435,7 @@ def test_results_table_marks_the_cells_measured_on_an_earlier_build_and_says_wha
                                                       "epochs": 40, "clean_accuracy": 0.9,
                                                       "attack_success_rate": 0.5}))
         identification = (None if named == "not looked"
-                          else {"suspected_target": named, "size_averaging": size_averaging,
+                          else {"suspected_target": named, **_sizes_naming(named), "size_averaging": size_averaging,
                                 "reversed_trigger": None if named is None else "reversed_trigger.npz"})
         (case / "artifacts" / "manifest.json").write_text(json.dumps({"schema_version": schema,
                                                                       "target_identification": identification}))

@@ -16,7 +16,7 @@ from firewall.errors import ArtifactError
 from firewall.fusion import DEFAULT_TARGET_CLASS_WEIGHT
 from firewall.scoring import ScoringEngine
 from firewall.thresholds import Thresholds
-from offline.build.target_identification import ANOMALY_THRESHOLD, anomaly_index
+from offline.build.target_naming import ANOMALY_THRESHOLD, anomaly_index, name_target
 from offline.cli import main as offline
 
 
@@ -28,6 +28,17 @@ def test_a_class_reached_with_a_far_smaller_mask_stands_out_and_equal_classes_do
     assert (np.abs(anomaly_index(np.full(10, 100.0))) < 1e-3).all()
 
 
+def test_a_cheapest_class_with_another_close_behind_is_not_named():
+    """A clean model's cheapest class is the tail of a continuum: bunched masks give it a large index, but
+    the next class is within a few percent of it; a backdoor's target stands alone."""
+    bunched = np.array([55.0, 55.5, 63.0, 64.0, 64.5, 65.0, 65.5, 66.0, 67.0, 68.0])
+    assert anomaly_index(bunched)[0] > ANOMALY_THRESHOLD
+    assert name_target(bunched) is None
+    apart = bunched.copy()
+    apart[0] = 50.0
+    assert name_target(apart) == 0
+
+
 def test_the_build_names_the_backdoors_target_with_its_evidence(tiny_case, tiny_artifacts):
     found = json.loads((tiny_artifacts / "manifest.json").read_text())["target_identification"]
     target = json.loads((tiny_case / "attack.json").read_text())["target"]
@@ -35,6 +46,7 @@ def test_the_build_names_the_backdoors_target_with_its_evidence(tiny_case, tiny_
     assert len(found["mask_sizes"]) == len(found["anomaly_index"]) == len(found["flip_rates"]) == 10
     assert found["mask_sizes"][target] == min(found["mask_sizes"])
     assert found["flip_rates"][target] >= 0.9
+    assert found["separation"] >= found["min_separation"]
 
 
 def test_the_rule_scores_the_inputs_sent_to_the_suspected_target(tiny_case, tiny_artifacts):

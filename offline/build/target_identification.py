@@ -27,11 +27,7 @@ from tqdm.auto import tqdm
 from firewall.artifacts import REVERSED_TRIGGER
 from offline.build.identification_version import SIZE_AVERAGING
 from offline.build.reversed_trigger import ReversedTrigger
-
-# 1.4826 * MAD estimates a normal distribution's standard deviation; Neural Cleanse
-# flags a class whose index exceeds 2.
-MAD_TO_STD = 1.4826
-ANOMALY_THRESHOLD = 2.0
+from offline.build.target_naming import ANOMALY_THRESHOLD, MIN_SEPARATION, anomaly_index, name_target, separation
 
 
 @dataclass
@@ -39,31 +35,25 @@ class TargetReport:
     """Per class: the reverse-engineered mask's L1 size (pixels, averaged over the second half of
     the steps: `size_averaging`), the share of the other classes' clean inputs it sends there,
     and its anomaly index; the suspected target is the cheapest class when its index exceeds
-    the threshold, else None."""
+    the threshold and the next cheapest class's mask is at least `min_separation` times its own
+    (`separation`), else None (offline/build/target_naming.py)."""
 
     mask_sizes: list[float]
     flip_rates: list[float]
     anomaly_index: list[float]
+    separation: float
     suspected_target: int | None
     threshold: float
     steps: int
     penalty: float
     size_averaging: str = SIZE_AVERAGING
+    min_separation: float = MIN_SEPARATION
     trigger: ReversedTrigger | None = field(default=None, repr=False)  # the suspected target's; in its own file
 
     def to_json(self) -> dict:
         report = asdict(self)
         del report["trigger"]
         return {**report, "reversed_trigger": REVERSED_TRIGGER if self.trigger is not None else None}
-
-
-def anomaly_index(mask_sizes: np.ndarray) -> np.ndarray:
-    """How far below the classes' median each class's log mask size sits, in robust standard deviations
-    (positive: cheaper than the median class)."""
-    logs = np.log(np.maximum(mask_sizes, 1e-6))
-    median = np.median(logs)
-    mad = MAD_TO_STD * np.median(np.abs(logs - median))
-    return (median - logs) / max(mad, 1e-6)
 
 
 def _reverse_engineer(model: nn.Module, pixels: torch.Tensor, target: int, to_model: nn.Module, *, steps: int,
@@ -132,9 +122,9 @@ def identify_target(model: nn.Module, x: np.ndarray, y: np.ndarray, num_classes:
         sizes.append(size)
         flips.append(flipped)
         triggers.append(trigger)
-    index = anomaly_index(np.asarray(sizes))
-    cheapest = int(np.argmax(index))
-    suspected = cheapest if index[cheapest] > threshold else None
-    return TargetReport(mask_sizes=sizes, flip_rates=flips, anomaly_index=[float(v) for v in index],
-                        suspected_target=suspected, threshold=threshold, steps=steps, penalty=penalty,
+    suspected = name_target(np.asarray(sizes), threshold)
+    return TargetReport(mask_sizes=sizes, flip_rates=flips,
+                        anomaly_index=[float(v) for v in anomaly_index(np.asarray(sizes))],
+                        separation=separation(np.asarray(sizes)), suspected_target=suspected,
+                        threshold=threshold, steps=steps, penalty=penalty,
                         trigger=None if suspected is None else triggers[suspected])
