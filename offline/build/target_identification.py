@@ -6,7 +6,8 @@ that send the clean inputs of the other classes to c is found by gradient descen
 cross-entropy towards c plus an L1 penalty on the mask (Neural Cleanse, Wang et al.,
 S&P 2019). The backdoor's target needs a far smaller mask than the other classes: its
 anomaly index, how many robust standard deviations its log mask size sits below the
-classes' median, stands out. A clean model's classes are all about equally hard to reach.
+classes' median, stands out, and no other class comes close to it (offline/build/target_naming.py).
+A clean model's classes are all about equally hard to reach.
 
 Why the firewall wants it: on backdoors that moved only a fraction of their inputs
 (width-8 WaNet, adaptive_blend, dynamic), the rules' evidence is weak, and knowing the
@@ -122,9 +123,9 @@ def identify_target(model: nn.Module, x: np.ndarray, y: np.ndarray, num_classes:
         sizes.append(size)
         flips.append(flipped)
         triggers.append(trigger)
-    suspected = name_target(np.asarray(sizes), threshold)
-    return TargetReport(mask_sizes=sizes, flip_rates=flips,
-                        anomaly_index=[float(v) for v in anomaly_index(np.asarray(sizes))],
-                        separation=separation(np.asarray(sizes)), suspected_target=suspected,
-                        threshold=threshold, steps=steps, penalty=penalty,
+    by_class = np.asarray(sizes)
+    suspected = name_target(by_class, threshold)
+    return TargetReport(mask_sizes=sizes, flip_rates=flips, anomaly_index=[float(v) for v in anomaly_index(by_class)],
+                        separation=separation(by_class), suspected_target=suspected, threshold=threshold,
+                        steps=steps, penalty=penalty,
                         trigger=None if suspected is None else triggers[suspected])
