@@ -9,7 +9,8 @@ when the masks of two clean digits/ResNet models came out so bunched (47-72 pixe
 13% under the median had an index of 3.7: across the 64 records of docs/cells, requiring the next cheapest
 class to be at least MIN_SEPARATION times larger dropped three of the six false names (a clean model's,
 two weak SIG backdoors' wrong classes: next cheapest 1.01x) and none of the 42 right ones (the closest
-1.04x). The margin is narrow and was read off those records (docs/METHODS.md, session 45).
+1.04x). The margin is narrow and was read off those records, and of the first three builds made under it
+one lost a marginal right name (index 2.02, next cheapest 1.012x; docs/METHODS.md, session 45).
 """
 
 from __future__ import annotations
