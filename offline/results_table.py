@@ -18,6 +18,7 @@ import numpy as np
 from firewall.artifacts import SCHEMA_VERSION
 from firewall.rules import LATER_RULES, RULES as RULE_REGISTRY, ExposedEntropyRule
 from offline.build.identification_version import read_as_builds_now_do
+from offline.build.target_naming import MIN_SEPARATION
 from offline.cells import built_manifest, built_variants, eval_path
 
 # The verdict, then every rule in the registry's order, but for the exposed model's STRIP
@@ -194,7 +195,7 @@ def earlier_builds_note(table: dict) -> list[str]:
                       + ["that did not look for the backdoor's target as builds now do (built before session "
                          "37, its verdict has no `target_class` evidence; before session 38, its mask sizes "
                          "read at the last step; or before session 45, a class named where the next cheapest one's "
-                         "mask was within 3%)"])
+                         f"mask was within {MIN_SEPARATION - 1:.0%})"])
     return [f"† measured on a build {why}: {_earlier_builds(records)} of the {len(records)} cells and seeds. Such a "
             "cell reports the verdict of the default build of its day, and '–' under the rules added since; "
             "`make results` builds it again. The targets below count every cell as measured.", ""]

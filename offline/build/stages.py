@@ -169,6 +169,11 @@ def _expert_at(model: nn.Module, train: TensorSet, heldout: TensorSet, num_class
     return expert, report, weight_change(expert, model)
 
 
+def _met_at_first_check(stopped_by: str, steps: int, check_every: int = EXPERT_CHECK_EVERY) -> bool:
+    """Whether a run met its criterion at the first check, somewhere inside one check's steps."""
+    return stopped_by == "criterion" and steps <= check_every
+
+
 def _preference(run: dict) -> tuple[int, float]:
     """Where a learning rate's run ranks for the expert, lower first: a collapse the criterion saw
     happen, by weight change; a collapse already there at the first check, by weight change; no
@@ -187,7 +192,7 @@ def expert_chosen_as_builds_now_do(report: dict) -> bool:
     search = (report.get("selection") or {}).get("search") or []
     if all("met_at_first_check" in run for run in search):
         return True
-    return not (report.get("stopped_by") == "criterion" and report.get("steps", 0) <= EXPERT_CHECK_EVERY)
+    return not _met_at_first_check(report.get("stopped_by", ""), report.get("steps", 0))
 
 
 def backdoor_expert(model: nn.Module, train: TensorSet, heldout: TensorSet, num_classes: int, *,
@@ -220,7 +225,7 @@ def backdoor_expert(model: nn.Module, train: TensorSet, heldout: TensorSet, num_
         runs.append(({"lr": lr, "steps": report.steps, "stopped_by": report.stopped_by,
                       "heldout_clean_accuracy": report.heldout_clean_accuracy, "weight_change": change,
                       "constant_output": answers_alike(expert, heldout),
-                      "met_at_first_check": report.stopped_by == "criterion" and report.steps <= check_every},
+                      "met_at_first_check": _met_at_first_check(report.stopped_by, report.steps, check_every)},
                      expert, report))
     chosen, expert, report = min(runs, key=lambda run: _preference(run[0]))  # the first tried among equals
     if chosen["constant_output"]:
