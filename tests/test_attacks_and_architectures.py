@@ -86,6 +86,14 @@ def test_the_export_check_allows_float32_rounding_of_large_logits_but_not_a_wron
     assert relative_difference(large * 1.01, large) > MAX_RELATIVE_DIFF
 
 
+def test_the_export_check_measures_a_small_logit_on_the_scale_of_its_inputs_largest():
+    # shapes/ResNet blend seed 1's exposed model: onnxruntime's rounding of a row reaching 5,514
+    want = np.float32([[5513.744, 2.2558832], [0.25, 0.5]])
+    assert relative_difference(np.float32([[5513.744, 2.2565198], [0.25, 0.5]]), want) <= MAX_RELATIVE_DIFF
+    assert relative_difference(np.float32([[5513.744, 2.2565198], [0.25, 0.5012]]), want) > MAX_RELATIVE_DIFF
+    assert relative_difference(np.float32([[5513.744, 3.2558832], [0.25, 0.5]]), want) > MAX_RELATIVE_DIFF  # off by 1
+
+
 def test_dynamic_triggers_differ_per_input_and_train_with_the_model():
     attack = ATTACKS["dynamic"]((3, 32, 32))
     x, y = torch.from_numpy(IMAGES[:50]), torch.from_numpy(LABELS[:50])
