@@ -6,15 +6,19 @@ from pathlib import Path
 
 import pytest
 
+from offline.bench import QUICK
 from offline.cli import main as offline
 
 
 @pytest.fixture(scope="session")
 def tiny_case(tmp_path_factory) -> Path:
-    """A small ResNet trained briefly on digits with a BadNets backdoor."""
+    """A small ResNet trained briefly on digits with a BadNets backdoor: at the settings of
+    `offline bench --quick`'s BadNets cell, which the bench test checks against it."""
     root = tmp_path_factory.mktemp("tiny")
+    settings = QUICK["poison"]
     assert offline(["poison", "--dataset", "digits", "--attack", "badnets", "--out", str(root / "case"),
-                    "--width", "8", "--epochs", "4", "--clean-size", "200"]) == 0
+                    "--width", str(settings["width"]), "--epochs", str(settings["epochs"]),
+                    "--clean-size", str(settings["clean_size"])]) == 0
     return root / "case"
 
 

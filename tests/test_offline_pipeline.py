@@ -220,8 +220,8 @@ def test_bench_quick_runs_the_ci_matrix_and_renders_the_results_table(tiny_artif
     assert f"{report['rules']['firewall']['auroc']:.4f}" in text
     assert "--auxiliary" not in text
 
-    # The matrix's badnets cell is made at the settings of the tests' tiny case (tests/conftest.py): poisoning and
-    # building it again reproduces every graph and the thresholds to the byte, so two builds of a cell differ only in
+    # The tests' tiny case is poisoned at this badnets cell's settings (tests/conftest.py): poisoning and building
+    # the cell again reproduces every graph and the thresholds to the byte, so two builds of a cell differ only in
     # what their settings change. The torch archives are left out: torch.export does not write them byte for byte.
     from offline.results_table import results_document
 

@@ -31,10 +31,8 @@ def relative_difference(got: np.ndarray, want: np.ndarray) -> float:
     logit of 2.26 beside one of 5,514 is off by 6.4e-4 in float32, parts in 1e7 of 5,514 but
     2.8e-4 of 2.26, and per value that refused a sound build (shapes/ResNet blend seed 1,
     session 46). A wrong translation is off by order one of the input's scale either way."""
-    rows = len(want)
-    error = np.abs(np.asarray(got, np.float64) - want).reshape(rows, -1).max(axis=1)
-    scale = np.maximum(1.0, np.abs(np.asarray(want, np.float64)).reshape(rows, -1).max(axis=1))
-    return float((error / scale).max())
+    got, want = (np.asarray(a, np.float64).reshape(len(want), -1) for a in (got, want))
+    return float((np.abs(got - want).max(axis=1) / np.maximum(1.0, np.abs(want).max(axis=1))).max())
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path,
