@@ -53,6 +53,17 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
+def training_platform() -> dict[str, str | int]:
+    """The instruction set torch dispatched its CPU kernels to and the threads it used. The
+    same seed and library versions gave other poisoned models on another VM (sessions 40, 46
+    and 47) while poisoning repeats byte for byte on one: which float kernels ran is the
+    suspect, so each record names them for the next comparison."""
+    import torch
+
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads(),
+            "cpus": os.cpu_count() or 0}
+
+
 def case_description(case: Path) -> dict | None:
     """What a case that is not a poisoned model holds (`offline.untrained_case` writes case.json)."""
     path = case / "case.json"

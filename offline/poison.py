@@ -20,7 +20,7 @@ from offline.attacks import ATTACKS
 from offline.attacks.blend import Blend
 from offline.data.splits import load_dataset, split_by_group
 from offline.data.tensorsets import TensorSet
-from offline.machine import software_versions
+from offline.machine import software_versions, training_platform
 from offline.model_io import save_pt2
 from offline.models import create_model
 from offline.training import predict, train_classifier
@@ -92,6 +92,7 @@ def run_poison(config: PoisonConfig) -> dict:
             "sizes": {name: len(split.y) for name, split in splits.items()} | {"test_triggered": len(triggered)},
             "clean_accuracy": clean_accuracy, "attack_success_rate": asr,
             "model_sha256": sha256_file(scratch / "model.pt2"), "software": software_versions(),
+            "platform": training_platform(),
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         }
         (scratch / "attack.json").write_text(json.dumps(report, indent=2))

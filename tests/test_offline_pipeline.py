@@ -25,13 +25,17 @@ def test_poison_writes_the_files_design_lists(tiny_case: Path):
     assert set(triggered.files) == {"x", "y", "target"} and (triggered["target"] == 0).all()
 
 
-def test_poisoned_models_and_builds_name_the_torch_that_made_them(tiny_case: Path, tiny_artifacts: Path):
+def test_poisoned_models_and_builds_name_the_torch_and_the_cpu_kernels_that_made_them(tiny_case: Path, tiny_artifacts: Path):
     """The same seed under another torch trains other weights, so a record must say which."""
     import torch
 
     manifest = json.loads((tiny_artifacts / "manifest.json").read_text())
     for software in (json.loads((tiny_case / "attack.json").read_text())["software"], manifest["build"]["software"]):
         assert software["torch"] == torch.__version__.split("+")[0] and "onnx" in software and "python" in software
+    # ... and the same seed and versions on another CPU trained other weights, so they name its kernels too.
+    for platform in (json.loads((tiny_case / "attack.json").read_text())["platform"], manifest["build"]["platform"]):
+        assert platform["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        assert platform["torch_threads"] >= 1
 
 
 def test_build_writes_a_verified_manifest_with_the_contract_keys(tiny_artifacts: Path):

@@ -24,7 +24,7 @@ from offline.build.trigger_direction import fit_trigger_direction
 from offline.build.trunk_split import Composed, TrunkSplit, split_before_classifier, split_trunk
 from offline.build.tsbd import tsbd_auxiliary
 from offline.data.tensorsets import TensorSet, check_labels, load_tensor_set
-from offline.machine import software_versions
+from offline.machine import software_versions, training_platform
 from offline.model_io import input_shape_of, load_model
 from offline.training import accuracy, forward, predict
 
@@ -246,7 +246,8 @@ def run_build(config: BuildConfig) -> dict:
                   "heldout_samples": len(heldout), "auxiliary_method": config.auxiliary,
                   "strip_bank_size": len(bank_rows), "seed": config.seed,
                   "shared_trunk": ({"head_share": config.shared_trunk, **split.to_json()} if split else None),
-                  "software": software_versions(), "clean_row_digests": clean.row_digests(),
+                  "software": software_versions(), "platform": training_platform(),
+                  "clean_row_digests": clean.row_digests(),
                   "fine_tuned_models_from": reused},
         "models": {"original": {"heldout_clean_accuracy": original_acc}, **reports},
         "target_identification": identification,
