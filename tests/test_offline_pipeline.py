@@ -25,7 +25,8 @@ def test_poison_writes_the_files_design_lists(tiny_case: Path):
     assert set(triggered.files) == {"x", "y", "target"} and (triggered["target"] == 0).all()
 
 
-def test_poisoned_models_and_builds_name_the_torch_and_the_cpu_kernels_that_made_them(tiny_case: Path, tiny_artifacts: Path):
+def test_poisoned_models_and_builds_name_the_torch_and_the_cpu_kernels_that_made_them(tiny_case: Path,
+                                                                                     tiny_artifacts: Path):
     """The same seed under another torch trains other weights, so a record must say which."""
     import torch
 
