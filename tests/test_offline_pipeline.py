@@ -30,11 +30,12 @@ def test_poisoned_models_and_builds_name_the_torch_and_the_cpu_kernels_that_made
     """The same seed under another torch trains other weights, so a record must say which."""
     import torch
 
-    manifest = json.loads((tiny_artifacts / "manifest.json").read_text())
-    for software in (json.loads((tiny_case / "attack.json").read_text())["software"], manifest["build"]["software"]):
+    attack = json.loads((tiny_case / "attack.json").read_text())
+    build = json.loads((tiny_artifacts / "manifest.json").read_text())["build"]
+    for record in (attack, build):
+        software, platform = record["software"], record["platform"]
         assert software["torch"] == torch.__version__.split("+")[0] and "onnx" in software and "python" in software
-    # ... and the same seed and versions on another CPU trained other weights, so they name its kernels too.
-    for platform in (json.loads((tiny_case / "attack.json").read_text())["platform"], manifest["build"]["platform"]):
+        # ... and the same seed and versions on another CPU trained other weights, so they name its kernels too.
         assert platform["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
         assert platform["torch_threads"] >= 1
 
