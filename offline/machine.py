@@ -1,4 +1,5 @@
-"""What a benchmark ran on, for its report: a number means little without its machine."""
+"""What a measurement ran on: the machine behind a benchmark's numbers, and the libraries and CPU
+kernels behind a trained model or a build (a number or a model means little without them)."""
 
 from __future__ import annotations
 
