@@ -114,8 +114,9 @@ def _label(group: Group) -> str:
     return f"{dataset}/{arch} w{width} e{epochs}"
 
 
-def _firewall_rows(groups: Iterable[tuple[str, dict]]) -> tuple[list[tuple[str, float, float]], list[tuple[str, float]]]:
-    """(name, AUROC, TPR at 1% FPR) per attack cell and (name, achieved FPR) per clean cell; seeds averaged."""
+def _firewall_rows(groups: Iterable[tuple[str, dict]]) -> tuple[list[tuple[str, float, float, float | None]],
+                                                                 list[tuple[str, float]]]:
+    """(name, AUROC, TPR at 1% FPR, ASR) per attack cell and (name, achieved FPR) per clean cell; seeds averaged."""
     attack_rows, clean_rows = [], []
     for label, attacks in groups:
         for attack, records in sorted(attacks.items()):
@@ -123,9 +124,12 @@ def _firewall_rows(groups: Iterable[tuple[str, dict]]) -> tuple[list[tuple[str, 
             if attack == "none":
                 clean_rows.append((label, np.mean([e["threshold_fpr"] for e in entries])))
             elif all("auroc" in e for e in entries):
+                asr = [r["attack"]["attack_success_rate"] for r in records
+                       if r["attack"].get("attack_success_rate") is not None]
                 attack_rows.append((f"{label} {_attack_label(attack, records)}".strip(),
                                     np.mean([e["auroc"] for e in entries]),
-                                    np.mean([e["tpr_at_fpr"]["0.01"] for e in entries])))
+                                    np.mean([e["tpr_at_fpr"]["0.01"] for e in entries]),
+                                    float(np.mean(asr)) if asr else None))
     return attack_rows, clean_rows
 
 
@@ -135,7 +139,7 @@ def group_summary(attacks: dict) -> str:
     if not rows:
         return ""
     if len(rows) == 1:
-        (attack, auroc, tpr), = rows
+        (attack, auroc, tpr, _), = rows
         return f"Firewall on this one attack cell ({attack}): AUROC {auroc:.4f}, TPR at 1% FPR {tpr:.3f}."
     worst = min(rows, key=lambda r: r[1])
     return (f"Firewall over these {len(rows)} attack cells: mean AUROC {np.mean([r[1] for r in rows]):.4f}, "
@@ -153,7 +157,8 @@ def target_quantities(table: dict) -> dict | None:
         return None
     return {"cells": len(attack_rows), "mean_auroc": float(np.mean([r[1] for r in attack_rows])),
             "worst": min(attack_rows, key=lambda r: r[1])[:2], "mean_tpr": float(np.mean([r[2] for r in attack_rows])),
-            "clean": clean_rows, "missed": [r for r in attack_rows if r[1] < TARGETS["min_auroc"]]}
+            "clean": clean_rows, "missed": [r for r in attack_rows if r[1] < TARGETS["min_auroc"]],
+            "short_of_tpr": sorted((r for r in attack_rows if r[2] < TARGETS["mean_tpr"]), key=lambda r: r[2])}
 
 
 def summary(table: dict) -> list[str]:
@@ -175,12 +180,21 @@ def summary(table: dict) -> list[str]:
                      f"{fpr:.4f} | {_met(abs(fpr - TARGET_FPR) <= TARGETS['fpr_slack'])} |")
     if q["missed"]:
         lines += ["", "Attack cells below AUROC " + f"{TARGETS['min_auroc']}: "
-                  + ", ".join(f"{name} ({auroc:.3f})" for name, auroc, _ in q["missed"])
+                  + ", ".join(f"{name} ({auroc:.3f})" for name, auroc, _, _ in q["missed"])
                   + ". docs/METHODS.md says what is known about why: \"The rules' ceiling\" (what any fusion of the rules "
                   "could reach), \"What the weak cells' backdoor sets hold\" (how much of a weak backdoor's set "
                   "is M's own errors), \"The width-8 shapes/VGG cells at three seeds\" (backdoors that half-took on "
                   "briefly trained models) and \"The vision transformer on digits\" (the architecture the rules do "
                   "worst on)."]
+    if q["mean_tpr"] < TARGETS["mean_tpr"]:
+        lines += ["", f"Attack cells below TPR {TARGETS['mean_tpr']} at 1% FPR, lowest first (TPR; the backdoor's "
+                  "ASR, the share of triggered inputs M sent to the target): "
+                  + ", ".join(f"{name} ({tpr:.3f}; ASR {'–' if asr is None else f'{asr:.2f}'})"
+                              for name, _, tpr, asr in q["short_of_tpr"])
+                  + ". The TPR counts the triggered inputs M sent to the target; where the backdoor took few, "
+                  "some of those are M's own errors, not the trigger's doing. docs/METHODS.md measures how many "
+                  "(a small part of the gap; the rest is a real miss) in \"What the weak cells' backdoor sets "
+                  "hold\" and why those backdoors are weak in \"The width-8 shapes/VGG cells at three seeds\"."]
     return lines + [""]
 
 

@@ -401,6 +401,31 @@ def test_results_table_keeps_cells_poisoned_at_different_settings_in_separate_se
     assert "mean AUROC over 2 attack cells" in text and "worst: shapes/vgg w8 e20 all2all" in text
 
 
+def test_results_table_names_the_cells_below_the_tpr_target_lowest_first_with_their_backdoors_strength(
+        tmp_path: Path):
+    from offline.results_table import load_cells, render
+
+    def cell(name: str, tpr: float, asr: float) -> None:
+        case = tmp_path / name
+        case.mkdir()
+        (case / "attack.json").write_text(json.dumps({"width": 16, "epochs": 40, "clean_accuracy": 0.9,
+                                                      "attack_success_rate": asr}))
+        rule = {"auroc": 0.99, "tpr_at_fpr": {"0.01": tpr}, "threshold_fpr": 0.01}
+        (case / "eval.json").write_text(json.dumps({"rules": {"firewall": rule}}))
+
+    cell("shapes-wanet-vgg-w16e40", 0.60, 0.30)
+    cell("shapes-dynamic-vgg-w16e40", 0.40, 0.25)
+    cell("shapes-sig-vgg-w16e40", 1.00, 0.90)
+    line = next(l for l in render(load_cells(tmp_path)).splitlines() if l.startswith("Attack cells below TPR 0.95"))
+    assert line.index("shapes/vgg w16 e40 dynamic (0.400; ASR 0.25)") < line.index(
+        "shapes/vgg w16 e40 wanet (0.600; ASR 0.30)")
+    assert "sig" not in line
+
+    for name in ("shapes-wanet-vgg-w16e40", "shapes-dynamic-vgg-w16e40"):
+        shutil.rmtree(tmp_path / name)
+    assert "Attack cells below TPR" not in render(load_cells(tmp_path))
+
+
 def test_results_table_compares_a_named_build_only_on_the_cells_measured_both_ways(tmp_path: Path):
     from offline.results_table import results_document
 
