@@ -114,6 +114,11 @@ def _label(group: Group) -> str:
     return f"{dataset}/{arch} w{width} e{epochs}"
 
 
+def _attack_success_rates(records: list[dict]) -> list[float]:
+    """The seeds' ASRs, where defined (a clean model has none)."""
+    return [r["attack"]["attack_success_rate"] for r in records if r["attack"]["attack_success_rate"] is not None]
+
+
 def _firewall_rows(groups: Iterable[tuple[str, dict]]) -> tuple[list[tuple[str, float, float, float | None]],
                                                                  list[tuple[str, float]]]:
     """(name, AUROC, TPR at 1% FPR, ASR) per attack cell and (name, achieved FPR) per clean cell; seeds averaged."""
@@ -124,8 +129,7 @@ def _firewall_rows(groups: Iterable[tuple[str, dict]]) -> tuple[list[tuple[str, 
             if attack == "none":
                 clean_rows.append((label, np.mean([e["threshold_fpr"] for e in entries])))
             elif all("auroc" in e for e in entries):
-                asr = [r["attack"]["attack_success_rate"] for r in records
-                       if r["attack"].get("attack_success_rate") is not None]
+                asr = _attack_success_rates(records)
                 attack_rows.append((f"{label} {_attack_label(attack, records)}".strip(),
                                     np.mean([e["auroc"] for e in entries]),
                                     np.mean([e["tpr_at_fpr"]["0.01"] for e in entries]),
@@ -332,7 +336,7 @@ def render(table: dict, figure: str | None = None, comparisons: Iterable[str] = 
                   "|---|---|---|---|---|" + "---|" * len(RULES)]
         for attack in sorted(attacks, key=lambda a: (a == "none", a)):
             records = attacks[attack]
-            asr = [r["attack"]["attack_success_rate"] for r in records if r["attack"]["attack_success_rate"] is not None]
+            asr = _attack_success_rates(records)
             lines.append(f"| {_attack_label(attack, records)} | {_seeds_label(records)} | "
                          f"{_mean_sd([r['attack']['clean_accuracy'] for r in records])} "
                          f"| {_mean_sd(asr)} | {_suspected_targets(records)} | " + " | ".join(_rule_cell(records, rule) for rule in RULES) + " |")

@@ -380,20 +380,23 @@ def test_kept_records_of_a_cell_poisoned_anew_are_replaced_not_mixed(tmp_path: P
     assert json.loads((kept / "eval.json").read_text()) == {"model": "second"}
 
 
+def _firewall_cell(cells: Path, name: str, width: int = 16, epochs: int = 40, auroc: float = 0.99,
+                   tpr: float = 0.5, asr: float = 0.5) -> None:
+    """A benchmark record with only the firewall's verdict, as `offline bench` writes it."""
+    case = cells / name
+    case.mkdir()
+    (case / "attack.json").write_text(json.dumps({"width": width, "epochs": epochs, "clean_accuracy": 0.9,
+                                                  "attack_success_rate": asr}))
+    rule = {"auroc": auroc, "tpr_at_fpr": {"0.01": tpr}, "threshold_fpr": 0.01}
+    (case / "eval.json").write_text(json.dumps({"rules": {"firewall": rule}}))
+
+
 def test_results_table_keeps_cells_poisoned_at_different_settings_in_separate_sections(tmp_path: Path):
     from offline.results_table import load_cells, render
 
-    def cell(name: str, width: int, epochs: int, auroc: float) -> None:
-        case = tmp_path / name
-        case.mkdir()
-        (case / "attack.json").write_text(json.dumps({"width": width, "epochs": epochs, "clean_accuracy": 0.9,
-                                                      "attack_success_rate": 0.5}))
-        rule = {"auroc": auroc, "tpr_at_fpr": {"0.01": 0.5}, "threshold_fpr": 0.01}
-        (case / "eval.json").write_text(json.dumps({"rules": {"firewall": rule}}))
-
-    cell("shapes-all2all-vgg", 8, 20, 0.87)
-    cell("shapes-all2all-vgg-w16e40", 16, 40, 0.99)
-    cell("shapes-all2all-vgg-w16e40-s1", 16, 40, 0.97)
+    _firewall_cell(tmp_path, "shapes-all2all-vgg", 8, 20, auroc=0.87)
+    _firewall_cell(tmp_path, "shapes-all2all-vgg-w16e40", 16, 40, auroc=0.99)
+    _firewall_cell(tmp_path, "shapes-all2all-vgg-w16e40-s1", 16, 40, auroc=0.97)
     text = render(load_cells(tmp_path))
     small, full = text.split("## shapes, vgg, width 8, 20 epochs (1 seed)")[1].split(
         "## shapes, vgg, width 16, 40 epochs (2 seeds)")
@@ -405,17 +408,9 @@ def test_results_table_names_the_cells_below_the_tpr_target_lowest_first_with_th
         tmp_path: Path):
     from offline.results_table import load_cells, render
 
-    def cell(name: str, tpr: float, asr: float) -> None:
-        case = tmp_path / name
-        case.mkdir()
-        (case / "attack.json").write_text(json.dumps({"width": 16, "epochs": 40, "clean_accuracy": 0.9,
-                                                      "attack_success_rate": asr}))
-        rule = {"auroc": 0.99, "tpr_at_fpr": {"0.01": tpr}, "threshold_fpr": 0.01}
-        (case / "eval.json").write_text(json.dumps({"rules": {"firewall": rule}}))
-
-    cell("shapes-wanet-vgg-w16e40", 0.60, 0.30)
-    cell("shapes-dynamic-vgg-w16e40", 0.40, 0.25)
-    cell("shapes-sig-vgg-w16e40", 1.00, 0.90)
+    _firewall_cell(tmp_path, "shapes-wanet-vgg-w16e40", tpr=0.60, asr=0.30)
+    _firewall_cell(tmp_path, "shapes-dynamic-vgg-w16e40", tpr=0.40, asr=0.25)
+    _firewall_cell(tmp_path, "shapes-sig-vgg-w16e40", tpr=1.00, asr=0.90)
     line = next(l for l in render(load_cells(tmp_path)).splitlines() if l.startswith("Attack cells below TPR 0.95"))
     assert line.index("shapes/vgg w16 e40 dynamic (0.400; ASR 0.25)") < line.index(
         "shapes/vgg w16 e40 wanet (0.600; ASR 0.30)")
